@@ -1,0 +1,45 @@
+# ajpq — the two commands of a fresh machine are `make test` and `make search`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= tune_configs/digits_demo.yaml
+
+.PHONY: install test test-slow test-all lint format search bench mlflow-ui clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow tests
+
+test-all: install
+	$(BIN)/python -m pytest -q -m '' tests
+
+lint: install
+	$(BIN)/ruff check ajpq tests bench search.py
+	$(BIN)/ruff format --check ajpq tests bench search.py
+
+format: install
+	$(BIN)/ruff check --fix ajpq tests bench search.py
+	$(BIN)/ruff format ajpq tests bench search.py
+
+search: install
+	$(BIN)/ajpq search --config $(CONFIG)
+
+bench: install
+	$(BIN)/python bench/bench_core.py
+
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+clean:
+	rm -rf $(VENV) .pytest_cache

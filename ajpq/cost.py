@@ -1,0 +1,155 @@
+"""Costs of a policy: compressed size, BitOps, MACs, and measured latency.
+
+Size counts the compressible layers (Conv2d / Linear) as they would be stored: every kept
+channel's weights at its bit width, one fp32 scale per quantized channel, fp32 biases of kept
+channels. Input channels removed by upstream pruning are not counted. BitOps = MACs x weight bits
+x activation bits, per channel. BatchNorm is excluded (it folds into the preceding conv).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ajpq.graph import LayerKind, ModelGraph
+from ajpq.policy import CompressionPolicy
+from ajpq.quantize import FLOAT_BITS
+
+__all__ = ["PolicyCost", "CostModel", "measure_latency"]
+
+SCALE_BITS = 32
+BIAS_BITS = 32
+
+
+@dataclass(frozen=True)
+class PolicyCost:
+    size_bytes: float
+    fp32_size_bytes: float
+    bitops: float
+    fp32_bitops: float
+    macs: float
+    fp32_macs: float
+
+    @property
+    def compression_ratio(self) -> float:
+        """fp32 size / compressed size (higher is smaller)."""
+        return self.fp32_size_bytes / self.size_bytes
+
+    @property
+    def size_ratio(self) -> float:
+        return self.size_bytes / self.fp32_size_bytes
+
+    @property
+    def bitops_ratio(self) -> float:
+        """compressed BitOps / fp32 BitOps (lower is cheaper)."""
+        return self.bitops / self.fp32_bitops
+
+    def to_dict(self) -> dict[str, float]:
+        data = asdict(self)
+        data.update(
+            compression_ratio=self.compression_ratio,
+            size_ratio=self.size_ratio,
+            bitops_ratio=self.bitops_ratio,
+        )
+        return data
+
+
+class CostModel:
+    """Closed-form costs of policies for one model graph (no forward pass needed)."""
+
+    def __init__(self, graph: ModelGraph) -> None:
+        self.graph = graph
+        # per layer: list of (group index, channel multiplicity) it consumes
+        self.inputs_from: list[list[tuple[int, int]]] = [[] for _ in graph.layers]
+        for group in graph.groups:
+            for consumer, index_map in group.consumers.items():
+                self.inputs_from[consumer].append((group.index, int(index_map.shape[1])))
+        full = [np.full(layer.out_channels, FLOAT_BITS) for layer in graph.layers]
+        fp32 = self.cost_arrays(full, [FLOAT_BITS] * len(graph.layers), [0] * len(graph.groups))
+        self.fp32_size_bits, self.fp32_bitops, self.fp32_macs = fp32
+
+    def kept_inputs(self, layer_index: int, pruned_per_group: list[int]) -> int:
+        layer = self.graph.layers[layer_index]
+        removed = sum(pruned_per_group[g] * k for g, k in self.inputs_from[layer_index])
+        return layer.in_channels - removed
+
+    def weights_per_channel(self, layer_index: int, pruned_per_group: list[int]) -> int:
+        layer = self.graph.layers[layer_index]
+        taps = layer.kernel[0] * layer.kernel[1]
+        if layer.kind is LayerKind.DEPTHWISE_CONV:
+            return taps
+        return self.kept_inputs(layer_index, pruned_per_group) // layer.groups * taps
+
+    def layer_size_bits(self, index: int, bits: np.ndarray, wpc: int) -> float:
+        layer = self.graph.layers[index]
+        kept = bits > 0
+        quantized = kept & (bits < FLOAT_BITS)
+        bias = BIAS_BITS * int(kept.sum()) if layer.has_bias else 0
+        return float(bits.sum() * wpc + SCALE_BITS * quantized.sum() + bias)
+
+    def cost_arrays(
+        self, bits: list[np.ndarray], act_bits: list[int], pruned_per_group: list[int]
+    ) -> tuple[float, float, float]:
+        size = bitops = macs = 0.0
+        for layer in self.graph.layers:
+            b = bits[layer.index]
+            wpc = self.weights_per_channel(layer.index, pruned_per_group)
+            size += self.layer_size_bits(layer.index, b, wpc)
+            per_channel_macs = wpc * layer.output_positions
+            bitops += float(b.sum()) * per_channel_macs * act_bits[layer.index]
+            macs += float((b > 0).sum()) * per_channel_macs
+        return size, bitops, macs
+
+    def pruned_per_group(self, bits: list[np.ndarray]) -> list[int]:
+        return [int((bits[g.members[0]] == 0).sum()) for g in self.graph.groups]
+
+    def cost(self, policy: CompressionPolicy) -> PolicyCost:
+        bits = [np.asarray(lp.weight_bits, dtype=np.int64) for lp in policy.layers]
+        if len(bits) != len(self.graph.layers):
+            raise ValueError(
+                f"policy has {len(bits)} layers, the model has {len(self.graph.layers)}"
+            )
+        size, bitops, macs = self.cost_arrays(
+            bits, [lp.act_bits for lp in policy.layers], self.pruned_per_group(bits)
+        )
+        return PolicyCost(
+            size_bytes=size / 8,
+            fp32_size_bytes=self.fp32_size_bits / 8,
+            bitops=bitops,
+            fp32_bitops=self.fp32_bitops,
+            macs=macs,
+            fp32_macs=self.fp32_macs,
+        )
+
+
+def measure_latency(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+    warmup: int = 5,
+    repeats: int = 20,
+) -> float:
+    """Median wall time in milliseconds of one forward pass, after ``warmup`` passes."""
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    model = model.to(device).eval()
+    x = torch.randn((batch_size, *input_shape), device=device)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)

@@ -1,0 +1,264 @@
+"""Find a model's compressible layers and the groups of layers that share one channel decision.
+
+One forward pass with an example input records, per Conv2d / Linear, its shapes and MACs.
+Torch-Pruning's DependencyGraph finds coupling (residual adds, concatenations, a depthwise conv
+and its producer) and, for every group, which input channels of downstream layers consume each
+of the group's channels. Everything that follows (policy building, fake quantization, costs,
+budgets, physical pruning) reads this table instead of re-tracing the model.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+__all__ = ["LayerKind", "LayerInfo", "CouplingGroup", "ModelGraph", "analyze", "compressible_modules"]
+
+logger = logging.getLogger(__name__)
+
+
+class LayerKind(str, enum.Enum):
+    CONV = "conv"
+    DEPTHWISE_CONV = "depthwise_conv"
+    GROUPED_CONV = "grouped_conv"
+    LINEAR = "linear"
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """Static description of one compressible layer, as seen in one traced forward pass."""
+
+    index: int
+    name: str
+    kind: LayerKind
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    groups: int
+    params: int
+    input_hw: tuple[int, int]
+    output_positions: int
+    macs: int
+    has_bias: bool
+
+    @property
+    def weights_per_channel(self) -> int:
+        return (self.in_channels // self.groups) * self.kernel[0] * self.kernel[1]
+
+
+@dataclass(frozen=True)
+class CouplingGroup:
+    """Layers whose output channels are pruned together, and who consumes those channels.
+
+    ``consumers`` maps a consuming layer index to an int array of shape (channels, k): channel c
+    of the group feeds input indices ``consumers[layer][c]`` of that layer (k > 1 after a flatten).
+    """
+
+    index: int
+    members: tuple[int, ...]
+    channels: int
+    prunable: bool
+    consumers: dict[int, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    """Compressible layers of one model, their coupling groups, and the model's signature."""
+
+    layers: tuple[LayerInfo, ...]
+    groups: tuple[CouplingGroup, ...]
+    layer_group: tuple[int, ...]
+    input_shape: tuple[int, ...]
+    signature: str
+
+    def layer_by_name(self, name: str) -> LayerInfo:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"model has no compressible layer named {name!r}")
+
+    @property
+    def total_macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def total_params(self) -> int:
+        return sum(layer.params for layer in self.layers)
+
+
+def compressible_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every Conv2d and Linear of ``model`` by qualified name, in registration order."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear))
+    }
+
+
+def _kind(module: nn.Module) -> LayerKind:
+    if isinstance(module, nn.Linear):
+        return LayerKind.LINEAR
+    if module.groups == 1:
+        return LayerKind.CONV
+    if module.groups == module.in_channels == module.out_channels:
+        return LayerKind.DEPTHWISE_CONV
+    return LayerKind.GROUPED_CONV
+
+
+def _trace_shapes(
+    model: nn.Module, modules: dict[str, nn.Module], example_input: torch.Tensor
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    handles = []
+    for name, module in modules.items():
+
+        def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor, name: str = name) -> None:
+            shapes.setdefault(name, (tuple(inputs[0].shape), tuple(output.shape)))
+
+        handles.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return shapes
+
+
+def _layer_info(index: int, name: str, module: nn.Module, shapes: tuple) -> LayerInfo:
+    in_shape, out_shape = shapes
+    kind = _kind(module)
+    if isinstance(module, nn.Linear):
+        in_ch, out_ch, kernel, stride, groups = module.in_features, module.out_features, (1, 1), (1, 1), 1
+        positions = int(np.prod(out_shape[1:-1])) if len(out_shape) > 2 else 1
+        input_hw = (1, 1)
+    else:
+        in_ch, out_ch, groups = module.in_channels, module.out_channels, module.groups
+        kernel, stride = tuple(module.kernel_size), tuple(module.stride)
+        positions = int(out_shape[2] * out_shape[3])
+        input_hw = (int(in_shape[2]), int(in_shape[3]))
+    params = sum(p.numel() for p in module.parameters(recurse=False))
+    macs = (in_ch // groups) * kernel[0] * kernel[1] * out_ch * positions
+    return LayerInfo(
+        index=index,
+        name=name,
+        kind=kind,
+        in_channels=in_ch,
+        out_channels=out_ch,
+        kernel=(int(kernel[0]), int(kernel[1])),
+        stride=(int(stride[0]), int(stride[1])),
+        groups=groups,
+        params=params,
+        input_hw=input_hw,
+        output_positions=positions,
+        macs=int(macs),
+        has_bias=getattr(module, "bias", None) is not None,
+    )
+
+
+def _signature(layers: tuple[LayerInfo, ...]) -> str:
+    text = ";".join(
+        f"{lay.name}:{lay.kind.value}:{lay.in_channels}:{lay.out_channels}:{lay.kernel}:{lay.groups}"
+        for lay in layers
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of ``model`` (traced in eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    finally:
+        model.train(was_training)
+
+
+def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
+    """Trace ``model`` once and return its compressible layers and coupling groups."""
+    modules = compressible_modules(model)
+    if not modules:
+        raise ValueError("model has no Conv2d or Linear layer to compress")
+    shapes = _trace_shapes(model, modules, example_input)
+    unused = [name for name in modules if name not in shapes]
+    if unused:
+        logger.info("layers not reached by the example input are left alone: %s", unused)
+    layers = tuple(
+        _layer_info(i, name, modules[name], shapes[name])
+        for i, name in enumerate(n for n in modules if n in shapes)
+    )
+    index_of = {modules[layer.name]: layer.index for layer in layers}
+    dep_graph = build_dependency_graph(model, example_input)
+
+    groups: list[CouplingGroup] = []
+    layer_group = [-1] * len(layers)
+    for layer in layers:
+        if layer_group[layer.index] >= 0:
+            continue
+        module = modules[layer.name]
+        out_fn = dep_graph.get_pruner_of_module(module).prune_out_channels
+        channels = layer.out_channels
+        tp_group = dep_graph.get_pruning_group(module, out_fn, list(range(channels)))
+        members: list[int] = []
+        consumer_idx: dict[int, list[list[int]]] = {}
+        for item in tp_group.items:
+            target = item.dep.target.module
+            if target not in index_of:
+                continue
+            idx = index_of[target]
+            if dep_graph.is_out_channel_pruning_fn(item.dep.handler):
+                if idx not in members:
+                    members.append(idx)
+                continue
+            per_channel = consumer_idx.setdefault(idx, [[] for _ in range(channels)])
+            for idx_in, root in zip(item.idxs, item.root_idxs):
+                per_channel[int(root)].append(int(idx_in))
+        if layer.index not in members:
+            members.insert(0, layer.index)
+        consumers = {}
+        for idx, per_channel in consumer_idx.items():
+            if layers[idx].kind == LayerKind.DEPTHWISE_CONV:
+                if idx not in members:
+                    members.append(idx)
+                continue
+            width = {len(c) for c in per_channel}
+            if len(width) != 1:
+                raise ValueError(f"irregular channel coupling into layer {layers[idx].name}")
+            consumers[idx] = np.array([sorted(set(c)) for c in per_channel], dtype=np.int64)
+        members_sorted = tuple(sorted(set(members)))
+        prunable = (
+            bool(consumers)
+            and all(
+                layers[m].kind is not LayerKind.GROUPED_CONV and layers[m].out_channels == channels
+                for m in members_sorted
+            )
+            and all(layers[c].kind is not LayerKind.GROUPED_CONV for c in consumers)
+        )
+        group = CouplingGroup(
+            index=len(groups),
+            members=members_sorted,
+            channels=channels,
+            prunable=prunable,
+            consumers=consumers,
+        )
+        for m in members_sorted:
+            layer_group[m] = group.index
+        groups.append(group)
+    return ModelGraph(
+        layers=layers,
+        groups=tuple(groups),
+        layer_group=tuple(layer_group),
+        input_shape=tuple(example_input.shape[1:]),
+        signature=_signature(layers),
+    )
