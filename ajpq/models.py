@@ -1,0 +1,204 @@
+"""Model zoo: torchvision classifiers by name and small residual CNNs trained on the spot.
+
+Weights come from a local file (``weights=/path/to/state_dict.pt``) or, where a network exists,
+torchvision's weight enums (``weights=DEFAULT`` or e.g. ``IMAGENET1K_V1``). The small CNNs for
+digits and Fashion-MNIST are trained once and cached on disk (keyed by model, data and recipe).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ajpq.data import DataConfig, DataSplits
+from ajpq.train import FinetuneConfig, evaluate, finetune
+
+__all__ = ["ModelName", "SmallResNet", "build_model", "pretrained_model", "default_cache_dir", "PretrainResult"]
+
+logger = logging.getLogger(__name__)
+
+
+class ModelName(str, enum.Enum):
+    RESNET18 = "resnet18"
+    RESNET50 = "resnet50"
+    MOBILENET_V2 = "mobilenet_v2"
+    VGG11_BN = "vgg11_bn"
+    DIGITS_CNN = "digits_cnn"
+    FMNIST_CNN = "fmnist_cnn"
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """Stem + three residual blocks (one downsampling) + linear head: fast on 2 CPU cores."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.block1 = _Block(width, width, 1)
+        self.block2 = _Block(width, width * 2, 2)
+        self.block3 = _Block(width * 2, width * 4, 2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width * 4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block3(self.block2(self.block1(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _torchvision(name: ModelName, num_classes: int, in_channels: int, weights: str | None) -> nn.Module:
+    import torchvision
+
+    builder = getattr(torchvision.models, name.value)
+    enum_weights = None
+    if weights and not Path(weights).exists():
+        try:
+            enum_weights = torchvision.models.get_weight(f"{_weights_enum(name)}.{weights}")
+        except (ValueError, KeyError, AttributeError) as error:
+            raise ValueError(
+                f"weights {weights!r} is neither a file nor a torchvision weight of {name.value} "
+                "(e.g. DEFAULT, IMAGENET1K_V1)"
+            ) from error
+    if enum_weights is not None:
+        model = builder(weights=enum_weights)  # downloads where a network exists
+        if num_classes != 1000:
+            _replace_head(model, num_classes)
+    else:
+        model = builder(num_classes=num_classes)
+    if in_channels != 3:
+        _replace_stem(model, in_channels)
+    if weights and Path(weights).exists():
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    return model
+
+
+def _weights_enum(name: ModelName) -> str:
+    return {
+        ModelName.RESNET18: "ResNet18_Weights",
+        ModelName.RESNET50: "ResNet50_Weights",
+        ModelName.MOBILENET_V2: "MobileNet_V2_Weights",
+        ModelName.VGG11_BN: "VGG11_BN_Weights",
+    }[name]
+
+
+def _replace_head(model: nn.Module, num_classes: int) -> None:
+    for name, module in reversed(list(model.named_modules())):
+        if isinstance(module, nn.Linear):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, nn.Linear(module.in_features, num_classes))
+            return
+
+
+def _replace_stem(model: nn.Module, in_channels: int) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            stem = nn.Conv2d(
+                in_channels, module.out_channels, module.kernel_size, module.stride,
+                module.padding, bias=module.bias is not None,
+            )
+            setattr(parent, child, stem)
+            return
+
+
+def build_model(
+    name: ModelName | str, num_classes: int = 10, in_channels: int = 3, weights: str | None = None
+) -> nn.Module:
+    """A model by name; ``weights`` is a local state-dict file or a torchvision weight name."""
+    try:
+        name = ModelName(name)
+    except ValueError:
+        options = ", ".join(m.value for m in ModelName)
+        raise ValueError(f"unknown model {name!r}; choose one of: {options}") from None
+    if name is ModelName.DIGITS_CNN:
+        model: nn.Module = SmallResNet(in_channels, num_classes, width=16)
+    elif name is ModelName.FMNIST_CNN:
+        model = SmallResNet(in_channels, num_classes, width=32)
+    else:
+        return _torchvision(name, num_classes, in_channels, weights)
+    if weights:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("AJPQ_CACHE", Path.home() / ".cache" / "ajpq"))
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    model: nn.Module
+    test_top1: float
+    val_top1: float
+    path: Path
+    cached: bool
+
+
+def pretrained_model(
+    name: ModelName | str,
+    data_config: DataConfig,
+    splits: DataSplits,
+    recipe: FinetuneConfig | None = None,
+    cache_dir: Path | None = None,
+    weights: str | None = None,
+    device: torch.device | str = "cpu",
+) -> PretrainResult:
+    """The model with trained weights: loaded from ``weights``, from the cache, or trained now."""
+    in_channels = splits.input_shape[0]
+    if weights:
+        model = build_model(name, splits.num_classes, in_channels, weights)
+        val = evaluate(model, splits.val, device).top1
+        return PretrainResult(model, evaluate(model, splits.test, device).top1, val, Path(weights), True)
+    recipe = recipe or FinetuneConfig(steps=600, lr=0.05, optimizer="sgd", weight_decay=5e-4, batch_size=64)
+    key_data = {
+        "model": ModelName(name).value,
+        "data": {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(data_config).items()},
+        "recipe": {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(recipe).items()},
+        "torch": torch.__version__.split("+")[0],
+    }
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    cache_dir = Path(cache_dir or default_cache_dir())
+    path = cache_dir / f"{ModelName(name).value}-{data_config.name.value}-{key}.pt"
+    model = build_model(name, splits.num_classes, in_channels)
+    cached = path.exists()
+    if cached:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        logger.info("loaded cached %s from %s", ModelName(name).value, path)
+    else:
+        logger.info("training %s on %s for %d steps (cached afterwards)", ModelName(name).value, data_config.name.value, recipe.steps)
+        torch.manual_seed(recipe.seed)
+        model = build_model(name, splits.num_classes, in_channels)
+        finetune(model, splits.train, recipe, device)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(path)
+    model.cpu().eval()
+    val = evaluate(model, splits.val, device).top1
+    test = evaluate(model, splits.test, device).top1
+    return PretrainResult(model.cpu().eval(), test, val, path, cached)
