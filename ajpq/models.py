@@ -21,7 +21,7 @@ from torch import nn
 from ajpq.data import DataConfig, DataSplits
 from ajpq.train import FinetuneConfig, evaluate, finetune
 
-__all__ = ["ModelName", "SmallResNet", "build_model", "pretrained_model", "default_cache_dir", "PretrainResult"]
+__all__ = ["ModelName", "SmallResNet", "build_model", "pretrained_model", "default_cache_dir", "default_recipe", "PretrainResult"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +54,13 @@ class _Block(nn.Module):
 class SmallResNet(nn.Module):
     """Stem + three residual blocks (one downsampling) + linear head: fast on 2 CPU cores."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16) -> None:
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 10, width: int = 16, stem_stride: int = 1
+    ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         self.block1 = _Block(width, width, 1)
         self.block2 = _Block(width, width * 2, 2)
         self.block3 = _Block(width * 2, width * 4, 2)
@@ -138,12 +142,19 @@ def build_model(
     if name is ModelName.DIGITS_CNN:
         model: nn.Module = SmallResNet(in_channels, num_classes, width=16)
     elif name is ModelName.FMNIST_CNN:
-        model = SmallResNet(in_channels, num_classes, width=32)
+        model = SmallResNet(in_channels, num_classes, width=32, stem_stride=2)
     else:
         return _torchvision(name, num_classes, in_channels, weights)
     if weights:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model
+
+
+def default_recipe(name: ModelName | str) -> FinetuneConfig:
+    """Pretraining recipe of a model trained on the spot (torchvision models: a short generic one)."""
+    if ModelName(name) is ModelName.FMNIST_CNN:
+        return FinetuneConfig(steps=2000, lr=0.05, weight_decay=5e-4, batch_size=128)
+    return FinetuneConfig(steps=600, lr=0.05, weight_decay=5e-4, batch_size=64)
 
 
 def default_cache_dir() -> Path:
@@ -174,7 +185,7 @@ def pretrained_model(
         model = build_model(name, splits.num_classes, in_channels, weights)
         val = evaluate(model, splits.val, device).top1
         return PretrainResult(model, evaluate(model, splits.test, device).top1, val, Path(weights), True)
-    recipe = recipe or FinetuneConfig(steps=600, lr=0.05, optimizer="sgd", weight_decay=5e-4, batch_size=64)
+    recipe = recipe or default_recipe(name)
     key_data = {
         "model": ModelName(name).value,
         "data": {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(data_config).items()},

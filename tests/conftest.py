@@ -29,3 +29,14 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def digits_model(digits_config: DataConfig, digits: DataSplits, model_cache) -> PretrainResult:
     return pretrained_model("digits_cnn", digits_config, digits, cache_dir=model_cache)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray per test session, with a fixed logical CPU count."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

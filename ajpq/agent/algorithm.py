@@ -1,0 +1,178 @@
+"""The DDPG algorithm: training step, exploration schedule, credit assignment, checkpoint state."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.dqn.dqn import DQN
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
+from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    NUM_AGENT_STEPS_SAMPLED_LIFETIME,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+)
+
+from ajpq.agent.config import CreditAssignment, DDPGConfig
+
+__all__ = ["DDPG", "ExplorationSetter", "greedy_action"]
+
+logger = logging.getLogger(__name__)
+
+
+class ExplorationSetter:
+    """Picklable callable run on every env runner: sets the module's exploration mode."""
+
+    def __init__(self, random_actions: bool, sigma: float) -> None:
+        self.random_actions = random_actions
+        self.sigma = sigma
+
+    def __call__(self, env_runner: Any) -> None:
+        module = env_runner.module
+        if module is None:
+            return
+        if isinstance(module, MultiRLModule):
+            for sub in module.values():
+                sub.set_exploration(self.random_actions, self.sigma)
+        else:
+            module.set_exploration(self.random_actions, self.sigma)
+
+
+class DDPG(DQN):
+    """Deep Deterministic Policy Gradient on RLlib's API stack (see ``ajpq.agent``)."""
+
+    @classmethod
+    def get_default_config(cls) -> DDPGConfig:
+        return DDPGConfig()
+
+    def setup(self, config: DDPGConfig) -> None:
+        super().setup(config)
+        self.episodes_done = 0
+        self.reward_baseline: float | None = None
+        self.updates_done = 0
+
+    # -- exploration schedule -----------------------------------------------------------------
+    def noise_sigma(self) -> float:
+        """Current noise scale as a fraction of the action range (0 during warm-up)."""
+        config: DDPGConfig = self.config
+        decayed = max(0, self.episodes_done - config.warmup_episodes)
+        return max(config.noise_sigma * config.noise_decay**decayed, config.noise_min_sigma)
+
+    def in_warmup(self) -> bool:
+        return self.episodes_done < self.config.warmup_episodes
+
+    def _set_exploration(self) -> None:
+        # the module works in [-1, 1]: a sigma of x of the range is 2x there
+        setter = ExplorationSetter(self.in_warmup(), 2.0 * self.noise_sigma())
+        self.env_runner_group.foreach_env_runner(setter, local_env_runner=True)
+
+    # -- credit assignment --------------------------------------------------------------------
+    def _assign_credit(self, episodes: list) -> list[float]:
+        returns = []
+        config: DDPGConfig = self.config
+        for episode in episodes:
+            if not episode.is_done:
+                continue
+            episode_return = float(episode.get_return())
+            returns.append(episode_return)
+            if CreditAssignment(config.credit_assignment) is CreditAssignment.EPISODE_BASELINE:
+                if self.reward_baseline is None:
+                    self.reward_baseline = episode_return
+                advantage = episode_return - self.reward_baseline
+                length = len(episode)
+                rewards = episode.rewards.data
+                if isinstance(rewards, np.ndarray) and not rewards.flags.writeable:
+                    # episodes from remote env runners arrive as read-only views of the object store
+                    episode.rewards.data = rewards.copy()
+                episode.set_rewards(
+                    new_data=np.full(length, advantage, dtype=np.float32), at_indices=slice(0, length)
+                )
+                self.reward_baseline += (1.0 - config.baseline_decay) * (episode_return - self.reward_baseline)
+        return returns
+
+    # -- the training step --------------------------------------------------------------------
+    def training_step(self) -> None:
+        config: DDPGConfig = self.config
+        self._set_exploration()
+        episodes, runner_metrics = synchronous_parallel_sample(
+            worker_set=self.env_runner_group,
+            concat=True,
+            sample_timeout_s=config.sample_timeout_s,
+            _uses_new_env_runners=True,
+            _return_metrics=True,
+        )
+        self.metrics.aggregate(runner_metrics, key=ENV_RUNNER_RESULTS)
+        sampled_steps = sum(len(e) for e in episodes)
+        returns = self._assign_credit(episodes)
+        self.local_replay_buffer.add(episodes)
+        self.episodes_done += len(returns)
+
+        buffered = self.local_replay_buffer.get_num_timesteps()
+        if not self.in_warmup() and buffered >= config.train_batch_size_per_learner and sampled_steps:
+            updates = max(1, int(math.ceil(config.updates_per_step * sampled_steps)))
+            lifetime_steps = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
+            for _ in range(updates):
+                batch = self.local_replay_buffer.sample(
+                    num_items=config.train_batch_size_per_learner,
+                    n_step=1,
+                    gamma=config.gamma,
+                    sample_episodes=True,
+                )
+                learner_results = self.learner_group.update(
+                    episodes=batch,
+                    timesteps={
+                        NUM_ENV_STEPS_SAMPLED_LIFETIME: lifetime_steps,
+                        NUM_AGENT_STEPS_SAMPLED_LIFETIME: lifetime_steps,
+                    },
+                )
+                self.updates_done += 1
+            self.metrics.aggregate(learner_results, key="learners")
+            self.env_runner_group.sync_weights(
+                from_worker_or_learner_group=self.learner_group, inference_only=True
+            )
+        self.metrics.log_value("ddpg/episodes_total", self.episodes_done, window=1)
+        self.metrics.log_value("ddpg/noise_sigma", 0.0 if self.in_warmup() else self.noise_sigma(), window=1)
+        self.metrics.log_value("ddpg/updates_total", self.updates_done, window=1)
+        if self.reward_baseline is not None:
+            self.metrics.log_value("ddpg/reward_baseline", self.reward_baseline, window=1)
+        if returns:
+            self.metrics.log_value("ddpg/episode_return_last", returns[-1], window=1)
+
+    # -- checkpoint state ---------------------------------------------------------------------
+    def get_state(self, components: Any = None, *, not_components: Any = None, **kwargs: Any) -> dict:
+        state = super().get_state(components, not_components=not_components, **kwargs)
+        state["ddpg"] = {
+            "episodes_done": self.episodes_done,
+            "reward_baseline": self.reward_baseline,
+            "updates_done": self.updates_done,
+            "replay": self.local_replay_buffer.get_state()
+            if self.config.store_buffer_in_checkpoints
+            else None,
+        }
+        return state
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        own = state.get("ddpg")
+        if own:
+            self.episodes_done = own["episodes_done"]
+            self.reward_baseline = own["reward_baseline"]
+            self.updates_done = own["updates_done"]
+            if own.get("replay") is not None:
+                self.local_replay_buffer.set_state(own["replay"])
+
+
+def greedy_action(algo: Algorithm, observation: np.ndarray) -> np.ndarray:
+    """The actor's deterministic action for one observation, in the env's action space."""
+    module = algo.get_module()
+    obs = torch.as_tensor(np.asarray(observation, dtype=np.float32))[None]
+    with torch.no_grad():
+        action = module.forward_inference({Columns.OBS: obs})[Columns.ACTIONS][0].numpy()
+    space = module.action_space
+    return np.clip(space.low + (action + 1.0) * 0.5 * (space.high - space.low), space.low, space.high)

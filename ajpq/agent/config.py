@@ -1,0 +1,126 @@
+"""DDPGConfig: RLlib AlgorithmConfig for DDPG with HAQ's defaults."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+__all__ = ["CreditAssignment", "DDPGConfig"]
+
+
+class CreditAssignment(str, enum.Enum):
+    """How transitions are credited when the reward comes only at the episode's end.
+
+    EPISODE_BASELINE (HAQ): every transition regresses on the episode's return minus an
+    exponential moving average of past returns; no bootstrapping (equal to an n-step return with
+    n >= episode length and gamma = 1). TD: the usual one-step TD target with target networks.
+    """
+
+    EPISODE_BASELINE = "episode_baseline"
+    TD = "td"
+
+
+class DDPGConfig(AlgorithmConfig):
+    """Configuration of :class:`ajpq.agent.DDPG`.
+
+    .. code-block:: python
+
+        config = DDPGConfig().environment("Pendulum-v1").training(actor_lr=1e-3)
+        algo = config.build()
+        algo.train()
+    """
+
+    def __init__(self, algo_class: type | None = None) -> None:
+        from ajpq.agent.algorithm import DDPG
+
+        super().__init__(algo_class=algo_class or DDPG)
+        # HAQ defaults
+        self.actor_hiddens = [300, 300]
+        self.critic_hiddens = [300, 300]
+        self.actor_lr = 1e-4
+        self.critic_lr = 1e-3
+        self.lr = None
+        self.tau = 0.01
+        self.gamma = 1.0
+        self.train_batch_size_per_learner = 64
+        self.grad_clip = None
+        # exploration
+        self.warmup_episodes = 20
+        self.noise_sigma = 0.5  # fraction of the action range
+        self.noise_decay = 0.99  # per finished (post warm-up) episode
+        self.noise_min_sigma = 0.0
+        # credit assignment
+        self.credit_assignment = CreditAssignment.EPISODE_BASELINE
+        self.baseline_decay = 0.5  # HAQ: moving_alpha = 0.5
+        # replay and updates
+        self.replay_buffer_config = {"type": "EpisodeReplayBuffer", "capacity": 100_000}
+        self.store_buffer_in_checkpoints = True
+        self.updates_per_step = 1.0  # gradient updates per sampled env step
+        self.target_network_update_freq = 0  # Polyak-average after every update
+        self.num_steps_sampled_before_learning_starts = 0
+        # sampling: whole episodes, one per env runner per round
+        self.batch_mode = "complete_episodes"
+        self.rollout_fragment_length = 1
+        self.episodes_per_round = 1
+
+    def training(
+        self,
+        *,
+        actor_hiddens: list[int] | None = NotProvided,
+        critic_hiddens: list[int] | None = NotProvided,
+        actor_lr: float | None = NotProvided,
+        critic_lr: float | None = NotProvided,
+        tau: float | None = NotProvided,
+        warmup_episodes: int | None = NotProvided,
+        noise_sigma: float | None = NotProvided,
+        noise_decay: float | None = NotProvided,
+        noise_min_sigma: float | None = NotProvided,
+        credit_assignment: CreditAssignment | str | None = NotProvided,
+        baseline_decay: float | None = NotProvided,
+        updates_per_step: float | None = NotProvided,
+        replay_buffer_config: dict[str, Any] | None = NotProvided,
+        store_buffer_in_checkpoints: bool | None = NotProvided,
+        **kwargs: Any,
+    ) -> DDPGConfig:
+        super().training(**kwargs)
+        for name, value in list(locals().items()):
+            if name in ("self", "kwargs", "__class__") or value is NotProvided:
+                continue
+            setattr(self, name, value)
+        if replay_buffer_config is not NotProvided:
+            self.replay_buffer_config = {**DDPGConfig().replay_buffer_config, **replay_buffer_config}
+        return self
+
+    def validate(self) -> None:
+        super().validate()
+        self.credit_assignment = CreditAssignment(self.credit_assignment)
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"tau {self.tau} must lie in (0, 1]")
+        if self.noise_sigma < 0 or not 0 < self.noise_decay <= 1:
+            raise ValueError("noise_sigma must be >= 0 and noise_decay in (0, 1]")
+        if self.warmup_episodes < 0:
+            raise ValueError("warmup_episodes must be >= 0")
+        if self.replay_buffer_config.get("type") != "EpisodeReplayBuffer":
+            raise ValueError("DDPG replays from RLlib's EpisodeReplayBuffer; set replay_buffer_config.type accordingly")
+        if self.lr is not None:
+            raise ValueError("DDPG uses actor_lr and critic_lr; leave lr=None")
+
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        from ajpq.agent.module import DDPGTorchRLModule
+
+        return RLModuleSpec(module_class=DDPGTorchRLModule)
+
+    def get_default_learner_class(self) -> type:
+        from ajpq.agent.learner import DDPGTorchLearner
+
+        return DDPGTorchLearner
+
+    @property
+    def _model_config_auto_includes(self) -> dict[str, Any]:
+        return super()._model_config_auto_includes | {
+            "actor_hiddens": self.actor_hiddens,
+            "critic_hiddens": self.critic_hiddens,
+        }
