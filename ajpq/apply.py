@@ -22,7 +22,13 @@ from ajpq.policy import CompressionPolicy
 from ajpq.quantize import FLOAT_BITS, ActivationQuantizer, fake_quantize_weight
 from ajpq.validation import validate_policy
 
-__all__ = ["FakeQuantLayer", "apply_policy", "input_keep_masks", "example_input_for", "set_submodule"]
+__all__ = [
+    "FakeQuantLayer",
+    "apply_policy",
+    "input_keep_masks",
+    "example_input_for",
+    "set_submodule",
+]
 
 logger = logging.getLogger(__name__)
 

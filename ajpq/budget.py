@@ -24,7 +24,14 @@ from ajpq.graph import ModelGraph
 from ajpq.policy import CompressionPolicy, LayerPolicy
 from ajpq.quantize import FLOAT_BITS
 
-__all__ = ["BudgetKind", "Budget", "LatencyModel", "fit_latency_model", "enforce_budget", "budget_value"]
+__all__ = [
+    "BudgetKind",
+    "Budget",
+    "LatencyModel",
+    "fit_latency_model",
+    "enforce_budget",
+    "budget_value",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +55,9 @@ class Budget:
         if self.value <= 0:
             raise ValueError(f"budget value {self.value} must be > 0")
         if self.kind is not BudgetKind.LATENCY and self.value > 1:
-            raise ValueError(f"{self.kind.value} budget {self.value} is a ratio of fp32 and must be <= 1")
+            raise ValueError(
+                f"{self.kind.value} budget {self.value} is a ratio of fp32 and must be <= 1"
+            )
 
     def to_dict(self) -> dict[str, object]:
         return {"kind": self.kind.value, "value": self.value}
@@ -84,7 +93,9 @@ def fit_latency_model(
         macs.append(costs.cost(policy).macs)
         times.append(measure_latency(small, graph.input_shape, batch_size, device))
     slope, intercept = np.polyfit(np.array(macs), np.array(times), 1)
-    return LatencyModel(intercept_ms=float(max(intercept, 0.0)), ms_per_mac=float(max(slope, 1e-15)))
+    return LatencyModel(
+        intercept_ms=float(max(intercept, 0.0)), ms_per_mac=float(max(slope, 1e-15))
+    )
 
 
 def _error(bits: int) -> float:
@@ -163,7 +174,9 @@ class _Squeezer:
             if current != expected or target is None:
                 return None
             wpc = self.costs.weights_per_channel(index, self.pruned)
-            saving = self._channel_cost(index, current, wpc) - self._channel_cost(index, target, wpc)
+            saving = self._channel_cost(index, current, wpc) - self._channel_cost(
+                index, target, wpc
+            )
             damage = self.importance[index][channel] * (_error(target) - _error(current))
             return damage, saving
         if kind == "prune":
@@ -260,7 +273,9 @@ class _Squeezer:
         return like.replace_layers(layers)
 
 
-def _floor_policy(policy: CompressionPolicy, graph: ModelGraph, importance: list[np.ndarray]) -> CompressionPolicy:
+def _floor_policy(
+    policy: CompressionPolicy, graph: ModelGraph, importance: list[np.ndarray]
+) -> CompressionPolicy:
     """The cheapest policy reachable: 1 channel per prunable group, 1-bit weights, 2-bit inputs."""
     layers = []
     group_keep = {}
@@ -278,7 +293,12 @@ def _floor_policy(policy: CompressionPolicy, graph: ModelGraph, importance: list
     return policy.replace_layers(layers)
 
 
-def budget_value(policy: CompressionPolicy, budget: Budget, costs: CostModel, latency_model: LatencyModel | None = None) -> float:
+def budget_value(
+    policy: CompressionPolicy,
+    budget: Budget,
+    costs: CostModel,
+    latency_model: LatencyModel | None = None,
+) -> float:
     """The policy's value in the budget's unit (ratio of fp32, or predicted ms)."""
     cost = costs.cost(policy)
     if budget.kind is BudgetKind.SIZE:
@@ -309,7 +329,9 @@ def enforce_budget(
         metric, target = "bitops", budget.value * costs.fp32_bitops
     else:
         if latency_model is None:
-            raise ValueError("a latency budget needs a latency model; fit one with fit_latency_model()")
+            raise ValueError(
+                "a latency budget needs a latency model; fit one with fit_latency_model()"
+            )
         metric = "macs"
         target = (budget.value - latency_model.intercept_ms) / latency_model.ms_per_mac
     if budget_value(policy, budget, costs, latency_model) <= budget.value:
@@ -331,5 +353,7 @@ def enforce_budget(
             f"could not meet the {budget.kind.value} budget {budget.value:g}: reached "
             f"{budget_value(result, budget, costs, latency_model):.4g}"
         )
-    logger.debug("budget %s: squeezed to %.4g", budget, budget_value(result, budget, costs, latency_model))
+    logger.debug(
+        "budget %s: squeezed to %.4g", budget, budget_value(result, budget, costs, latency_model)
+    )
     return result

@@ -36,7 +36,10 @@ class LayerKnobs:
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity {self.sparsity} must lie in [0, 1)")
-        if self.weight_bits != FLOAT_BITS and not MIN_QUANT_BITS <= self.weight_bits <= MAX_QUANT_BITS:
+        if (
+            self.weight_bits != FLOAT_BITS
+            and not MIN_QUANT_BITS <= self.weight_bits <= MAX_QUANT_BITS
+        ):
             raise ValueError(f"weight_bits {self.weight_bits} must be 1..8 or 32 (float)")
         if self.act_bits not in ACT_BITS:
             raise ValueError(f"act_bits {self.act_bits} must be 2..8 or 32 (float)")
@@ -91,7 +94,9 @@ def build_policy(
     for layer, knob in zip(graph.layers, knobs):
         keep = keep_masks[graph.layer_group[layer.index]]
         bits = np.zeros(layer.out_channels, dtype=np.int64)
-        bits[keep] = channel_bits_by_rank(per_layer[layer.index][keep], knob.weight_bits, knob.spread)
+        bits[keep] = channel_bits_by_rank(
+            per_layer[layer.index][keep], knob.weight_bits, knob.spread
+        )
         layers.append(LayerPolicy(layer.name, tuple(int(b) for b in bits), knob.act_bits))
     return CompressionPolicy(model_name, graph.input_shape, graph.signature, tuple(layers))
 
@@ -102,6 +107,7 @@ def uniform_policy(
     """Every channel at ``weight_bits``, every activation at ``act_bits``; nothing pruned."""
     LayerKnobs(weight_bits=weight_bits, act_bits=act_bits)
     layers = tuple(
-        LayerPolicy(layer.name, (weight_bits,) * layer.out_channels, act_bits) for layer in graph.layers
+        LayerPolicy(layer.name, (weight_bits,) * layer.out_channels, act_bits)
+        for layer in graph.layers
     )
     return CompressionPolicy(model_name, graph.input_shape, graph.signature, layers)

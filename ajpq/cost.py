@@ -92,18 +92,34 @@ class CostModel:
         bias = BIAS_BITS * int(kept.sum()) if layer.has_bias else 0
         return float(bits.sum() * wpc + SCALE_BITS * quantized.sum() + bias)
 
-    def cost_arrays(
+    def layer_cost_arrays(
         self, bits: list[np.ndarray], act_bits: list[int], pruned_per_group: list[int]
-    ) -> tuple[float, float, float]:
-        size = bitops = macs = 0.0
+    ) -> np.ndarray:
+        """Per layer (size bits, BitOps, MACs), shape (layers, 3)."""
+        table = np.zeros((len(self.graph.layers), 3), dtype=np.float64)
         for layer in self.graph.layers:
             b = bits[layer.index]
             wpc = self.weights_per_channel(layer.index, pruned_per_group)
-            size += self.layer_size_bits(layer.index, b, wpc)
             per_channel_macs = wpc * layer.output_positions
-            bitops += float(b.sum()) * per_channel_macs * act_bits[layer.index]
-            macs += float((b > 0).sum()) * per_channel_macs
-        return size, bitops, macs
+            table[layer.index] = (
+                self.layer_size_bits(layer.index, b, wpc),
+                float(b.sum()) * per_channel_macs * act_bits[layer.index],
+                float((b > 0).sum()) * per_channel_macs,
+            )
+        return table
+
+    def cost_arrays(
+        self, bits: list[np.ndarray], act_bits: list[int], pruned_per_group: list[int]
+    ) -> tuple[float, float, float]:
+        size, bitops, macs = self.layer_cost_arrays(bits, act_bits, pruned_per_group).sum(axis=0)
+        return float(size), float(bitops), float(macs)
+
+    def layer_costs(self, policy: CompressionPolicy) -> np.ndarray:
+        """Per layer (size bits, BitOps, MACs) of ``policy``, shape (layers, 3)."""
+        bits = [np.asarray(lp.weight_bits, dtype=np.int64) for lp in policy.layers]
+        return self.layer_cost_arrays(
+            bits, [lp.act_bits for lp in policy.layers], self.pruned_per_group(bits)
+        )
 
     def pruned_per_group(self, bits: list[np.ndarray]) -> list[int]:
         return [int((bits[g.members[0]] == 0).sum()) for g in self.graph.groups]

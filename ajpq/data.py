@@ -163,7 +163,12 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
 
 def _fashion_mnist(config: DataConfig) -> DataSplits:
     directories = [Path(config.path)] if config.path else list(FASHION_MNIST_DIRS)
-    stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    stems = (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    )
     for directory in directories:
         files = [_find_idx(directory, stem) for stem in stems]
         if all(files):
@@ -175,7 +180,12 @@ def _fashion_mnist(config: DataConfig) -> DataSplits:
 
             train = FashionMNIST(config.path, train=True, download=True)
             test = FashionMNIST(config.path, train=False, download=True)
-            arrays = [train.data.numpy(), train.targets.numpy(), test.data.numpy(), test.targets.numpy()]
+            arrays = [
+                train.data.numpy(),
+                train.targets.numpy(),
+                test.data.numpy(),
+                test.targets.numpy(),
+            ]
         else:
             looked = ", ".join(str(d) for d in directories)
             raise FileNotFoundError(
@@ -186,7 +196,9 @@ def _fashion_mnist(config: DataConfig) -> DataSplits:
     train_x, train_y, test_x, test_y = arrays
 
     def to_images(a: np.ndarray) -> torch.Tensor:
-        return _resize(torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1), config.image_size)
+        return _resize(
+            torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1), config.image_size
+        )
 
     return _tensor_splits(
         to_images(train_x),
@@ -238,7 +250,9 @@ def _imagefolder(config: DataConfig) -> DataSplits:
         raise ValueError("imagefolder needs data.path: a folder with train/ and val/ class folders")
     root = Path(config.path)
     if not (root / "train").is_dir() or not (root / "val").is_dir():
-        raise FileNotFoundError(f"{root} must hold train/ and val/ folders of class subfolders (ImageNet layout)")
+        raise FileNotFoundError(
+            f"{root} must hold train/ and val/ folders of class subfolders (ImageNet layout)"
+        )
     size = config.image_size or 224
     transform = transforms.Compose(
         [
@@ -278,7 +292,11 @@ def load_dataset(config: DataConfig) -> DataSplits:
     splits = _LOADERS[config.name](config)
     logger.info(
         "dataset %s: %d train, %d val, %d test, input %s",
-        config.name.value, len(splits.train), len(splits.val), len(splits.test), splits.input_shape,
+        config.name.value,
+        len(splits.train),
+        len(splits.val),
+        len(splits.test),
+        splits.input_shape,
     )
     return splits
 
@@ -297,5 +315,7 @@ def batches(
             idx = order[start : start + batch_size]
             yield x[idx], y[idx]
         return
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last
+    )
     yield from loader

@@ -19,7 +19,14 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-__all__ = ["LayerKind", "LayerInfo", "CouplingGroup", "ModelGraph", "analyze", "compressible_modules"]
+__all__ = [
+    "LayerKind",
+    "LayerInfo",
+    "CouplingGroup",
+    "ModelGraph",
+    "analyze",
+    "compressible_modules",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +147,13 @@ def _layer_info(index: int, name: str, module: nn.Module, shapes: tuple) -> Laye
     in_shape, out_shape = shapes
     kind = _kind(module)
     if isinstance(module, nn.Linear):
-        in_ch, out_ch, kernel, stride, groups = module.in_features, module.out_features, (1, 1), (1, 1), 1
+        in_ch, out_ch, kernel, stride, groups = (
+            module.in_features,
+            module.out_features,
+            (1, 1),
+            (1, 1),
+            1,
+        )
         positions = int(np.prod(out_shape[1:-1])) if len(out_shape) > 2 else 1
         input_hw = (1, 1)
     else:

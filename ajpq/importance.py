@@ -50,7 +50,9 @@ def _resolve(criterion: ImportanceCriterion | str | ImportanceFn) -> ImportanceF
         return ImportanceCriterion(criterion).fn()
     except ValueError:
         options = ", ".join(c.value for c in ImportanceCriterion)
-        raise ValueError(f"unknown importance criterion {criterion!r}; use one of: {options}") from None
+        raise ValueError(
+            f"unknown importance criterion {criterion!r}; use one of: {options}"
+        ) from None
 
 
 def layer_importance(

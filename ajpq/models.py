@@ -21,7 +21,15 @@ from torch import nn
 from ajpq.data import DataConfig, DataSplits
 from ajpq.train import FinetuneConfig, evaluate, finetune
 
-__all__ = ["ModelName", "SmallResNet", "build_model", "pretrained_model", "default_cache_dir", "default_recipe", "PretrainResult"]
+__all__ = [
+    "ModelName",
+    "SmallResNet",
+    "build_model",
+    "pretrained_model",
+    "default_cache_dir",
+    "default_recipe",
+    "PretrainResult",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +52,9 @@ class _Block(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -59,7 +69,9 @@ class SmallResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+            nn.Conv2d(in_channels, width, 3, stem_stride, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
         )
         self.block1 = _Block(width, width, 1)
         self.block2 = _Block(width, width * 2, 2)
@@ -72,7 +84,9 @@ class SmallResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def _torchvision(name: ModelName, num_classes: int, in_channels: int, weights: str | None) -> nn.Module:
+def _torchvision(
+    name: ModelName, num_classes: int, in_channels: int, weights: str | None
+) -> nn.Module:
     import torchvision
 
     builder = getattr(torchvision.models, name.value)
@@ -123,8 +137,12 @@ def _replace_stem(model: nn.Module, in_channels: int) -> None:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             stem = nn.Conv2d(
-                in_channels, module.out_channels, module.kernel_size, module.stride,
-                module.padding, bias=module.bias is not None,
+                in_channels,
+                module.out_channels,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                bias=module.bias is not None,
             )
             setattr(parent, child, stem)
             return
@@ -184,15 +202,23 @@ def pretrained_model(
     if weights:
         model = build_model(name, splits.num_classes, in_channels, weights)
         val = evaluate(model, splits.val, device).top1
-        return PretrainResult(model, evaluate(model, splits.test, device).top1, val, Path(weights), True)
+        return PretrainResult(
+            model, evaluate(model, splits.test, device).top1, val, Path(weights), True
+        )
     recipe = recipe or default_recipe(name)
     key_data = {
         "model": ModelName(name).value,
-        "data": {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(data_config).items()},
-        "recipe": {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(recipe).items()},
+        "data": {
+            k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(data_config).items()
+        },
+        "recipe": {
+            k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(recipe).items()
+        },
         "torch": torch.__version__.split("+")[0],
     }
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
     cache_dir = Path(cache_dir or default_cache_dir())
     path = cache_dir / f"{ModelName(name).value}-{data_config.name.value}-{key}.pt"
     model = build_model(name, splits.num_classes, in_channels)
@@ -201,7 +227,12 @@ def pretrained_model(
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         logger.info("loaded cached %s from %s", ModelName(name).value, path)
     else:
-        logger.info("training %s on %s for %d steps (cached afterwards)", ModelName(name).value, data_config.name.value, recipe.steps)
+        logger.info(
+            "training %s on %s for %d steps (cached afterwards)",
+            ModelName(name).value,
+            data_config.name.value,
+            recipe.steps,
+        )
         torch.manual_seed(recipe.seed)
         model = build_model(name, splits.num_classes, in_channels)
         finetune(model, splits.train, recipe, device)

@@ -56,7 +56,9 @@ class LayerPolicy:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LayerPolicy:
-        return cls(name=data["name"], weight_bits=tuple(data["weight_bits"]), act_bits=data["act_bits"])
+        return cls(
+            name=data["name"], weight_bits=tuple(data["weight_bits"]), act_bits=data["act_bits"]
+        )
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,12 @@ class CompressionPolicy:
 
     def to_json(self, indent: int | None = None) -> str:
         """Canonical JSON (sorted keys) so equal policies give equal strings."""
-        return json.dumps(self.to_dict(), sort_keys=True, indent=indent, separators=(",", ":") if indent is None else None)
+        return json.dumps(
+            self.to_dict(),
+            sort_keys=True,
+            indent=indent,
+            separators=(",", ":") if indent is None else None,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> CompressionPolicy:

@@ -14,7 +14,14 @@ from torch.utils.data import Dataset
 
 from ajpq.data import batches
 
-__all__ = ["OptimizerName", "FinetuneConfig", "FinetuneResult", "EvalResult", "finetune", "evaluate"]
+__all__ = [
+    "OptimizerName",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "EvalResult",
+    "finetune",
+    "evaluate",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +96,9 @@ def finetune(
     )
     step, epoch, loss_value = 0, 0, float("nan")
     while step < config.steps:
-        for x, y in batches(train, config.batch_size, shuffle=True, seed=config.seed + epoch, drop_last=True):
+        for x, y in batches(
+            train, config.batch_size, shuffle=True, seed=config.seed + epoch, drop_last=True
+        ):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss = F.cross_entropy(model(x), y)
             loss_value = float(loss.detach())

@@ -77,8 +77,10 @@ def main() -> None:
     print(f"{'measurement':<44} {'ms':>10} {'ratio':>8}")
     for name, ms, ratio in rows:
         print(f"{name:<44} {ms:>10.3f} {ratio:>7.2f}x")
-    print(f"50% sparsity: MACs ratio {cost.macs / cost.fp32_macs:.3f}, params ratio "
-          f"{sum(p.numel() for p in small.parameters()) / sum(p.numel() for p in model.parameters()):.3f}")
+    print(
+        f"50% sparsity: MACs ratio {cost.macs / cost.fp32_macs:.3f}, params ratio "
+        f"{sum(p.numel() for p in small.parameters()) / sum(p.numel() for p in model.parameters()):.3f}"
+    )
     verdict = "meets" if fq_step / fp32_step <= 1.5 else "misses"
     print(f"goal fake-quant train step <= 1.5x fp32: {verdict} ({fq_step / fp32_step:.2f}x)")
 

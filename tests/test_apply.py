@@ -47,7 +47,10 @@ def test_materialized_equals_simulated_predictions_quantized(name):
     x = torch.randn(8, 3, 64, 64)
     graph = analyze(model, x[:1])
     rng = np.random.default_rng(2)
-    knobs = [LayerKnobs(float(rng.uniform(0.1, 0.6)), int(rng.integers(3, 9)), 8, 1.0) for _ in graph.layers]
+    knobs = [
+        LayerKnobs(float(rng.uniform(0.1, 0.6)), int(rng.integers(3, 9)), 8, 1.0)
+        for _ in graph.layers
+    ]
     policy = build_policy(model, graph, knobs)
     simulated = apply_policy(model, policy, graph)
     simulated.train()
@@ -60,7 +63,11 @@ def test_materialized_equals_simulated_predictions_quantized(name):
     assert torch.equal(a.argmax(1), b.argmax(1))
     # and quantization really changed the function compared to fp32 weights
     with torch.no_grad():
-        fp = apply_policy(model, build_policy(model, graph, [LayerKnobs(k.sparsity, 32, 32) for k in knobs]), graph).eval()(x)
+        fp = apply_policy(
+            model,
+            build_policy(model, graph, [LayerKnobs(k.sparsity, 32, 32) for k in knobs]),
+            graph,
+        ).eval()(x)
     assert (fp - a).abs().max().item() > 1e-3
 
 

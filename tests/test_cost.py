@@ -39,10 +39,14 @@ def test_size_bitops_macs_of_hand_built_policies():
     assert cost.bitops == pytest.approx(conv1_bitops + conv2_bitops)
     assert cost.macs == 3 * 18 * 16 + 3 * 3 * 16
     assert cost.compression_ratio == pytest.approx(costs.fp32_size_bits / (conv1_bits + conv2_bits))
-    assert cost.bitops_ratio == pytest.approx((conv1_bitops + conv2_bitops) / (costs.fp32_macs * 1024))
+    assert cost.bitops_ratio == pytest.approx(
+        (conv1_bitops + conv2_bitops) / (costs.fp32_macs * 1024)
+    )
 
 
 def test_latency_is_positive_and_smaller_model_not_slower_by_much():
-    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1)
+    )
     latency = measure_latency(model, (3, 32, 32), batch_size=2, warmup=2, repeats=5)
     assert latency > 0 and np.isfinite(latency)

@@ -10,7 +10,9 @@ from ajpq.data import FASHION_MNIST_DIRS, DataConfig, batches, load_dataset, rea
 
 
 def _write_idx(path, array: np.ndarray, gz: bool) -> None:
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
+        ">" + "I" * array.ndim, *array.shape
+    )
     opener = gzip.open if gz else open
     with opener(path, "wb") as handle:
         handle.write(header + array.astype(np.uint8).tobytes())
@@ -23,7 +25,9 @@ def test_digits_splits_are_disjoint_and_normalised(digits):
     assert len(digits.train) + len(digits.val) + len(digits.test) == 1797
     # no validation image is also a training image
     flat_train = {tuple(row.tolist()) for row in train_x.reshape(len(train_x), -1)[:, ::7]}
-    overlap = sum(tuple(row.tolist()) in flat_train for row in val_x.reshape(len(val_x), -1)[:, ::7])
+    overlap = sum(
+        tuple(row.tolist()) in flat_train for row in val_x.reshape(len(val_x), -1)[:, ::7]
+    )
     assert overlap <= 2  # digits has a few exact duplicates
     assert abs(float(train_x.mean())) < 0.05
 
@@ -66,7 +70,10 @@ def test_cifar10_from_local_python_batches(tmp_path):
     folder.mkdir()
     rng = np.random.default_rng(0)
     for name, count in [("data_batch_1", 30), ("data_batch_2", 30), ("test_batch", 10)]:
-        batch = {"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, count).tolist()}
+        batch = {
+            "data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, count).tolist(),
+        }
         with open(folder / name, "wb") as handle:
             pickle.dump(batch, handle)
     splits = load_dataset(DataConfig("cifar10", path=str(tmp_path), val_fraction=0.1))
@@ -83,8 +90,12 @@ def test_imagefolder_from_local_pngs(tmp_path):
             folder = tmp_path / split / cls
             folder.mkdir(parents=True)
             for i in range(count):
-                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    splits = load_dataset(DataConfig("imagefolder", path=str(tmp_path), image_size=32, val_fraction=0.25))
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+                    folder / f"{i}.png"
+                )
+    splits = load_dataset(
+        DataConfig("imagefolder", path=str(tmp_path), image_size=32, val_fraction=0.25)
+    )
     assert splits.num_classes == 2 and splits.input_shape == (3, 32, 32)
     assert len(splits.train) == 9 and len(splits.val) == 3 and len(splits.test) == 4
     x, y = next(batches(splits.train, 4, shuffle=True))

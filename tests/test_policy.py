@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -8,8 +9,6 @@ from ajpq.graph import analyze
 from ajpq.models import SmallResNet
 from ajpq.policy import CompressionPolicy, LayerPolicy
 from ajpq.validation import validate_policy
-
-import numpy as np
 
 
 @pytest.fixture()

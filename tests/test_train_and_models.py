@@ -19,11 +19,15 @@ def test_finetune_is_deterministic_on_cpu(digits):
 
 def test_finetune_reports_divergence(digits):
     model = SmallResNet(1, 10, width=8)
-    result = finetune(model, digits.train, FinetuneConfig(steps=30, lr=1e6, momentum=0.0, cosine=False))
+    result = finetune(
+        model, digits.train, FinetuneConfig(steps=30, lr=1e6, momentum=0.0, cosine=False)
+    )
     assert result.diverged and result.steps < 30
 
 
-def test_digits_cnn_trains_to_97_percent_and_is_cached(digits_model, digits_config, digits, model_cache):
+def test_digits_cnn_trains_to_97_percent_and_is_cached(
+    digits_model, digits_config, digits, model_cache
+):
     assert digits_model.test_top1 >= 0.97
     again = pretrained_model("digits_cnn", digits_config, digits, cache_dir=model_cache)
     assert again.cached and again.test_top1 == digits_model.test_top1
@@ -41,7 +45,18 @@ def test_torchvision_models_by_name_with_local_weights(name, tmp_path):
     model.eval(), again.eval()
     with torch.no_grad():
         assert torch.equal(model(x), again(x))
-    assert isinstance(model, getattr(torchvision.models, {"resnet18": "ResNet", "resnet50": "ResNet", "mobilenet_v2": "MobileNetV2", "vgg11_bn": "VGG"}[name]))
+    assert isinstance(
+        model,
+        getattr(
+            torchvision.models,
+            {
+                "resnet18": "ResNet",
+                "resnet50": "ResNet",
+                "mobilenet_v2": "MobileNetV2",
+                "vgg11_bn": "VGG",
+            }[name],
+        ),
+    )
 
 
 def test_unknown_model_and_weights_give_clear_errors():

@@ -27,4 +27,11 @@ from ajpq.agent.config import CreditAssignment, DDPGConfig
 from ajpq.agent.learner import DDPGTorchLearner
 from ajpq.agent.module import DDPGTorchRLModule
 
-__all__ = ["DDPG", "DDPGConfig", "CreditAssignment", "DDPGTorchLearner", "DDPGTorchRLModule", "greedy_action"]
+__all__ = [
+    "DDPG",
+    "DDPGConfig",
+    "CreditAssignment",
+    "DDPGTorchLearner",
+    "DDPGTorchRLModule",
+    "greedy_action",
+]

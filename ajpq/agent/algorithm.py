@@ -91,9 +91,12 @@ class DDPG(DQN):
                     # episodes from remote env runners arrive as read-only views of the object store
                     episode.rewards.data = rewards.copy()
                 episode.set_rewards(
-                    new_data=np.full(length, advantage, dtype=np.float32), at_indices=slice(0, length)
+                    new_data=np.full(length, advantage, dtype=np.float32),
+                    at_indices=slice(0, length),
                 )
-                self.reward_baseline += (1.0 - config.baseline_decay) * (episode_return - self.reward_baseline)
+                self.reward_baseline += (1.0 - config.baseline_decay) * (
+                    episode_return - self.reward_baseline
+                )
         return returns
 
     # -- the training step --------------------------------------------------------------------
@@ -114,9 +117,15 @@ class DDPG(DQN):
         self.episodes_done += len(returns)
 
         buffered = self.local_replay_buffer.get_num_timesteps()
-        if not self.in_warmup() and buffered >= config.train_batch_size_per_learner and sampled_steps:
+        if (
+            not self.in_warmup()
+            and buffered >= config.train_batch_size_per_learner
+            and sampled_steps
+        ):
             updates = max(1, int(math.ceil(config.updates_per_step * sampled_steps)))
-            lifetime_steps = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
+            lifetime_steps = self.metrics.peek(
+                (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0
+            )
             for _ in range(updates):
                 batch = self.local_replay_buffer.sample(
                     num_items=config.train_batch_size_per_learner,
@@ -137,7 +146,9 @@ class DDPG(DQN):
                 from_worker_or_learner_group=self.learner_group, inference_only=True
             )
         self.metrics.log_value("ddpg/episodes_total", self.episodes_done, window=1)
-        self.metrics.log_value("ddpg/noise_sigma", 0.0 if self.in_warmup() else self.noise_sigma(), window=1)
+        self.metrics.log_value(
+            "ddpg/noise_sigma", 0.0 if self.in_warmup() else self.noise_sigma(), window=1
+        )
         self.metrics.log_value("ddpg/updates_total", self.updates_done, window=1)
         if self.reward_baseline is not None:
             self.metrics.log_value("ddpg/reward_baseline", self.reward_baseline, window=1)
@@ -145,7 +156,9 @@ class DDPG(DQN):
             self.metrics.log_value("ddpg/episode_return_last", returns[-1], window=1)
 
     # -- checkpoint state ---------------------------------------------------------------------
-    def get_state(self, components: Any = None, *, not_components: Any = None, **kwargs: Any) -> dict:
+    def get_state(
+        self, components: Any = None, *, not_components: Any = None, **kwargs: Any
+    ) -> dict:
         state = super().get_state(components, not_components=not_components, **kwargs)
         state["ddpg"] = {
             "episodes_done": self.episodes_done,
@@ -175,4 +188,6 @@ def greedy_action(algo: Algorithm, observation: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         action = module.forward_inference({Columns.OBS: obs})[Columns.ACTIONS][0].numpy()
     space = module.action_space
-    return np.clip(space.low + (action + 1.0) * 0.5 * (space.high - space.low), space.low, space.high)
+    return np.clip(
+        space.low + (action + 1.0) * 0.5 * (space.high - space.low), space.low, space.high
+    )

@@ -74,7 +74,9 @@ class DDPGTorchLearner(DQNTorchLearner):
             for optim_name, optim in self.get_optimizers_for_module(module_id):
                 params = self.filter_param_dict_for_optimizer(self._params, optim)
                 loss = self._losses.pop((module_id, optim_name))
-                values = torch.autograd.grad(loss, list(params.values()), retain_graph=True, allow_unused=True)
+                values = torch.autograd.grad(
+                    loss, list(params.values()), retain_graph=True, allow_unused=True
+                )
                 for (pid, param), grad in zip(params.items(), values):
                     grads[pid] = grad if grad is not None else torch.zeros_like(param)
         self._losses.clear()

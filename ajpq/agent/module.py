@@ -27,7 +27,9 @@ def mlp(sizes: list[int], out_activation: nn.Module | None = None) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
-def truncated_normal_noise(mean: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def truncated_normal_noise(
+    mean: torch.Tensor, sigma: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Sample N(mean, sigma) truncated to [-1, 1] (rejection, then clipping)."""
     sample = mean + sigma * torch.randn(mean.shape, generator=generator)
     for _ in range(20):
@@ -100,7 +102,9 @@ class DDPGTorchRLModule(TorchRLModule, TargetNetworkAPI, InferenceOnlyAPI):
         else:
             with torch.no_grad():
                 mean = self.actor(obs)
-            action = truncated_normal_noise(mean, self.noise_sigma) if self.noise_sigma > 0 else mean
+            action = (
+                truncated_normal_noise(mean, self.noise_sigma) if self.noise_sigma > 0 else mean
+            )
         return {Columns.ACTIONS: action}
 
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

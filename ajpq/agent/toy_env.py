@@ -31,7 +31,9 @@ class HiddenTargetsEnv(gym.Env):
         obs[min(self.step_index, self.length - 1)] = 1.0
         return obs
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+    def reset(
+        self, *, seed: int | None = None, options: dict | None = None
+    ) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         self.step_index = 0
         self.error = 0.0

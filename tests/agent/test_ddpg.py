@@ -70,15 +70,24 @@ def test_checkpoint_round_trip_keeps_everything(ray_session, tmp_path):
         for _ in range(6):
             algo.train()
         path = algo.save_to_path(str(tmp_path / "ckpt"))
-        before_actions = [greedy_action(algo, np.eye(LENGTH, dtype=np.float32)[k]) for k in range(LENGTH)]
+        before_actions = [
+            greedy_action(algo, np.eye(LENGTH, dtype=np.float32)[k]) for k in range(LENGTH)
+        ]
         state_updates = algo.updates_done
         assert state_updates > 0
-        state = (algo.episodes_done, algo.reward_baseline, algo.noise_sigma(), algo.local_replay_buffer.get_num_timesteps())
+        state = (
+            algo.episodes_done,
+            algo.reward_baseline,
+            algo.noise_sigma(),
+            algo.local_replay_buffer.get_num_timesteps(),
+        )
     finally:
         algo.stop()
     restored = DDPG.from_checkpoint(path)
     try:
-        after_actions = [greedy_action(restored, np.eye(LENGTH, dtype=np.float32)[k]) for k in range(LENGTH)]
+        after_actions = [
+            greedy_action(restored, np.eye(LENGTH, dtype=np.float32)[k]) for k in range(LENGTH)
+        ]
         np.testing.assert_array_equal(np.array(before_actions), np.array(after_actions))
         assert (
             restored.episodes_done,
@@ -106,7 +115,9 @@ def test_runs_under_tune(ray_session, tmp_path, runners):
     tuner = tune.Tuner(
         DDPG,
         param_space=config,
-        run_config=tune.RunConfig(stop={"training_iteration": 3}, storage_path=str(tmp_path), verbose=0),
+        run_config=tune.RunConfig(
+            stop={"training_iteration": 3}, storage_path=str(tmp_path), verbose=0
+        ),
     )
     results = tuner.fit()
     assert not results.errors

@@ -1,0 +1,108 @@
+"""Command line: ``ajpq search --config tune_configs/<name>.yaml [--set key=value ...] [--resume]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from ajpq.config import ConfigError, load_config
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ajpq",
+        description="Joint pruning + mixed-precision quantization search (pruning = 0-bit quantization).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    search = commands.add_parser(
+        "search",
+        help="run a compression search (DDPG on Ray, every policy in MLflow)",
+        description="Run a compression search described by a YAML config.",
+    )
+    search.add_argument(
+        "--config", required=True, help="YAML config, e.g. tune_configs/digits_demo.yaml"
+    )
+    search.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set agent.episodes=10 (repeatable)",
+    )
+    search.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the last run of this config from its checkpoint",
+    )
+    search.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory)",
+    )
+    return parser
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout
+    )
+    for noisy in ("ray", "mlflow", "alembic", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = list(args.overrides)
+        if args.tracking_uri:
+            overrides.append(f"tracking.uri={args.tracking_uri}")
+        config = load_config(args.config, overrides)
+    except ConfigError as error:
+        print(f"ajpq: config error: {error}", file=sys.stderr)
+        return 2
+    _configure_logging()
+    from ajpq.search.runner import ResumeError, run_search
+
+    try:
+        outcome = run_search(config, resume=args.resume, config_path=args.config)
+    except (ResumeError, FileNotFoundError, ValueError) as error:
+        print(f"ajpq: error: {error}", file=sys.stderr)
+        return 2
+    log = logging.getLogger("ajpq")
+    best = outcome.best
+    if best is None:
+        log.info("no successful evaluation; see %s", outcome.run_dir)
+        return 1
+    log.info("")
+    log.info("best policy (episode %d of %d):", int(best["episode"]), outcome.episodes)
+    log.info(
+        "  validation accuracy %.4f (fp32 %.4f, drop %.4f)",
+        best["accuracy"],
+        outcome.fp32_val_accuracy,
+        best["accuracy_drop"],
+    )
+    log.info(
+        "  size %.0f bytes, %.1fx smaller than fp32; BitOps %.4f of fp32; latency %.3f ms",
+        best["size_bytes"],
+        best["compression_ratio"],
+        best["bitops_ratio"],
+        best["latency_ms"],
+    )
+    log.info("  saved to %s", outcome.best_policy_path)
+    log.info("  MLflow: parent run %s in %s", outcome.parent_run_id, config.tracking.uri)
+    log.info("  open the MLflow UI with: make mlflow-ui   (then http://127.0.0.1:5000)")
+    if outcome.interrupted:
+        log.info("  interrupted: continue with --resume")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Evaluator actors and the pool that feeds them.
+
+An :class:`Evaluator` holds the pretrained model and the data on its own device (a GPU when Ray
+gives it one, fractions allowed; the CPU otherwise) and scores one policy at a time. The
+:class:`EvaluatorPool` (an async actor, one per search) is the only entry point: it caches
+scores by canonical policy JSON + evaluation settings (an identical policy is scored once, also
+across ``--resume``), dispatches to a free evaluator, replaces a dead evaluator and retries,
+turns a diverged finetune into a failed record with a penalty reward, computes the reward, and
+writes every record to MLflow itself, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import ray
+import torch
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    GetTimeoutError,
+    RayActorError,
+    RayTaskError,
+)
+
+from ajpq.config import RewardKind, SearchConfig
+from ajpq.cost import CostModel
+from ajpq.policy import CompressionPolicy
+from ajpq.scoring import ScoreSettings, score_policy
+from ajpq.search.context import SearchContext
+from ajpq.search.tracking import Tracker
+from ajpq.train import FinetuneConfig
+
+__all__ = ["Evaluator", "EvaluatorPool", "score_settings", "policy_key", "compute_reward"]
+
+logger = logging.getLogger(__name__)
+
+
+def score_settings(config: SearchConfig) -> ScoreSettings:
+    ev = config.evaluator
+    return ScoreSettings(
+        finetune=FinetuneConfig(
+            steps=ev.finetune_steps,
+            lr=ev.finetune_lr,
+            optimizer=ev.optimizer,
+            batch_size=ev.batch_size,
+            seed=config.agent.seed,
+        ),
+        val_samples=ev.val_samples,
+        latency_batch_size=ev.latency_batch_size,
+        latency_repeats=ev.latency_repeats,
+    )
+
+
+def policy_key(policy_json: str, settings: ScoreSettings) -> str:
+    """Cache key: canonical policy JSON + everything that changes the score."""
+    canonical = CompressionPolicy.from_json(policy_json).to_json()
+    fingerprint = json.dumps(
+        {"finetune": settings.finetune.__dict__, "val": settings.val_samples},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256((canonical + fingerprint).encode()).hexdigest()[:24]
+
+
+def compute_reward(
+    config: SearchConfig, accuracy: float, fp32_accuracy: float, failed: bool
+) -> float:
+    agent = config.agent
+    if failed:
+        return agent.failed_reward * agent.reward_scale
+    if agent.reward is RewardKind.RELATIVE:
+        return agent.reward_scale * (accuracy / max(fp32_accuracy, 1e-9) - 1.0)
+    return agent.reward_scale * (accuracy - fp32_accuracy)
+
+
+@ray.remote
+class Evaluator:
+    """Scores policies on its own device; one evaluation at a time."""
+
+    def __init__(self, context_dir: str, threads: int) -> None:
+        torch.set_num_threads(max(1, threads))
+        self.context = SearchContext.load(context_dir)
+        self.splits = self.context.load_data()
+        self.settings = score_settings(self.context.config)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = self.context.model.to(self.device)
+
+    def ready(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "node": socket.gethostname(), "device": self.device}
+
+    def evaluate(self, policy_json: str) -> dict[str, Any]:
+        policy = CompressionPolicy.from_json(policy_json)
+        score = score_policy(
+            self.model, policy, self.context.graph, self.splits, self.settings, self.device
+        )
+        result = score.to_dict()
+        result.update(pid=os.getpid(), node=socket.gethostname(), device=self.device)
+        return result
+
+
+@ray.remote(num_cpus=0)
+class EvaluatorPool:
+    """The search's single door to evaluation and to MLflow (see module docstring)."""
+
+    def __init__(self, context_dir: str, parent_run_id: str | None) -> None:
+        self.context = SearchContext.load(context_dir)
+        self.context_dir = context_dir
+        self.config = self.context.config
+        self.settings = score_settings(self.config)
+        self.parent_run_id = parent_run_id
+        self.tracker = (
+            Tracker(self.config.tracking.uri, self.config.tracking.experiment)
+            if parent_run_id
+            else None
+        )
+        self.records: dict[str, dict[str, Any]] = {}
+        if self.tracker is not None:
+            self.records = self.tracker.existing_records(parent_run_id)
+        self.episode = int(max((r.get("episode", 0) for r in self.records.values()), default=0))
+        self.best: dict[str, Any] | None = None
+        for record in self.records.values():
+            self._update_best(record)
+        self.workers = [self._new_worker() for _ in range(self.config.evaluator.num_evaluators)]
+        self.free: asyncio.Queue | None = None
+        self.inflight: dict[str, asyncio.Future] = {}
+        self.log_lock: asyncio.Lock | None = None
+        self.stats = {"scored": 0, "cache_hits": 0, "retries": 0, "replaced": 0, "failed": 0}
+
+    def _new_worker(self) -> Any:
+        ev = self.config.evaluator
+        return Evaluator.options(num_cpus=ev.num_cpus, num_gpus=ev.num_gpus).remote(
+            self.context_dir, ev.torch_threads
+        )
+
+    def _setup(self) -> None:
+        if self.free is None:
+            self.free = asyncio.Queue()
+            for index in range(len(self.workers)):
+                self.free.put_nowait(index)
+            self.log_lock = asyncio.Lock()
+
+    def _update_best(self, record: dict[str, Any]) -> None:
+        if record.get("failed"):
+            return
+        if self.best is None or record["reward"] > self.best["reward"]:
+            self.best = record
+
+    # -- the public API -----------------------------------------------------------------------
+    async def evaluate(self, policy_json: str) -> dict[str, Any]:
+        self._setup()
+        key = policy_key(policy_json, self.settings)
+        if key in self.records:
+            self.stats["cache_hits"] += 1
+            return {**self.records[key], "cached": True}
+        if key in self.inflight:
+            self.stats["cache_hits"] += 1
+            return {**(await asyncio.shield(self.inflight[key])), "cached": True}
+        future = asyncio.get_running_loop().create_future()
+        self.inflight[key] = future
+        try:
+            record = await self._score(policy_json)
+            if "size_bytes" not in record:  # a failure before scoring: still record the costs
+                cost = CostModel(self.context.graph).cost(CompressionPolicy.from_json(policy_json))
+                record.update(
+                    size_bytes=cost.size_bytes,
+                    compression_ratio=cost.compression_ratio,
+                    bitops=cost.bitops,
+                    bitops_ratio=cost.bitops_ratio,
+                    macs=cost.macs,
+                    latency_ms=-1.0,
+                )
+            self.episode += 1
+            record["episode"] = self.episode
+            record["policy_key"] = key
+            failed = bool(record.get("failed") or record.get("diverged"))
+            record["failed"] = failed
+            fp32 = self.context.fp32_val_accuracy
+            record["accuracy_drop"] = fp32 - record.get("accuracy", 0.0)
+            record["reward"] = compute_reward(
+                self.config, record.get("accuracy", 0.0), fp32, failed
+            )
+            record["eval_start_ts"] = record.get("start_ts")
+            record["eval_end_ts"] = record.get("end_ts")
+            self.stats["scored"] += 1
+            self.stats["failed"] += int(failed)
+            self._update_best(record)
+            if self.tracker is not None:
+                async with self.log_lock:
+                    record["run_id"] = await asyncio.to_thread(
+                        self.tracker.log_policy, self.parent_run_id, key, policy_json, record
+                    )
+                    if self.best is not None:
+                        await asyncio.to_thread(
+                            self.tracker.log_best,
+                            self.parent_run_id,
+                            self.best["accuracy"],
+                            self.best["reward"],
+                            self.episode,
+                        )
+            self.records[key] = record
+            future.set_result(record)
+            return {**record, "cached": False}
+        except BaseException as error:
+            if not future.done():
+                future.set_exception(error)
+            raise
+        finally:
+            self.inflight.pop(key, None)
+
+    async def _score(self, policy_json: str) -> dict[str, Any]:
+        ev = self.config.evaluator
+        last_error = ""
+        for attempt in range(ev.max_retries + 1):
+            index = await self.free.get()
+            worker = self.workers[index]
+            try:
+                ref = worker.evaluate.remote(policy_json)
+                result = await asyncio.wait_for(asyncio.wrap_future(ref.future()), ev.timeout_s)
+                self.free.put_nowait(index)
+                return result
+            except (
+                RayActorError,
+                ActorDiedError,
+                ActorUnavailableError,
+                asyncio.TimeoutError,
+                GetTimeoutError,
+            ) as error:
+                last_error = f"{type(error).__name__}: {error}"
+                logger.warning(
+                    "evaluator %d lost (%s); replacing it and retrying (attempt %d)",
+                    index,
+                    type(error).__name__,
+                    attempt + 1,
+                )
+                with contextlib.suppress(Exception):  # it may be gone already
+                    ray.kill(worker, no_restart=True)
+                self.workers[index] = self._new_worker()
+                self.stats["replaced"] += 1
+                self.stats["retries"] += 1
+                self.free.put_nowait(index)
+            except RayTaskError as error:
+                self.free.put_nowait(index)
+                logger.warning("evaluation raised: %s", error)
+                now = time.time()
+                return {
+                    "failed": True,
+                    "error": str(error).splitlines()[-1],
+                    "accuracy": 0.0,
+                    "start_ts": now,
+                    "end_ts": now,
+                }
+        now = time.time()
+        return {
+            "failed": True,
+            "error": f"gave up after {ev.max_retries + 1} attempts: {last_error}",
+            "accuracy": 0.0,
+            "start_ts": now,
+            "end_ts": now,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "episodes": self.episode,
+            "best": self.best,
+            "stats": dict(self.stats),
+            "records": len(self.records),
+        }
+
+    def all_records(self) -> list[dict[str, Any]]:
+        return sorted(self.records.values(), key=lambda r: r.get("episode", 0))
+
+    def worker_handles(self) -> list[Any]:
+        return list(self.workers)
+
+    async def wait_ready(self) -> list[dict[str, Any]]:
+        return await asyncio.gather(*[w.ready.remote() for w in self.workers])

@@ -1,0 +1,283 @@
+"""The search driver: prepare, start the evaluator pool, run DDPG until the episode budget is
+spent, checkpoint every iteration, and report the best policy (also into MLflow)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+
+from ajpq.agent import DDPG, DDPGConfig
+from ajpq.config import SearchConfig
+from ajpq.policy import CompressionPolicy
+from ajpq.search import env as env_module
+from ajpq.search.context import SearchContext, prepare_context
+from ajpq.search.evaluators import EvaluatorPool
+from ajpq.search.tracking import Tracker
+
+__all__ = ["SearchOutcome", "run_search", "run_base_name", "ResumeError"]
+
+logger = logging.getLogger(__name__)
+
+
+class ResumeError(ValueError):
+    """Nothing to resume, or the previous run is incompatible."""
+
+
+@dataclass
+class SearchOutcome:
+    run_dir: Path
+    parent_run_id: str
+    best: dict[str, Any] | None
+    best_policy_path: Path | None
+    episodes: int
+    fp32_val_accuracy: float
+    stats: dict[str, Any]
+    interrupted: bool = False
+
+
+def run_base_name(config: SearchConfig) -> str:
+    if config.tracking.run_name:
+        return config.tracking.run_name
+    return f"{config.model.value}-{config.data.name.value}-{config.budget.kind.value}{config.budget.value:g}-s{config.agent.seed}"
+
+
+def _ddpg_config(config: SearchConfig, env_config: dict[str, Any]) -> DDPGConfig:
+    agent, ev = config.agent, config.evaluator
+    # an env runner mostly waits on the pool: it reserves little so evaluators can be scheduled;
+    # a sample must never be dropped for being slow: allow every retry of an evaluation
+    sample_timeout = ev.timeout_s * (ev.max_retries + 1) + 600.0
+    return (
+        DDPGConfig()
+        .environment(env_module.ENV_NAME, env_config=env_config, disable_env_checking=True)
+        .env_runners(
+            num_env_runners=agent.env_runners,
+            num_cpus_per_env_runner=ENV_RUNNER_CPUS,
+            sample_timeout_s=sample_timeout,
+            rollout_fragment_length=1,
+            batch_mode="complete_episodes",
+        )
+        .learners(num_learners=0)
+        .training(
+            actor_hiddens=list(agent.hiddens),
+            critic_hiddens=list(agent.hiddens),
+            actor_lr=agent.actor_lr,
+            critic_lr=agent.critic_lr,
+            tau=agent.tau,
+            train_batch_size_per_learner=agent.batch_size,
+            warmup_episodes=agent.warmup_episodes,
+            noise_sigma=agent.noise_sigma,
+            noise_decay=agent.noise_decay,
+            baseline_decay=agent.baseline_decay,
+            credit_assignment=agent.credit_assignment,
+        )
+        .debugging(seed=agent.seed)
+    )
+
+
+ENV_RUNNER_CPUS = 0.05
+
+
+def local_num_cpus(config: SearchConfig) -> int:
+    """Logical CPUs for a local Ray: at least the cores, and enough that every evaluator and env
+    runner can be scheduled (env runners mostly wait on evaluators, so they reserve little)."""
+    needed = (
+        config.evaluator.num_evaluators * config.evaluator.num_cpus
+        + config.agent.env_runners * ENV_RUNNER_CPUS
+    )
+    return max(os.cpu_count() or 1, math.ceil(needed + 0.5))
+
+
+def _ensure_ray(config: SearchConfig) -> None:
+    if not ray.is_initialized():
+        local = config.ray_address is None
+        ray.init(
+            address=config.ray_address,
+            num_cpus=(config.ray_num_cpus or local_num_cpus(config)) if local else None,
+            include_dashboard=False,
+            log_to_driver=False,
+            namespace="ajpq",
+        )
+
+
+def _save_checkpoint(algo: DDPG, run_dir: Path) -> Path:
+    final = run_dir / "checkpoint"
+    tmp = run_dir / "checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    algo.save_to_path(str(tmp))
+    old = run_dir / "checkpoint.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _plot(records: list[dict[str, Any]], path: Path) -> Path | None:
+    ok = [r for r in records if not r.get("failed")]
+    if not ok:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    episodes = [r["episode"] for r in ok]
+    best, running = [], -float("inf")
+    for r in ok:
+        running = max(running, r["accuracy"])
+        best.append(running)
+    left.plot(episodes, [r["accuracy"] for r in ok], ".", label="policy")
+    left.plot(episodes, best, "-", label="best so far")
+    left.set_xlabel("episode")
+    left.set_ylabel("validation accuracy")
+    left.legend()
+    right.scatter(
+        [r["compression_ratio"] for r in ok],
+        [r["accuracy"] for r in ok],
+        c=episodes,
+        cmap="viridis",
+    )
+    right.set_xlabel("compression ratio (fp32 size / size)")
+    right.set_ylabel("validation accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run_search(
+    config: SearchConfig, resume: bool = False, config_path: str | None = None
+) -> SearchOutcome:
+    """Run (or continue, with ``resume``) one search described by ``config``."""
+    base = Path(config.output_dir).resolve() / run_base_name(config)
+    latest = base / "latest.json"
+    if resume:
+        if not latest.exists():
+            raise ResumeError(f"nothing to resume under {base}; run without --resume first")
+        state = json.loads(latest.read_text())
+        run_dir = Path(state["run_dir"])
+        parent_run_id = state["parent_run_id"]
+        if not (run_dir / "context" / "context.json").exists():
+            raise ResumeError(f"{run_dir} holds no prepared search to resume")
+    else:
+        run_dir = base / time.strftime("%Y%m%d-%H%M%S")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        parent_run_id = None
+        context = prepare_context(config, run_dir / "context")
+
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+    if parent_run_id is None:
+        params = {
+            "model": config.model.value,
+            "dataset": config.data.name.value,
+            "budget_kind": config.budget.kind.value,
+            "budget_value": config.budget.value,
+            "fp32_val_accuracy": round(context.fp32_val_accuracy, 6),
+            "fp32_test_accuracy": round(context.fp32_test_accuracy, 6),
+        }
+        for section in ("agent", "evaluator", "space"):
+            for key, value in config.to_dict()[section].items():
+                params[f"{section}.{key}"] = value
+        parent_run_id = tracker.start_search(
+            run_base_name(config), params, {"ajpq.run_dir": str(run_dir)}
+        )
+        latest.write_text(json.dumps({"run_dir": str(run_dir), "parent_run_id": parent_run_id}))
+        resolved = run_dir / "config.yaml"
+        resolved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        tracker.log_artifact(parent_run_id, resolved)
+    else:
+        tracker.set_status(parent_run_id, "RUNNING")
+    context = SearchContext.load(run_dir / "context")
+
+    _ensure_ray(config)
+    namespace = ray.get_runtime_context().namespace
+    pool_name = f"ajpq-pool-{parent_run_id}"
+    pool = EvaluatorPool.options(name=pool_name, namespace=namespace).remote(
+        str(run_dir / "context"), parent_run_id
+    )
+    ray.get(pool.wait_ready.remote())
+    env_module.register()
+    env_config = {
+        "context_dir": str(run_dir / "context"),
+        "pool_name": pool_name,
+        "namespace": namespace,
+    }
+    checkpoint = run_dir / "checkpoint"
+    if resume and checkpoint.exists():
+        algo = DDPG.from_checkpoint(str(checkpoint))
+        logger.info("resumed from %s at episode %d", checkpoint, algo.episodes_done)
+    else:
+        algo = _ddpg_config(config, env_config).build_algo()
+
+    target = config.agent.episodes
+    fp32 = context.fp32_val_accuracy
+    interrupted = False
+    started = time.time()
+    try:
+        while algo.episodes_done < target:
+            algo.train()
+            _save_checkpoint(algo, run_dir)
+            summary = ray.get(pool.summary.remote())
+            best = summary["best"]
+            rate = (time.time() - started) / max(1, algo.episodes_done)
+            if best:
+                logger.info(
+                    "episode %d/%d | best val acc %.4f (fp32 %.4f) at %.1fx smaller, %.3f BitOps | %.1f s/episode",
+                    algo.episodes_done,
+                    target,
+                    best["accuracy"],
+                    fp32,
+                    best["compression_ratio"],
+                    best["bitops_ratio"],
+                    rate,
+                )
+            else:
+                logger.info(
+                    "episode %d/%d | no successful evaluation yet", algo.episodes_done, target
+                )
+    except KeyboardInterrupt:
+        interrupted = True
+        logger.warning("interrupted: resume with the same command plus --resume")
+    finally:
+        summary = ray.get(pool.summary.remote())
+        records = ray.get(pool.all_records.remote())
+        algo.stop()
+        ray.kill(pool)
+
+    best = summary["best"]
+    best_path = None
+    if best is not None:
+        best_path = run_dir / "best_policy.json"
+        best_path.write_text(tracker.download_policy(best["run_id"]))
+        tracker.log_artifact(parent_run_id, best_path)
+    plot = _plot(records, run_dir / "search.png")
+    if plot:
+        tracker.log_artifact(parent_run_id, plot, "plots")
+    (run_dir / "records.json").write_text(json.dumps(records, indent=1, default=str))
+    tracker.set_status(parent_run_id, "KILLED" if interrupted else "FINISHED")
+    return SearchOutcome(
+        run_dir=run_dir,
+        parent_run_id=parent_run_id,
+        best=best,
+        best_policy_path=best_path,
+        episodes=summary["episodes"],
+        fp32_val_accuracy=fp32,
+        stats=summary["stats"],
+        interrupted=interrupted,
+    )
+
+
+def load_best_policy(outcome: SearchOutcome) -> CompressionPolicy | None:
+    return CompressionPolicy.load(outcome.best_policy_path) if outcome.best_policy_path else None

@@ -1,0 +1,168 @@
+"""MLflow records: one parent run per search, one child run per distinct evaluated policy.
+
+Only the evaluator pool writes child runs (one writer, serialised), so concurrent evaluations
+never lose or duplicate a record. Works with the embedded SQLite default or a tracking server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from ajpq.policy import CompressionPolicy
+
+__all__ = ["Tracker", "POLICY_METRICS", "artifact_root_for"]
+
+logger = logging.getLogger(__name__)
+
+POLICY_METRICS = (
+    "accuracy",
+    "accuracy_drop",
+    "size_bytes",
+    "compression_ratio",
+    "bitops",
+    "bitops_ratio",
+    "macs",
+    "latency_ms",
+    "reward",
+    "episode",
+)
+EXTRA_METRICS = ("top5", "finetune_s", "eval_s", "eval_start_ts", "eval_end_ts")
+
+
+def artifact_root_for(uri: str) -> str | None:
+    """For a SQLite store, keep artifacts next to the database file (not in the CWD)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :]).resolve()
+        return (db.parent / "mlartifacts").as_uri()
+    return None
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=artifact_root_for(uri)
+            )
+        else:
+            self.experiment_id = found.experiment_id
+
+    # -- parent -----------------------------------------------------------------------------
+    def start_search(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        run = self.client.create_run(
+            self.experiment_id, run_name=run_name, tags={"ajpq.role": "search", **tags}
+        )
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run.info.run_id, params=items[start : start + 100])
+        return run.info.run_id
+
+    def log_best(
+        self, parent_id: str, best_accuracy: float, best_reward: float, episode: int
+    ) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            parent_id,
+            metrics=[
+                Metric("best_accuracy", best_accuracy, now, episode),
+                Metric("best_reward", best_reward, now, episode),
+            ],
+        )
+
+    def set_status(self, run_id: str, status: str) -> None:
+        if status == "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            self.client.set_terminated(run_id, status=status)
+
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
+
+    # -- children ---------------------------------------------------------------------------
+    def log_policy(self, parent_id: str, key: str, policy_json: str, record: dict[str, Any]) -> str:
+        policy = CompressionPolicy.from_json(policy_json)
+        status = "failed" if record.get("failed") else "ok"
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"episode-{int(record['episode']):04d}",
+            tags={
+                "ajpq.role": "policy",
+                "mlflow.parentRunId": parent_id,
+                "ajpq.policy_key": key,
+                "ajpq.status": status,
+                **({"ajpq.error": str(record["error"])[:4000]} if record.get("error") else {}),
+            },
+        )
+        run_id = run.info.run_id
+        now = int(time.time() * 1000)
+        metrics = []
+        for name in POLICY_METRICS + EXTRA_METRICS:
+            value = record.get(name)
+            if value is None:
+                continue
+            value = float(value)
+            metrics.append(Metric(name, value if math.isfinite(value) else -1.0, now, 0))
+        params = [
+            Param(
+                f"L{index:03d}.{lp.name}"[:250],
+                f"keep={lp.kept}/{len(lp.weight_bits)} w={lp.mean_bits:.2f} a={lp.act_bits}",
+            )
+            for index, lp in enumerate(policy.layers)
+        ]
+        params.append(
+            Param(
+                "mean_sparsity",
+                f"{sum(lp.sparsity for lp in policy.layers) / len(policy.layers):.4f}",
+            )
+        )
+        self.client.log_batch(run_id, metrics=metrics, params=params[:100])
+        for start in range(100, len(params), 100):
+            self.client.log_batch(run_id, params=params[start : start + 100])
+        self.client.log_text(run_id, policy.to_json(indent=2), "policy.json")
+        self.client.set_terminated(run_id, status="FAILED" if status == "failed" else "FINISHED")
+        return run_id
+
+    def child_runs(self, parent_id: str) -> list[Any]:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                max_results=1000,
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def existing_records(self, parent_id: str) -> dict[str, dict[str, Any]]:
+        """Records already logged under ``parent_id``, by policy key (for --resume)."""
+        records = {}
+        for run in self.child_runs(parent_id):
+            key = run.data.tags.get("ajpq.policy_key")
+            if not key:
+                continue
+            record = dict(run.data.metrics)
+            record["failed"] = run.data.tags.get("ajpq.status") == "failed"
+            record["run_id"] = run.info.run_id
+            records[key] = record
+        return records
+
+    def download_policy(self, run_id: str) -> str:
+        path = self.client.download_artifacts(run_id, "policy.json")
+        return Path(path).read_text()
+
+    @staticmethod
+    def dumps(data: Any) -> str:
+        return json.dumps(data, indent=2, sort_keys=True, default=str)
