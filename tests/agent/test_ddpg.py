@@ -26,7 +26,7 @@ def _greedy_score(algo: DDPG) -> float:
 
 @pytest.mark.ray
 def test_learns_hidden_targets_and_beats_random_search(ray_session):
-    episodes = 400
+    episodes = 300
     algo = _config(seed=0, warmup_episodes=50).build_algo()
     try:
         for _ in range(episodes):
@@ -35,7 +35,7 @@ def test_learns_hidden_targets_and_beats_random_search(ray_session):
     finally:
         algo.stop()
     env = HiddenTargetsEnv({"length": LENGTH})
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(12345)  # not the env's target seed
     random_scores = [env.score(rng.uniform(0, 1, LENGTH)) for _ in range(episodes)]
     random_mean = -LENGTH / 6  # expected return of the uniform policy
     # within 10% of the optimum (0), measured against the random policy's regret

@@ -1,0 +1,166 @@
+"""End-to-end searches on digits (local Ray, SQLite MLflow)."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from ajpq.budget import Budget, budget_value
+from ajpq.config import load_config
+from ajpq.cost import CostModel
+from ajpq.policy import CompressionPolicy
+from ajpq.search.context import SearchContext
+from ajpq.search.runner import run_search
+from ajpq.search.tracking import POLICY_METRICS
+
+pytestmark = pytest.mark.ray
+
+
+def _children(uri: str, parent_id: str):
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("test")
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+        max_results=1000,
+    )
+    return client, runs
+
+
+def test_search_records_every_policy_in_budget_and_in_parallel(ray_session, search_config_file):
+    config = load_config(search_config_file())
+    outcome = run_search(config)
+    assert not outcome.interrupted
+    client, children = _children(config.tracking.uri, outcome.parent_run_id)
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.tags["ajpq.role"] == "search" and parent.data.params["model"] == "digits_cnn"
+    assert parent.info.status == "FINISHED"
+    # one child per distinct evaluated policy
+    keys = [run.data.tags["ajpq.policy_key"] for run in children]
+    assert len(keys) == len(set(keys)) == outcome.stats["scored"] == outcome.episodes
+    assert outcome.episodes + outcome.stats["cache_hits"] >= config.agent.episodes
+    context = SearchContext.load(outcome.run_dir / "context")
+    costs = CostModel(context.graph)
+    budget = Budget("size", config.budget.value)
+    for run in children:
+        assert run.data.tags["ajpq.role"] == "policy"
+        assert set(POLICY_METRICS) <= set(run.data.metrics), set(POLICY_METRICS) - set(
+            run.data.metrics
+        )
+        path = client.download_artifacts(run.info.run_id, "policy.json")
+        policy = CompressionPolicy.load(path)
+        assert budget_value(policy, budget, costs) <= config.budget.value + 1e-9
+        assert run.data.metrics["compression_ratio"] >= 1 / config.budget.value - 1e-6
+    # the parent's best equals the best child
+    best_child = max(children, key=lambda r: r.data.metrics["reward"])
+    assert parent.data.metrics["best_reward"] == pytest.approx(best_child.data.metrics["reward"])
+    assert parent.data.metrics["best_accuracy"] == pytest.approx(
+        best_child.data.metrics["accuracy"]
+    )
+    history = client.get_metric_history(outcome.parent_run_id, "best_reward")
+    assert [m.step for m in history] == sorted(m.step for m in history)
+    assert (
+        CompressionPolicy.load(outcome.best_policy_path).to_json()
+        == CompressionPolicy.load(
+            client.download_artifacts(best_child.info.run_id, "policy.json")
+        ).to_json()
+    )
+    # 2 env runners x 2 evaluators: some evaluation intervals overlap in time
+    spans = sorted(
+        (r.data.metrics["eval_start_ts"], r.data.metrics["eval_end_ts"]) for r in children
+    )
+    overlaps = sum(1 for (s1, e1), (s2, e2) in zip(spans, spans[1:]) if s2 < e1)
+    assert overlaps >= 1, spans
+
+
+def test_killed_evaluator_is_replaced_and_nothing_is_lost(ray_session, search_config_file):
+    config = load_config(
+        search_config_file(
+            agent={"episodes": 8, "env_runners": 2}, evaluator={"finetune_steps": 40}
+        )
+    )
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("outcome", run_search(config)))
+    thread.start()
+    pool = None
+    deadline = time.time() + 240
+    while time.time() < deadline and pool is None:
+        try:
+            pool = ray.get_actor(_pool_name(), namespace=ray.get_runtime_context().namespace)
+        except ValueError:
+            time.sleep(0.5)
+    assert pool is not None
+    while time.time() < deadline and ray.get(pool.summary.remote())["episodes"] < 1:
+        time.sleep(0.2)
+    victim = ray.get(pool.worker_handles.remote())[0]
+    ray.kill(victim, no_restart=True)
+    thread.join(timeout=600)
+    outcome = result["outcome"]
+    assert outcome.stats["replaced"] >= 1
+    _, children = _children(config.tracking.uri, outcome.parent_run_id)
+    keys = {run.data.tags["ajpq.policy_key"] for run in children}
+    assert len(children) == len(keys) == outcome.stats["scored"] == outcome.episodes
+    assert not any(run.data.tags.get("ajpq.status") == "failed" for run in children)
+    assert outcome.episodes + outcome.stats["cache_hits"] >= config.agent.episodes
+
+
+def _pool_name() -> str:
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    live = [n for n in names if n.startswith("ajpq-pool-")]
+    if not live:
+        raise ValueError("no pool yet")
+    return live[-1]
+
+
+def test_resume_after_interrupt_scores_nothing_twice(search_config_file, tmp_path):
+    path = search_config_file(
+        agent={"episodes": 10, "env_runners": 1},
+        evaluator={"num_evaluators": 1, "finetune_steps": 20},
+    )
+    config = load_config(path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "ajpq.cli", "search", "--config", str(path)]
+    first = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen = []
+    deadline = time.time() + 300
+    for line in first.stdout:
+        seen.append(line)
+        if "episode 4/10" in line or time.time() > deadline:
+            break
+    os.killpg(first.pid, signal.SIGINT)
+    rest, _ = first.communicate(timeout=300)
+    seen.append(rest)
+    log = "".join(seen)
+    assert first.returncode != 0, log
+    assert "--resume" in log
+    latest = Path(config.output_dir).resolve() / "digits_cnn-digits-size0.1-s0" / "latest.json"
+    assert latest.exists()
+    second = subprocess.run(
+        command + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resumed from" in second.stdout
+    import json
+
+    parent_id = json.loads(latest.read_text())["parent_run_id"]
+    client, children = _children(config.tracking.uri, parent_id)
+    keys = [run.data.tags["ajpq.policy_key"] for run in children]
+    assert len(keys) == len(set(keys))
+    episodes = sorted(int(run.data.metrics["episode"]) for run in children)
+    assert episodes == list(range(1, len(episodes) + 1))
+    assert client.get_run(parent_id).info.status == "FINISHED"
