@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= tune_configs/digits_demo.yaml
 
-.PHONY: install test test-slow test-all lint format search bench mlflow-ui clean
+.PHONY: install test test-slow test-all lint format search bench bench-ddpg bench-search mlflow-ui clean
 
 install: $(STAMP)
 
@@ -37,6 +37,12 @@ search: install
 
 bench: install
 	$(BIN)/python bench/bench_core.py
+
+bench-ddpg: install
+	$(BIN)/python bench/bench_ddpg.py
+
+bench-search: install
+	$(BIN)/python bench/bench_search.py
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db

@@ -102,7 +102,13 @@ class DDPGConfig(AlgorithmConfig):
 
     def validate(self) -> None:
         super().validate()
-        self.credit_assignment = CreditAssignment(self.credit_assignment)
+        try:
+            self.credit_assignment = CreditAssignment(self.credit_assignment)
+        except ValueError:
+            options = ", ".join(c.value for c in CreditAssignment)
+            raise ValueError(
+                f"credit_assignment {self.credit_assignment!r} is unknown; use one of: {options}"
+            ) from None
         if not 0 < self.tau <= 1:
             raise ValueError(f"tau {self.tau} must lie in (0, 1]")
         if self.noise_sigma < 0 or not 0 < self.noise_decay <= 1:

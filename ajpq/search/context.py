@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ajpq.budget import BudgetKind, LatencyModel, fit_latency_model
 from ajpq.config import SearchConfig
 from ajpq.data import DataConfig, DataSplits, load_dataset
 from ajpq.graph import ModelGraph, analyze
@@ -45,6 +46,7 @@ class SearchContext:
     fp32_val_accuracy: float
     fp32_test_accuracy: float
     directory: Path
+    latency_model: LatencyModel | None = None
 
     @classmethod
     def load(cls, directory: str | Path) -> SearchContext:
@@ -66,6 +68,9 @@ class SearchContext:
             fp32_val_accuracy=meta["fp32_val_accuracy"],
             fp32_test_accuracy=meta["fp32_test_accuracy"],
             directory=directory,
+            latency_model=LatencyModel(**meta["latency_model"])
+            if meta.get("latency_model")
+            else None,
         )
 
     def load_data(self) -> DataSplits:
@@ -86,6 +91,14 @@ def prepare_context(config: SearchConfig, directory: Path, device: str = "cpu") 
         "fp32_val_accuracy": pre.val_top1,
         "fp32_test_accuracy": pre.test_top1,
     }
+    if config.budget.kind is BudgetKind.LATENCY:
+        graph = analyze(pre.model, torch.zeros(1, *splits.input_shape))
+        fitted = fit_latency_model(pre.model, graph, config.evaluator.latency_batch_size, device)
+        meta["latency_model"] = {
+            "intercept_ms": fitted.intercept_ms,
+            "ms_per_mac": fitted.ms_per_mac,
+        }
+        logger.info("latency model: %.3f ms + %.3g ms/MAC", fitted.intercept_ms, fitted.ms_per_mac)
     (directory / "context.json").write_text(json.dumps(meta, indent=2))
     logger.info(
         "fp32 %s: val accuracy %.4f, test accuracy %.4f",

@@ -96,7 +96,9 @@ class CompressionEnv(gym.Env):
         if self.step_index < len(self.order):
             return self._observation(), 0.0, False, False, {}
         policy = self._policy_for(self.knobs)
-        policy = enforce_budget(policy, self.budget, self.costs, self.context.importance)
+        policy = enforce_budget(
+            policy, self.budget, self.costs, self.context.importance, self.context.latency_model
+        )
         record = self.evaluate(policy.to_json())
         return self._observation(), float(record["reward"]), True, False, record
 

@@ -132,7 +132,8 @@ class EvaluatorPool:
         self.workers = [self._new_worker() for _ in range(self.config.evaluator.num_evaluators)]
         self.free: asyncio.Queue | None = None
         self.inflight: dict[str, asyncio.Future] = {}
-        self.log_lock: asyncio.Lock | None = None
+        self.pending: asyncio.Queue | None = None
+        self.writer: asyncio.Task | None = None
         self.stats = {"scored": 0, "cache_hits": 0, "retries": 0, "replaced": 0, "failed": 0}
 
     def _new_worker(self) -> Any:
@@ -146,7 +147,34 @@ class EvaluatorPool:
             self.free = asyncio.Queue()
             for index in range(len(self.workers)):
                 self.free.put_nowait(index)
-            self.log_lock = asyncio.Lock()
+            self.pending = asyncio.Queue()
+            self.writer = asyncio.get_running_loop().create_task(self._write_records())
+
+    async def _write_records(self) -> None:
+        while True:
+            key, policy_json, record, best, episode = await self.pending.get()
+            try:
+                record["run_id"] = await asyncio.to_thread(
+                    self.tracker.log_policy, self.parent_run_id, key, policy_json, record
+                )
+                if best is not None:
+                    await asyncio.to_thread(
+                        self.tracker.log_best,
+                        self.parent_run_id,
+                        best["accuracy"],
+                        best["reward"],
+                        episode,
+                    )
+            except Exception:  # noqa: BLE001 - keep writing the others; the record stays cached
+                logger.exception("could not write the record of episode %s to MLflow", episode)
+            finally:
+                self.pending.task_done()
+
+    async def flush(self) -> int:
+        """Wait until every record handed to the writer is in MLflow; returns how many exist."""
+        self._setup()
+        await self.pending.join()
+        return len(self.records)
 
     def _update_best(self, record: dict[str, Any]) -> None:
         if record.get("failed"):
@@ -194,18 +222,11 @@ class EvaluatorPool:
             self.stats["failed"] += int(failed)
             self._update_best(record)
             if self.tracker is not None:
-                async with self.log_lock:
-                    record["run_id"] = await asyncio.to_thread(
-                        self.tracker.log_policy, self.parent_run_id, key, policy_json, record
-                    )
-                    if self.best is not None:
-                        await asyncio.to_thread(
-                            self.tracker.log_best,
-                            self.parent_run_id,
-                            self.best["accuracy"],
-                            self.best["reward"],
-                            self.episode,
-                        )
+                # MLflow writes leave the critical path: one writer task, in order; flush()
+                # waits for them (the driver flushes before every checkpoint and at the end)
+                self.pending.put_nowait(
+                    (key, policy_json, record, self.best and dict(self.best), self.episode)
+                )
             self.records[key] = record
             future.set_result(record)
             return {**record, "cached": False}

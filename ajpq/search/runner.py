@@ -228,6 +228,7 @@ def run_search(
     try:
         while algo.episodes_done < target:
             algo.train()
+            ray.get(pool.flush.remote())  # MLflow is never behind a checkpoint
             _save_checkpoint(algo, run_dir)
             summary = ray.get(pool.summary.remote())
             best = summary["best"]
@@ -251,6 +252,7 @@ def run_search(
         interrupted = True
         logger.warning("interrupted: resume with the same command plus --resume")
     finally:
+        ray.get(pool.flush.remote())
         summary = ray.get(pool.summary.remote())
         records = ray.get(pool.all_records.remote())
         algo.stop()

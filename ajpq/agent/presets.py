@@ -1,0 +1,33 @@
+"""Ready configs for standard control tasks (tests and benchmarks share them)."""
+
+from __future__ import annotations
+
+from ajpq.agent.config import DDPGConfig
+
+__all__ = ["pendulum_ddpg_config"]
+
+
+def pendulum_ddpg_config(seed: int = 0) -> DDPGConfig:
+    """DDPG for Pendulum-v1: one-step TD (rewards every step), the usual continuous-control
+    hyperparameters (Lillicrap et al.), a large replay buffer, 5 random warm-up episodes."""
+    return (
+        DDPGConfig()
+        .environment("Pendulum-v1")
+        .env_runners(num_env_runners=0)
+        .reporting(metrics_num_episodes_for_smoothing=5)
+        .training(
+            credit_assignment="td",
+            gamma=0.99,
+            actor_lr=1e-3,
+            critic_lr=1e-3,
+            tau=0.005,
+            actor_hiddens=[256, 256],
+            critic_hiddens=[256, 256],
+            train_batch_size_per_learner=128,
+            warmup_episodes=5,
+            noise_sigma=0.1,
+            noise_decay=1.0,
+            replay_buffer_config={"capacity": 100_000},
+        )
+        .debugging(seed=seed)
+    )
