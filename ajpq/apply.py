@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from ajpq.graph import ModelGraph, analyze
 from ajpq.policy import CompressionPolicy
-from ajpq.quantize import FLOAT_BITS, ActivationQuantizer, fake_quantize_weight
+from ajpq.quantize import FLOAT_BITS, ActivationQuantizer, fake_quantize_weight, weight_qmax
 from ajpq.validation import validate_policy
 
 __all__ = [
@@ -50,6 +50,10 @@ class FakeQuantLayer(nn.Module):
         self.register_buffer("input_mask", None if input_mask is None else input_mask.to(device))
         self.act = ActivationQuantizer(act_bits)
         self.quantize_weights = bool((self.weight_bits != FLOAT_BITS).any())
+        self.has_special_bits = bool(
+            ((self.weight_bits < 2) | (self.weight_bits >= FLOAT_BITS)).any()
+        )
+        self.register_buffer("weight_qmax", weight_qmax(self.weight_bits), persistent=False)
 
     def _mask_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_mask is None:
@@ -61,7 +65,9 @@ class FakeQuantLayer(nn.Module):
     def quantized_weight(self) -> torch.Tensor:
         if not self.quantize_weights:
             return self.layer.weight
-        return fake_quantize_weight(self.layer.weight, self.weight_bits)
+        return fake_quantize_weight(
+            self.layer.weight, self.weight_bits, self.weight_qmax, self.has_special_bits
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self._mask_input(x))

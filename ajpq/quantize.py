@@ -11,44 +11,87 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["FLOAT_BITS", "fake_quantize_weight", "fake_quantize_activation", "ActivationQuantizer"]
+__all__ = [
+    "FLOAT_BITS",
+    "weight_qmax",
+    "fake_quantize_weight",
+    "fake_quantize_activation",
+    "ActivationQuantizer",
+]
 
 FLOAT_BITS = 32
 
 
-def fake_quantize_weight(weight: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+def weight_qmax(bits: torch.Tensor) -> torch.Tensor:
+    """Largest integer level per channel (2^(bits-1) - 1, at least 1)."""
+    return torch.clamp(torch.exp2(bits.float() - 1) - 1, min=1.0)
+
+
+def fake_quantize_weight(
+    weight: torch.Tensor,
+    bits: torch.Tensor,
+    qmax: torch.Tensor | None = None,
+    has_special: bool | None = None,
+) -> torch.Tensor:
     """Quantize ``weight`` (out, ...) channel by channel at ``bits`` (out,), with an STE.
 
     The forward value is the dequantized weight; the gradient passes straight through to the
-    float weight for kept channels and is zero for pruned (0-bit) channels.
+    float weight for kept channels and is zero for pruned (0-bit) channels. Channels at 2..8 bits
+    go through PyTorch's fused per-channel fake-quant kernel: with a max-abs scale per channel,
+    round(w / scale) already lies within that channel's own range, so one shared [-127, 127]
+    clamp is exact for all of them.
     """
     out = weight.shape[0]
     flat = weight.reshape(out, -1)
-    bits = bits.to(flat.dtype).reshape(out, 1)
-    max_abs = flat.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
-    qmax = torch.clamp(torch.exp2(bits - 1) - 1, min=1.0)
-    scale = max_abs / qmax
-    integer = torch.maximum(torch.minimum(torch.round(flat / scale), qmax), -qmax) * scale
-    binary = torch.sign(flat) * flat.abs().mean(dim=1, keepdim=True)
-    quant = torch.where(bits >= 2, integer, binary)
-    quant = torch.where(bits >= FLOAT_BITS, flat, quant)
-    quant = torch.where(bits <= 0, torch.zeros_like(flat), quant)
-    keep = (bits > 0).to(flat.dtype)
-    ste = flat * keep + (quant - flat * keep).detach()
-    return ste.reshape_as(weight)
+    if qmax is None:
+        qmax = weight_qmax(bits)
+    if has_special is None:
+        has_special = bool(((bits < 2) | (bits >= FLOAT_BITS)).any())
+    max_abs = flat.detach().abs().amax(dim=1).clamp_min(1e-12)
+    scale = (max_abs / qmax).float()
+    zero = torch.zeros(out, dtype=torch.int32, device=flat.device)
+    quant = torch.fake_quantize_per_channel_affine(flat.float(), scale, zero, 0, -127, 127).to(
+        flat.dtype
+    )
+    if has_special:
+        bits = bits.to(flat.dtype)
+        column = bits.reshape(out, 1)
+        binary = torch.sign(flat) * flat.abs().mean(dim=1, keepdim=True)
+        binary = flat + (binary - flat).detach()
+        quant = torch.where(column == 1, binary, quant)
+        quant = torch.where(column >= FLOAT_BITS, flat, quant)
+        quant = torch.where(column <= 0, torch.zeros_like(flat), quant)
+    return quant.reshape_as(weight)
+
+
+class _RoundToGrid(torch.autograd.Function):
+    """Forward: clamp(round(x / scale), low, high) * scale. Backward: straight through."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float, low: int, high: int) -> torch.Tensor:  # noqa: ANN001
+        out = x.mul(1.0 / scale)
+        out.round_().clamp_(low, high).mul_(scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple:  # noqa: ANN001
+        return grad, None, None, None
 
 
 def fake_quantize_activation(
     x: torch.Tensor, bits: int, max_abs: torch.Tensor, signed: bool
 ) -> torch.Tensor:
-    """Linear fake quantization of ``x`` over [-max_abs, max_abs] (signed) or [0, max_abs]."""
+    """Linear fake quantization of ``x`` over [-max_abs, max_abs] (signed) or [0, max_abs].
+
+    In-place passes on one new tensor (faster on CPU than the fused fake-quant kernel); the
+    gradient passes straight through.
+    """
     if bits >= FLOAT_BITS:
         return x
     levels = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
-    scale = max_abs.clamp_min(1e-8) / levels
     low = -levels if signed else 0
-    q = torch.clamp(torch.round(x / scale), low, levels) * scale
-    return x + (q - x).detach()
+    scale = max(float(max_abs), 1e-8) / levels
+    return _RoundToGrid.apply(x, scale, low, levels)
 
 
 class ActivationQuantizer(nn.Module):
@@ -72,13 +115,15 @@ class ActivationQuantizer(nn.Module):
             return x
         if self.training or not bool(self.calibrated):
             with torch.no_grad():
-                batch_max = x.detach().abs().amax()
-                batch_signed = bool((x.detach() < 0).any())
+                low, high = torch.aminmax(x.detach())
+                batch_max = torch.maximum(high, -low)
+                batch_signed = bool(low < 0)
             if self.training:
                 with torch.no_grad():
                     if bool(self.calibrated):
                         self.max_abs.lerp_(batch_max, self.momentum)
-                        self.signed.logical_or_(torch.tensor(batch_signed))
+                        if batch_signed:
+                            self.signed.fill_(True)
                     else:
                         self.max_abs.copy_(batch_max)
                         self.signed.fill_(batch_signed)

@@ -8,6 +8,7 @@ Usage: python bench/bench_core.py [--steps 60] [--batch-size 64]
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -25,24 +26,30 @@ from ajpq.materialize import materialize
 from ajpq.models import default_cache_dir, pretrained_model
 
 
-def train_step_ms(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    model.train()
-    times = []
-    for i in range(steps + 5):
-        start = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if i >= 5:
-            times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+def train_step_ms(
+    models: list[torch.nn.Module], x: torch.Tensor, y: torch.Tensor, steps: int, block: int = 10
+) -> list[float]:
+    """Median train-step time of each model; models alternate in blocks so drift hits all alike."""
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in models]
+    times: list[list[float]] = [[] for _ in models]
+    for m in models:
+        m.train()
+    for round_index in range(steps // block + 1):
+        for index, (model, optimizer) in enumerate(zip(models, optimizers)):
+            for _ in range(block):
+                start = time.perf_counter()
+                loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if round_index > 0:  # the first round warms up
+                    times[index].append((time.perf_counter() - start) * 1000)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -55,11 +62,18 @@ def main() -> None:
     x, y = splits.train.tensors[0][: args.batch_size], splits.train.tensors[1][: args.batch_size]
 
     rows = []
-    fp32_step = train_step_ms(model, x, y, args.steps)
     quant_policy = build_policy(model, graph, LayerKnobs(0.0, 4, 8, spread=1.0))
-    fq_step = train_step_ms(apply_policy(model, quant_policy, graph), x, y, args.steps)
     joint_policy = build_policy(model, graph, LayerKnobs(0.5, 4, 8, spread=1.0))
-    joint_step = train_step_ms(apply_policy(model, joint_policy, graph), x, y, args.steps)
+    fp32_step, fq_step, joint_step = train_step_ms(
+        [
+            copy.deepcopy(model),
+            apply_policy(model, quant_policy, graph),
+            apply_policy(model, joint_policy, graph),
+        ],
+        x,
+        y,
+        args.steps,
+    )
     rows.append(("train step, fp32 (baseline)", fp32_step, 1.0))
     rows.append(("train step, fake-quant w4/a8", fq_step, fq_step / fp32_step))
     rows.append(("train step, 50% pruned + w4/a8", joint_step, joint_step / fp32_step))
