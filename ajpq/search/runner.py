@@ -17,12 +17,14 @@ import ray
 import yaml
 
 from ajpq.agent import DDPG, DDPGConfig
+from ajpq.apply import apply_policy
 from ajpq.config import SearchConfig
 from ajpq.policy import CompressionPolicy
 from ajpq.search import env as env_module
 from ajpq.search.context import SearchContext, prepare_context
-from ajpq.search.evaluators import EvaluatorPool
+from ajpq.search.evaluators import EvaluatorPool, score_settings
 from ajpq.search.tracking import Tracker
+from ajpq.train import evaluate, finetune
 
 __all__ = ["SearchOutcome", "run_search", "run_base_name", "ResumeError"]
 
@@ -43,6 +45,8 @@ class SearchOutcome:
     fp32_val_accuracy: float
     stats: dict[str, Any]
     interrupted: bool = False
+    best_test_accuracy: float | None = None
+    fp32_test_accuracy: float | None = None
 
 
 def run_base_name(config: SearchConfig) -> str:
@@ -264,6 +268,11 @@ def run_search(
         best_path = run_dir / "best_policy.json"
         best_path.write_text(tracker.download_policy(best["run_id"]))
         tracker.log_artifact(parent_run_id, best_path)
+    best_test = None
+    if best is not None and not interrupted:
+        best_test = _test_accuracy(context, CompressionPolicy.load(best_path))
+        tracker.client.log_metric(parent_run_id, "best_test_accuracy", best_test)
+        tracker.client.log_metric(parent_run_id, "fp32_test_accuracy", context.fp32_test_accuracy)
     plot = _plot(records, run_dir / "search.png")
     if plot:
         tracker.log_artifact(parent_run_id, plot, "plots")
@@ -278,7 +287,18 @@ def run_search(
         fp32_val_accuracy=fp32,
         stats=summary["stats"],
         interrupted=interrupted,
+        best_test_accuracy=best_test,
+        fp32_test_accuracy=context.fp32_test_accuracy,
     )
+
+
+def _test_accuracy(context: SearchContext, policy: CompressionPolicy) -> float:
+    """Final report: the best policy finetuned as in the search (seeded), scored on the test split."""
+    settings = score_settings(context.config)
+    splits = context.load_data()
+    simulated = apply_policy(context.model, policy, context.graph)
+    finetune(simulated, splits.train, settings.finetune)
+    return evaluate(simulated, splits.test).top1
 
 
 def load_best_policy(outcome: SearchOutcome) -> CompressionPolicy | None:
