@@ -88,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         outcome.fp32_val_accuracy,
         best["accuracy_drop"],
     )
+    if outcome.best_test_accuracy is not None:
+        log.info(
+            "  test accuracy %.4f (fp32 %.4f; the test split is used for this report only)",
+            outcome.best_test_accuracy,
+            outcome.fp32_test_accuracy,
+        )
     log.info(
         "  size %.0f bytes, %.1fx smaller than fp32; BitOps %.4f of fp32; latency %.3f ms",
         best["size_bytes"],
