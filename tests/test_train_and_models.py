@@ -66,3 +66,14 @@ def test_unknown_model_and_weights_give_clear_errors():
         build_model(ModelName.RESNET18, weights="NOT_A_WEIGHT")
     grey = build_model("resnet18", num_classes=10, in_channels=1)
     assert grey(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_fmnist_cnn_reaches_90_percent(tmp_path):
+    from ajpq.data import FASHION_MNIST_DIRS, DataConfig, load_dataset
+
+    if not any((d / "t10k-labels-idx1-ubyte.gz").exists() for d in FASHION_MNIST_DIRS):
+        pytest.skip("Debian package dataset-fashion-mnist not installed")
+    config = DataConfig("fashion_mnist")
+    result = pretrained_model("fmnist_cnn", config, load_dataset(config), cache_dir=tmp_path)
+    assert not result.cached
+    assert result.test_top1 >= 0.90
