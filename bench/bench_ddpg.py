@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import gymnasium as gym
-import numpy as np
 import ray
 from ray.rllib.algorithms.sac import SACConfig
 from ray.rllib.utils.metrics import (
@@ -20,7 +18,7 @@ from ray.rllib.utils.metrics import (
     NUM_ENV_STEPS_SAMPLED_LIFETIME,
 )
 
-from ajpq.agent.presets import pendulum_ddpg_config
+from ajpq.agent.presets import pendulum_ddpg_config, random_policy_return
 
 
 def run(algo, checkpoints: list[int]) -> tuple[dict[int, float], float]:
@@ -36,21 +34,6 @@ def run(algo, checkpoints: list[int]) -> tuple[dict[int, float], float]:
                 reached[point] = ret
     algo.stop()
     return reached, time.time() - start
-
-
-def random_return(episodes: int, seed: int) -> float:
-    env = gym.make("Pendulum-v1")
-    total = []
-    for i in range(episodes):
-        env.reset(seed=seed + i)
-        env.action_space.seed(seed + i)
-        done, ret = False, 0.0
-        while not done:
-            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-            ret += reward
-            done = terminated or truncated
-        total.append(ret)
-    return float(np.mean(total))
 
 
 def main() -> None:
@@ -76,7 +59,7 @@ def main() -> None:
         .debugging(seed=args.seed)
     )
     sac, sac_s = run(sac_config.build_algo(), checkpoints)
-    floor = random_return(20, args.seed)
+    floor = random_policy_return("Pendulum-v1", 20, args.seed)
     print(f"Pendulum-v1, seed {args.seed}, mean return of the last 5 training episodes")
     print(f"{'env steps':>10} {'ajpq DDPG':>12} {'RLlib SAC':>12} {'random':>10}")
     for point in checkpoints:

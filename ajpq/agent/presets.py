@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
+import numpy as np
+
 from ajpq.agent.config import DDPGConfig
 
-__all__ = ["pendulum_ddpg_config"]
+__all__ = ["pendulum_ddpg_config", "random_policy_return"]
 
 
 def pendulum_ddpg_config(seed: int = 0) -> DDPGConfig:
@@ -31,3 +34,20 @@ def pendulum_ddpg_config(seed: int = 0) -> DDPGConfig:
         )
         .debugging(seed=seed)
     )
+
+
+def random_policy_return(env_id: str = "Pendulum-v1", episodes: int = 10, seed: int = 0) -> float:
+    """Mean return of uniformly random actions (the floor a learner must clear)."""
+    env = gym.make(env_id)
+    returns = []
+    for i in range(episodes):
+        env.reset(seed=seed + i)
+        env.action_space.seed(seed + i)
+        done, total = False, 0.0
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns))
