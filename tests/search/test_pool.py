@@ -1,0 +1,55 @@
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from ajpq.builder import LayerKnobs, build_policy
+from ajpq.config import load_config
+from ajpq.search.context import prepare_context
+from ajpq.search.evaluators import EvaluatorPool
+from ajpq.search.tracking import Tracker
+
+pytestmark = pytest.mark.ray
+
+
+def _pool(config, tmp_path):
+    context = prepare_context(config, tmp_path / "context")
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+    parent = tracker.start_search("pool-test", {}, {})
+    pool = EvaluatorPool.remote(str(tmp_path / "context"), parent)
+    return context, tracker, parent, pool
+
+
+def test_pool_caches_identical_policies_and_records_divergence(
+    ray_session, search_config_file, tmp_path
+):
+    config = load_config(
+        search_config_file(
+            evaluator={"num_evaluators": 1, "finetune_lr": 1.0e6, "finetune_steps": 5}
+        ),
+        ["agent.failed_reward=-2.0", "agent.reward_scale=0.5"],
+    )
+    context, tracker, parent, pool = _pool(config, tmp_path)
+    try:
+        policy = build_policy(context.model, context.graph, LayerKnobs(0.2, 4, 8)).to_json()
+        first = ray.get(pool.evaluate.remote(policy))
+        second = ray.get(pool.evaluate.remote(policy))
+        ray.get(pool.flush.remote())
+        stats = ray.get(pool.summary.remote())["stats"]
+    finally:
+        ray.kill(pool)
+    assert first["failed"] and first["reward"] == pytest.approx(-1.0)  # failed_reward x scale
+    assert not first["cached"] and second["cached"] and second["episode"] == first["episode"] == 1
+    assert stats["scored"] == 1 and stats["cache_hits"] == 1 and stats["failed"] == 1
+    children = tracker.child_runs(parent)
+    assert len(children) == 1
+    assert children[0].data.tags["ajpq.status"] == "failed"
+    assert (
+        MlflowClient(config.tracking.uri).get_run(children[0].info.run_id).info.status == "FAILED"
+    )
+    # a new pool on the same parent (what --resume does) knows the record and scores nothing
+    pool = EvaluatorPool.remote(str(tmp_path / "context"), parent)
+    try:
+        again = ray.get(pool.evaluate.remote(policy))
+        assert again["cached"] and ray.get(pool.summary.remote())["stats"]["scored"] == 0
+    finally:
+        ray.kill(pool)
