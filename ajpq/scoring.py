@@ -68,46 +68,33 @@ def score_policy(
     simulated = apply_policy(model, policy, graph)
     tuned = finetune(simulated, splits.train, settings.finetune, device)
     finetune_end = time.time()
-    if tuned.diverged or not all(
+    diverged = tuned.diverged or not all(
         math.isfinite(float(p.detach().sum())) for p in simulated.parameters()
-    ):
-        end = time.time()
-        return PolicyScore(
-            accuracy=0.0,
-            top5=0.0,
-            size_bytes=cost.size_bytes,
-            compression_ratio=cost.compression_ratio,
-            bitops=cost.bitops,
-            bitops_ratio=cost.bitops_ratio,
-            macs=cost.macs,
-            latency_ms=float("nan"),
-            diverged=True,
-            finetune_s=finetune_end - start,
-            eval_s=end - finetune_end,
-            start_ts=start,
-            end_ts=end,
-        )
-    result = evaluate(simulated, splits.val, device, max_samples=settings.val_samples)
-    small = materialize(simulated, policy, graph)
-    latency = measure_latency(
-        small,
-        graph.input_shape,
-        settings.latency_batch_size,
-        device,
-        warmup=2,
-        repeats=settings.latency_repeats,
     )
+    top1 = top5 = 0.0
+    latency = float("nan")
+    if not diverged:
+        result = evaluate(simulated, splits.val, device, max_samples=settings.val_samples)
+        top1, top5 = result.top1, result.top5
+        latency = measure_latency(
+            materialize(simulated, policy, graph),
+            graph.input_shape,
+            settings.latency_batch_size,
+            device,
+            warmup=2,
+            repeats=settings.latency_repeats,
+        )
     end = time.time()
     return PolicyScore(
-        accuracy=result.top1,
-        top5=result.top5,
+        accuracy=top1,
+        top5=top5,
         size_bytes=cost.size_bytes,
         compression_ratio=cost.compression_ratio,
         bitops=cost.bitops,
         bitops_ratio=cost.bitops_ratio,
         macs=cost.macs,
         latency_ms=latency,
-        diverged=False,
+        diverged=diverged,
         finetune_s=finetune_end - start,
         eval_s=end - finetune_end,
         start_ts=start,
