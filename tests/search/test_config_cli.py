@@ -66,3 +66,12 @@ def test_cli_subprocess_exit_code_and_help(search_config_file):
     assert (
         helped.returncode == 0 and "--resume" in helped.stdout and "--tracking-uri" in helped.stdout
     )
+
+
+@pytest.mark.parametrize("name", ["digits_demo.yaml", "fmnist.yaml"])
+def test_shipped_configs_are_valid(name):
+    from pathlib import Path
+
+    config = load_config(Path(__file__).parents[2] / "tune_configs" / name)
+    assert config.agent.episodes > config.agent.warmup_episodes
+    assert config.evaluator.num_evaluators >= config.agent.env_runners
