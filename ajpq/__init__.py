@@ -1,1 +1,37 @@
+"""ajpq: automatic joint pruning and mixed-precision quantization (pruning = 0-bit quantization).
+
+The compression core is plain PyTorch (no Ray, no MLflow)::
+
+    from ajpq import analyze, build_policy, LayerKnobs, apply_policy, materialize
+"""
+
+from ajpq.apply import apply_policy
+from ajpq.budget import Budget, BudgetKind, enforce_budget
+from ajpq.builder import LayerKnobs, build_policy, uniform_policy
+from ajpq.cost import CostModel, PolicyCost, measure_latency
+from ajpq.graph import ModelGraph, analyze
+from ajpq.importance import ImportanceCriterion, layer_importance
+from ajpq.materialize import materialize
+from ajpq.policy import CompressionPolicy, LayerPolicy
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "Budget",
+    "BudgetKind",
+    "CompressionPolicy",
+    "CostModel",
+    "ImportanceCriterion",
+    "LayerKnobs",
+    "LayerPolicy",
+    "ModelGraph",
+    "PolicyCost",
+    "analyze",
+    "apply_policy",
+    "build_policy",
+    "enforce_budget",
+    "layer_importance",
+    "materialize",
+    "measure_latency",
+    "uniform_policy",
+]

@@ -18,7 +18,10 @@ import yaml
 
 from ajpq.agent import DDPG, DDPGConfig
 from ajpq.apply import apply_policy
+from ajpq.budget import Budget, enforce_budget
+from ajpq.builder import uniform_policy
 from ajpq.config import SearchConfig
+from ajpq.cost import CostModel
 from ajpq.policy import CompressionPolicy
 from ajpq.search import env as env_module
 from ajpq.search.context import SearchContext, prepare_context
@@ -26,7 +29,7 @@ from ajpq.search.evaluators import EvaluatorPool, score_settings
 from ajpq.search.tracking import Tracker
 from ajpq.train import evaluate, finetune
 
-__all__ = ["SearchOutcome", "run_search", "run_base_name", "ResumeError"]
+__all__ = ["SearchOutcome", "run_search", "run_base_name", "ResumeError", "load_best_policy"]
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +183,14 @@ def run_search(
         run_dir.mkdir(parents=True, exist_ok=True)
         parent_run_id = None
         context = prepare_context(config, run_dir / "context")
+        # an unreachable budget fails here, with the smallest reachable value, before Ray starts
+        enforce_budget(
+            uniform_policy(context.graph, 8, 8, config.model.value),
+            Budget(config.budget.kind, config.budget.value),
+            CostModel(context.graph),
+            context.importance,
+            context.latency_model,
+        )
 
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     if parent_run_id is None:
@@ -194,9 +205,10 @@ def run_search(
         for section in ("agent", "evaluator", "space"):
             for key, value in config.to_dict()[section].items():
                 params[f"{section}.{key}"] = value
-        parent_run_id = tracker.start_search(
-            run_base_name(config), params, {"ajpq.run_dir": str(run_dir)}
-        )
+        tags = {"ajpq.run_dir": str(run_dir)}
+        if config_path:
+            tags["ajpq.config_path"] = str(config_path)
+        parent_run_id = tracker.start_search(run_base_name(config), params, tags)
         latest.write_text(json.dumps({"run_dir": str(run_dir), "parent_run_id": parent_run_id}))
         resolved = run_dir / "config.yaml"
         resolved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -75,3 +75,10 @@ def test_shipped_configs_are_valid(name):
     config = load_config(Path(__file__).parents[2] / "tune_configs" / name)
     assert config.agent.episodes > config.agent.warmup_episodes
     assert config.evaluator.num_evaluators >= config.agent.env_runners
+
+
+def test_unreachable_budget_fails_before_the_search_starts(search_config_file, capsys):
+    code = main(["search", "--config", str(search_config_file()), "--set", "budget.value=0.0001"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "smallest reachable value" in err and "Traceback" not in err
