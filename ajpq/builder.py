@@ -65,10 +65,16 @@ def build_policy(
     model: nn.Module,
     graph: ModelGraph,
     knobs: Sequence[LayerKnobs] | LayerKnobs,
-    importance: ImportanceCriterion | str | ImportanceFn = ImportanceCriterion.L2,
+    importance: ImportanceCriterion
+    | str
+    | ImportanceFn
+    | list[np.ndarray] = ImportanceCriterion.L2,
     model_name: str = "model",
 ) -> CompressionPolicy:
     """Turn per-layer knobs (one per layer of ``graph``, or one for all) into a policy.
+
+    ``importance`` is a criterion, or the per-layer scores it already gave
+    (:func:`ajpq.importance.layer_importance`), which saves recomputing them per policy.
 
     Coupled layers share one pruning decision: the group's sparsity is the mean of its
     members' knobs. Groups that feed the model's output are never pruned.
@@ -79,7 +85,10 @@ def build_policy(
         raise ValueError(
             f"got {len(knobs)} layer knobs for a model with {len(graph.layers)} compressible layers"
         )
-    per_layer = layer_importance(model, graph, importance)
+    if isinstance(importance, list):
+        per_layer = importance
+    else:
+        per_layer = layer_importance(model, graph, importance)
     per_group = group_importance(graph, per_layer)
     keep_masks: list[np.ndarray] = []
     for group, score in zip(graph.groups, per_group):

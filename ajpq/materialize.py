@@ -58,20 +58,19 @@ def materialize(
         set_submodule(plain, name, module.layer)
     example = example_input_for(plain, policy)
     dep_graph = build_dependency_graph(plain, example)
-    done: set[int] = set()
-    for index, layer_policy in enumerate(policy.layers):
+    done: set[int] = set()  # ids of modules whose output channels are already pruned
+    for layer_policy in policy.layers:
         pruned = [c for c, bits in enumerate(layer_policy.weight_bits) if bits == 0]
-        if not pruned or index in done:
-            continue
         module = plain.get_submodule(layer_policy.name)
+        if not pruned or id(module) in done:
+            continue
         out_fn = dep_graph.get_pruner_of_module(module).prune_out_channels
         group = dep_graph.get_pruning_group(module, out_fn, pruned)
-        for item in group.items:
-            if dep_graph.is_out_channel_pruning_fn(item.dep.handler):
-                target = item.dep.target.module
-                for j, lp in enumerate(policy.layers):
-                    if plain.get_submodule(lp.name) is target:
-                        done.add(j)
+        done.update(
+            id(item.dep.target.module)
+            for item in group.items
+            if dep_graph.is_out_channel_pruning_fn(item.dep.handler)
+        )
         group.prune()
     for name, quantizer in quantizers.items():
         set_submodule(plain, name, QuantizedInput(quantizer, plain.get_submodule(name)))

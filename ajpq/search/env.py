@@ -63,7 +63,11 @@ class CompressionEnv(gym.Env):
             for layer in self.graph.layers
         ]
         return build_policy(
-            self.context.model, self.graph, per_layer, model_name=self.context.config.model.value
+            self.context.model,
+            self.graph,
+            per_layer,
+            importance=self.context.importance,
+            model_name=self.context.config.model.value,
         )
 
     def _observation(self) -> np.ndarray:

@@ -116,6 +116,7 @@ class EvaluatorPool:
         self.context_dir = context_dir
         self.config = self.context.config
         self.settings = score_settings(self.config)
+        self.costs = CostModel(self.context.graph)
         self.parent_run_id = parent_run_id
         self.tracker = (
             Tracker(self.config.tracking.uri, self.config.tracking.experiment)
@@ -197,7 +198,7 @@ class EvaluatorPool:
         try:
             record = await self._score(policy_json)
             if "size_bytes" not in record:  # a failure before scoring: still record the costs
-                cost = CostModel(self.context.graph).cost(CompressionPolicy.from_json(policy_json))
+                cost = self.costs.cost(CompressionPolicy.from_json(policy_json))
                 record.update(
                     size_bytes=cost.size_bytes,
                     compression_ratio=cost.compression_ratio,

@@ -215,7 +215,7 @@ def run_search(
         tracker.log_artifact(parent_run_id, resolved)
     else:
         tracker.set_status(parent_run_id, "RUNNING")
-    context = SearchContext.load(run_dir / "context")
+        context = SearchContext.load(run_dir / "context")
 
     _ensure_ray(config)
     namespace = ray.get_runtime_context().namespace
