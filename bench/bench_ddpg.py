@@ -47,9 +47,12 @@ def main() -> None:
     sac_config = (
         SACConfig()
         .environment("Pendulum-v1")
-        .env_runners(num_env_runners=0)
+        # one episode per iteration and the DDPG preset's 0.5 updates per env step:
+        # training_intensity = 0.5 x batch 128 trained samples per sampled step
+        .env_runners(num_env_runners=0, rollout_fragment_length=200)
         .reporting(metrics_num_episodes_for_smoothing=5)
         .training(
+            training_intensity=64,
             actor_lr=1e-3,
             critic_lr=1e-3,
             train_batch_size_per_learner=128,
