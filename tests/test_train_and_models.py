@@ -68,6 +68,7 @@ def test_unknown_model_and_weights_give_clear_errors():
     assert grey(torch.randn(2, 1, 32, 32)).shape == (2, 10)
 
 
+@pytest.mark.timeout(1800)  # ~4 min of training on 2 free cores
 def test_fmnist_cnn_reaches_90_percent(tmp_path):
     from ajpq.data import FASHION_MNIST_DIRS, DataConfig, load_dataset
 
