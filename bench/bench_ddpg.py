@@ -21,7 +21,7 @@ from ray.rllib.utils.metrics import (
 from ajpq.agent.presets import pendulum_ddpg_config, random_policy_return
 
 
-def run(algo, checkpoints: list[int]) -> tuple[dict[int, float], float]:
+def run(name: str, algo, checkpoints: list[int]) -> tuple[dict[int, float], float]:
     reached: dict[int, float] = {}
     start = time.time()
     while len(reached) < len(checkpoints):
@@ -32,6 +32,10 @@ def run(algo, checkpoints: list[int]) -> tuple[dict[int, float], float]:
         for point in checkpoints:
             if point not in reached and steps >= point:
                 reached[point] = ret
+                print(
+                    f"{name}: {steps} env steps, return {ret:.1f}, {time.time() - start:.0f} s",
+                    flush=True,
+                )
     algo.stop()
     return reached, time.time() - start
 
@@ -43,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     checkpoints = [args.steps // 5, args.steps // 2, args.steps]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ddpg, ddpg_s = run(pendulum_ddpg_config(args.seed).build_algo(), checkpoints)
+    ddpg, ddpg_s = run("DDPG", pendulum_ddpg_config(args.seed).build_algo(), checkpoints)
     sac_config = (
         SACConfig()
         .environment("Pendulum-v1")
@@ -61,7 +65,7 @@ def main() -> None:
         )
         .debugging(seed=args.seed)
     )
-    sac, sac_s = run(sac_config.build_algo(), checkpoints)
+    sac, sac_s = run("SAC", sac_config.build_algo(), checkpoints)
     floor = random_policy_return("Pendulum-v1", 20, args.seed)
     print(f"Pendulum-v1, seed {args.seed}, mean return of the last 5 training episodes")
     print(f"{'env steps':>10} {'ajpq DDPG':>12} {'RLlib SAC':>12} {'random':>10}")

@@ -164,106 +164,42 @@ def _plot(records: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
+@dataclass
+class _OpenRun:
+    run_dir: Path
+    parent_run_id: str
+    context: SearchContext
+    tracker: Tracker
+
+
 def run_search(
     config: SearchConfig, resume: bool = False, config_path: str | None = None
 ) -> SearchOutcome:
     """Run (or continue, with ``resume``) one search described by ``config``."""
-    base = Path(config.output_dir).resolve() / run_base_name(config)
-    latest = base / "latest.json"
-    if resume:
-        if not latest.exists():
-            raise ResumeError(f"nothing to resume under {base}; run without --resume first")
-        state = json.loads(latest.read_text())
-        run_dir = Path(state["run_dir"])
-        parent_run_id = state["parent_run_id"]
-        if not (run_dir / "context" / "context.json").exists():
-            raise ResumeError(f"{run_dir} holds no prepared search to resume")
-    else:
-        run_dir = base / time.strftime("%Y%m%d-%H%M%S")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        parent_run_id = None
-        context = prepare_context(config, run_dir / "context")
-        # an unreachable budget fails here, with the smallest reachable value, before Ray starts
-        enforce_budget(
-            uniform_policy(context.graph, 8, 8, config.model.value),
-            Budget(config.budget.kind, config.budget.value),
-            CostModel(context.graph),
-            context.importance,
-            context.latency_model,
-        )
-
-    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
-    if parent_run_id is None:
-        params = {
-            "model": config.model.value,
-            "dataset": config.data.name.value,
-            "budget_kind": config.budget.kind.value,
-            "budget_value": config.budget.value,
-            "fp32_val_accuracy": round(context.fp32_val_accuracy, 6),
-            "fp32_test_accuracy": round(context.fp32_test_accuracy, 6),
-        }
-        for section in ("agent", "evaluator", "space"):
-            for key, value in config.to_dict()[section].items():
-                params[f"{section}.{key}"] = value
-        tags = {"ajpq.run_dir": str(run_dir)}
-        if config_path:
-            tags["ajpq.config_path"] = str(config_path)
-        parent_run_id = tracker.start_search(run_base_name(config), params, tags)
-        latest.write_text(json.dumps({"run_dir": str(run_dir), "parent_run_id": parent_run_id}))
-        resolved = run_dir / "config.yaml"
-        resolved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        tracker.log_artifact(parent_run_id, resolved)
-    else:
-        tracker.set_status(parent_run_id, "RUNNING")
-        context = SearchContext.load(run_dir / "context")
-
+    run = _resume_run(config) if resume else _new_run(config, config_path)
     _ensure_ray(config)
     namespace = ray.get_runtime_context().namespace
-    pool_name = f"ajpq-pool-{parent_run_id}"
+    pool_name = f"ajpq-pool-{run.parent_run_id}"
     pool = EvaluatorPool.options(name=pool_name, namespace=namespace).remote(
-        str(run_dir / "context"), parent_run_id
+        str(run.run_dir / "context"), run.parent_run_id
     )
     ray.get(pool.wait_ready.remote())
     env_module.register()
     env_config = {
-        "context_dir": str(run_dir / "context"),
+        "context_dir": str(run.run_dir / "context"),
         "pool_name": pool_name,
         "namespace": namespace,
     }
-    checkpoint = run_dir / "checkpoint"
+    checkpoint = run.run_dir / "checkpoint"
     if resume and checkpoint.exists():
         algo = DDPG.from_checkpoint(str(checkpoint))
         logger.info("resumed from %s at episode %d", checkpoint, algo.episodes_done)
     else:
         algo = _ddpg_config(config, env_config).build_algo()
 
-    target = config.agent.episodes
-    fp32 = context.fp32_val_accuracy
     interrupted = False
-    started = time.time()
     try:
-        while algo.episodes_done < target:
-            algo.train()
-            ray.get(pool.flush.remote())  # MLflow is never behind a checkpoint
-            _save_checkpoint(algo, run_dir)
-            summary = ray.get(pool.summary.remote())
-            best = summary["best"]
-            rate = (time.time() - started) / max(1, algo.episodes_done)
-            if best:
-                logger.info(
-                    "episode %d/%d | best val acc %.4f (fp32 %.4f) at %.1fx smaller, %.3f BitOps | %.1f s/episode",
-                    algo.episodes_done,
-                    target,
-                    best["accuracy"],
-                    fp32,
-                    best["compression_ratio"],
-                    best["bitops_ratio"],
-                    rate,
-                )
-            else:
-                logger.info(
-                    "episode %d/%d | no successful evaluation yet", algo.episodes_done, target
-                )
+        _train(algo, pool, run, config.agent.episodes)
     except KeyboardInterrupt:
         interrupted = True
         logger.warning("interrupted: resume with the same command plus --resume")
@@ -273,11 +209,97 @@ def run_search(
         records = ray.get(pool.all_records.remote())
         algo.stop()
         ray.kill(pool)
+    return _report(run, summary, records, interrupted)
 
+
+def _new_run(config: SearchConfig, config_path: str | None) -> _OpenRun:
+    """Prepare the context (model, data, graph, importance) and open the MLflow parent run."""
+    base = Path(config.output_dir).resolve() / run_base_name(config)
+    run_dir = base / time.strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    context = prepare_context(config, run_dir / "context")
+    # an unreachable budget fails here, with the smallest reachable value, before Ray starts
+    enforce_budget(
+        uniform_policy(context.graph, 8, 8, config.model.value),
+        Budget(config.budget.kind, config.budget.value),
+        CostModel(context.graph),
+        context.importance,
+        context.latency_model,
+    )
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+    params = {
+        "model": config.model.value,
+        "dataset": config.data.name.value,
+        "budget_kind": config.budget.kind.value,
+        "budget_value": config.budget.value,
+        "fp32_val_accuracy": round(context.fp32_val_accuracy, 6),
+        "fp32_test_accuracy": round(context.fp32_test_accuracy, 6),
+    }
+    for section in ("agent", "evaluator", "space"):
+        for key, value in config.to_dict()[section].items():
+            params[f"{section}.{key}"] = value
+    tags = {"ajpq.run_dir": str(run_dir)}
+    if config_path:
+        tags["ajpq.config_path"] = str(config_path)
+    parent_run_id = tracker.start_search(run_base_name(config), params, tags)
+    (base / "latest.json").write_text(
+        json.dumps({"run_dir": str(run_dir), "parent_run_id": parent_run_id})
+    )
+    resolved = run_dir / "config.yaml"
+    resolved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    tracker.log_artifact(parent_run_id, resolved)
+    return _OpenRun(run_dir, parent_run_id, context, tracker)
+
+
+def _resume_run(config: SearchConfig) -> _OpenRun:
+    """Reopen the latest run of this config: its context on disk and its MLflow parent run."""
+    base = Path(config.output_dir).resolve() / run_base_name(config)
+    latest = base / "latest.json"
+    if not latest.exists():
+        raise ResumeError(f"nothing to resume under {base}; run without --resume first")
+    state = json.loads(latest.read_text())
+    run_dir = Path(state["run_dir"])
+    if not (run_dir / "context" / "context.json").exists():
+        raise ResumeError(f"{run_dir} holds no prepared search to resume")
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+    tracker.set_status(state["parent_run_id"], "RUNNING")
+    context = SearchContext.load(run_dir / "context")
+    return _OpenRun(run_dir, state["parent_run_id"], context, tracker)
+
+
+def _train(algo: DDPG, pool: Any, run: _OpenRun, target: int) -> None:
+    """Train until ``target`` episodes; after every iteration MLflow is flushed, then checkpoint."""
+    fp32 = run.context.fp32_val_accuracy
+    started = time.time()
+    while algo.episodes_done < target:
+        algo.train()
+        ray.get(pool.flush.remote())  # MLflow is never behind a checkpoint
+        _save_checkpoint(algo, run.run_dir)
+        best = ray.get(pool.summary.remote())["best"]
+        if best is None:
+            logger.info("episode %d/%d | no successful evaluation yet", algo.episodes_done, target)
+            continue
+        logger.info(
+            "episode %d/%d | best val acc %.4f (fp32 %.4f) at %.1fx smaller, %.3f BitOps | %.1f s/episode",
+            algo.episodes_done,
+            target,
+            best["accuracy"],
+            fp32,
+            best["compression_ratio"],
+            best["bitops_ratio"],
+            (time.time() - started) / max(1, algo.episodes_done),
+        )
+
+
+def _report(
+    run: _OpenRun, summary: dict[str, Any], records: list[dict[str, Any]], interrupted: bool
+) -> SearchOutcome:
+    """Best policy artifact, its test accuracy (unless interrupted), plot, records, run status."""
+    tracker, parent_run_id, context = run.tracker, run.parent_run_id, run.context
     best = summary["best"]
     best_path = None
     if best is not None:
-        best_path = run_dir / "best_policy.json"
+        best_path = run.run_dir / "best_policy.json"
         best_path.write_text(tracker.download_policy(best["run_id"]))
         tracker.log_artifact(parent_run_id, best_path)
     best_test = None
@@ -285,18 +307,18 @@ def run_search(
         best_test = _test_accuracy(context, CompressionPolicy.load(best_path))
         tracker.client.log_metric(parent_run_id, "best_test_accuracy", best_test)
         tracker.client.log_metric(parent_run_id, "fp32_test_accuracy", context.fp32_test_accuracy)
-    plot = _plot(records, run_dir / "search.png")
+    plot = _plot(records, run.run_dir / "search.png")
     if plot:
         tracker.log_artifact(parent_run_id, plot, "plots")
-    (run_dir / "records.json").write_text(json.dumps(records, indent=1, default=str))
+    (run.run_dir / "records.json").write_text(json.dumps(records, indent=1, default=str))
     tracker.set_status(parent_run_id, "KILLED" if interrupted else "FINISHED")
     return SearchOutcome(
-        run_dir=run_dir,
+        run_dir=run.run_dir,
         parent_run_id=parent_run_id,
         best=best,
         best_policy_path=best_path,
         episodes=summary["episodes"],
-        fp32_val_accuracy=fp32,
+        fp32_val_accuracy=context.fp32_val_accuracy,
         stats=summary["stats"],
         interrupted=interrupted,
         best_test_accuracy=best_test,
