@@ -95,7 +95,14 @@ class Evaluator:
         self.model = self.context.model.to(self.device)
 
     def ready(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "node": socket.gethostname(), "device": self.device}
+        """Where this evaluator runs: process, host, Ray node, the GPUs Ray gave it, device."""
+        return {
+            "pid": os.getpid(),
+            "node": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()],
+            "device": self.device,
+        }
 
     def evaluate(self, policy_json: str) -> dict[str, Any]:
         policy = CompressionPolicy.from_json(policy_json)
@@ -103,7 +110,7 @@ class Evaluator:
             self.model, policy, self.context.graph, self.splits, self.settings, self.device
         )
         result = score.to_dict()
-        result.update(pid=os.getpid(), node=socket.gethostname(), device=self.device)
+        result.update(self.ready())
         return result
 
 

@@ -101,6 +101,11 @@ class Tracker:
                 "ajpq.policy_key": key,
                 "ajpq.status": status,
                 **({"ajpq.error": str(record["error"])[:4000]} if record.get("error") else {}),
+                **{
+                    f"ajpq.{name}": str(record[name])
+                    for name in ("node", "device")
+                    if name in record
+                },
             },
         )
         run_id = run.info.run_id
