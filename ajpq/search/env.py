@@ -1,8 +1,8 @@
 """CompressionEnv: a gymnasium env in which each step decides one coupling group.
 
 Observation: the group's static features (min-max normalised), the budget metric already spent
-by the decided groups and still held by the undecided ones (fractions of fp32), the budget, and
-the previous action. Action in [0, 1]^4 -> sparsity, weight bits, activation bits, spread.
+by the decided groups and still held by the undecided ones (fractions of fp32; MACs for a
+latency budget), the budget in the same unit, and the previous action. Action in [0, 1]^4 -> sparsity, weight bits, activation bits, spread.
 After the last group the policy is pushed inside the budget (the action wall), scored by the
 evaluator pool, and the reward arrives (0 on every earlier step). ``info`` carries all metrics.
 """
@@ -48,6 +48,7 @@ class CompressionEnv(gym.Env):
         self.metric = _METRIC_COLUMN[self.budget.kind]
         fp32 = self.costs.layer_costs(self._policy_for({}))
         self.fp32_total = float(fp32[:, self.metric].sum())
+        self.budget_fraction = self._budget_fraction()
         obs_dim = self.features.shape[1] + 3 + ACTION_DIM
         self.observation_space = gym.spaces.Box(-1.0, 2.0, (obs_dim,), np.float32)
         self.action_space = gym.spaces.Box(0.0, 1.0, (ACTION_DIM,), np.float32)
@@ -70,15 +71,25 @@ class CompressionEnv(gym.Env):
             model_name=self.context.config.model.value,
         )
 
+    def _budget_fraction(self) -> float:
+        """The budget in the unit of the spent/rest features: a fraction of the fp32 metric.
+        A latency ceiling becomes the MACs fraction the fitted latency model allows."""
+        if self.budget.kind is not BudgetKind.LATENCY:
+            return self.budget.value
+        model = self.context.latency_model
+        if model is None:
+            raise ValueError("a latency budget needs the context's latency model; prepare it again")
+        allowed_macs = (self.budget.value - model.intercept_ms) / model.ms_per_mac
+        return float(np.clip(allowed_macs / self.fp32_total, 0.0, 1.0))
+
     def _observation(self) -> np.ndarray:
         step = min(self.step_index, len(self.order) - 1)
         table = self.costs.layer_costs(self._policy_for(self.knobs))[:, self.metric]
         decided_layers = {m for g in self.knobs for m in self.graph.groups[g].members}
         spent = sum(table[i] for i in decided_layers) / self.fp32_total
         rest = sum(table[i] for i in range(len(table)) if i not in decided_layers) / self.fp32_total
-        budget = self.budget.value if self.budget.kind is not BudgetKind.LATENCY else 0.0
         obs = np.concatenate(
-            [self.features[step], [spent, rest, budget], self.previous_action]
+            [self.features[step], [spent, rest, self.budget_fraction], self.previous_action]
         ).astype(np.float32)
         return np.clip(obs, -1.0, 2.0)
 

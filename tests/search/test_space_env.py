@@ -56,3 +56,27 @@ def test_env_episode_meets_budget_and_observes_spending(tmp_path, model_cache, m
 
     policy = CompressionPolicy.from_json(env.last_policy_json)
     assert budget_value(policy, Budget("bitops", 0.05), CostModel(env.graph)) <= 0.05
+
+
+def test_latency_budget_is_observed_as_the_macs_fraction_it_allows(
+    tmp_path, model_cache, monkeypatch
+):
+    monkeypatch.setenv("AJPQ_CACHE", str(model_cache))
+    probe = SearchConfig.from_dict(
+        {"budget": {"kind": "latency", "value": 100.0}, "output_dir": str(tmp_path)}
+    )
+    context = prepare_context(probe, tmp_path / "probe")
+    model = context.latency_model
+    fp32_macs = CostModel(context.graph).fp32_macs
+    # a ceiling at the latency the model predicts for 40% of the fp32 MACs
+    ceiling = model.predict(0.4 * fp32_macs)
+    config = SearchConfig.from_dict(
+        {"budget": {"kind": "latency", "value": ceiling}, "output_dir": str(tmp_path)}
+    )
+    prepare_context(config, tmp_path / "context")
+    env = _FakeEnv({"context_dir": str(tmp_path / "context")})
+    obs, _ = env.reset(seed=0)
+    refit = env.context.latency_model  # a second fit measures again: compare through it
+    expected = (ceiling - refit.intercept_ms) / refit.ms_per_mac / fp32_macs
+    assert obs[-5] == pytest.approx(min(max(expected, 0.0), 1.0), rel=1e-5)
+    assert obs[-6] == pytest.approx(1.0, rel=1e-5)  # nothing decided: all MACs still held
