@@ -34,9 +34,11 @@ format: install
 
 search: install
 	$(BIN)/ajpq search --config $(CONFIG)
+	$(BIN)/ajpq export --config $(CONFIG)
 
 bench: install
 	$(BIN)/python bench/bench_core.py
+	$(BIN)/python bench/bench_export.py
 
 bench-ddpg: install
 	$(BIN)/python bench/bench_ddpg.py

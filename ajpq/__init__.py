@@ -2,13 +2,14 @@
 
 The compression core is plain PyTorch (no Ray, no MLflow)::
 
-    from ajpq import analyze, build_policy, LayerKnobs, apply_policy, materialize
+    from ajpq import analyze, build_policy, LayerKnobs, apply_policy, materialize, export_compressed
 """
 
 from ajpq.apply import apply_policy
 from ajpq.budget import Budget, BudgetKind, enforce_budget
 from ajpq.builder import LayerKnobs, build_policy, uniform_policy
 from ajpq.cost import CostModel, PolicyCost, measure_latency
+from ajpq.export import ExportReport, export_compressed, load_compressed
 from ajpq.graph import ModelGraph, analyze
 from ajpq.importance import ImportanceCriterion, layer_importance
 from ajpq.materialize import materialize
@@ -21,6 +22,7 @@ __all__ = [
     "BudgetKind",
     "CompressionPolicy",
     "CostModel",
+    "ExportReport",
     "ImportanceCriterion",
     "LayerKnobs",
     "LayerPolicy",
@@ -30,7 +32,9 @@ __all__ = [
     "apply_policy",
     "build_policy",
     "enforce_budget",
+    "export_compressed",
     "layer_importance",
+    "load_compressed",
     "materialize",
     "measure_latency",
     "uniform_policy",

@@ -1,4 +1,5 @@
-"""Command line: ``ajpq search --config tune_configs/<name>.yaml [--set key=value ...] [--resume]``."""
+"""Command line: ``ajpq search --config tune_configs/<name>.yaml [--set key=value ...] [--resume]``
+and ``ajpq export --config tune_configs/<name>.yaml [--steps N] [--out PATH]``."""
 
 from __future__ import annotations
 
@@ -44,7 +45,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracking-uri",
         help="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory)",
     )
+    export = commands.add_parser(
+        "export",
+        help="finetune the best policy of a search longer and write the compressed model",
+        description="Finetune the best policy of a search longer, export it as a compressed "
+        "model file, reload it and report its test accuracy.",
+    )
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--config", help="the search's YAML config: exports its latest run")
+    which.add_argument("--run-dir", help="a search's run directory (ajpq_runs/<run>/<time>)")
+    export.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    export.add_argument(
+        "--steps", type=int, help="finetune steps (default: 10x the search's evaluator steps)"
+    )
+    export.add_argument("--out", help="artifact path (default: <run dir>/compressed.pt)")
     return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ajpq.search.export_run import export_best, latest_run_dir
+
+    try:
+        run_dir = args.run_dir or latest_run_dir(load_config(args.config, list(args.overrides)))
+        _configure_logging()
+        result = export_best(run_dir, args.steps, args.out)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"ajpq: error: {error}", file=sys.stderr)
+        return 2
+    log = logging.getLogger("ajpq")
+    log.info("")
+    log.info("compressed model: %s", result["path"])
+    log.info(
+        "  %d bytes, %.1fx smaller than the fp32 model file (%d bytes)",
+        result["file_bytes"],
+        result["file_ratio"],
+        result["fp32_file_bytes"],
+    )
+    log.info(
+        "  test accuracy %.4f after %d finetune steps (fp32 %.4f); load with "
+        "ajpq.export.load_compressed",
+        result["test_accuracy"],
+        result["finetune_steps"],
+        result["fp32_test_accuracy"],
+    )
+    return 0
 
 
 def _configure_logging() -> None:
@@ -59,6 +103,8 @@ def _configure_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "export":
+        return _export(args)
     try:
         overrides = list(args.overrides)
         if args.tracking_uri:

@@ -189,11 +189,13 @@ def _signature(layers: tuple[LayerInfo, ...]) -> str:
 
 
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of ``model`` (traced in eval mode)."""
+    """Torch-Pruning's dependency graph of ``model`` (traced in eval mode; it traces through
+    autograd, so gradients are enabled for the trace even under a caller's ``torch.no_grad``)."""
     was_training = model.training
     model.eval()
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
     finally:
         model.train(was_training)
 

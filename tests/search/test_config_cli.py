@@ -82,3 +82,10 @@ def test_unreachable_budget_fails_before_the_search_starts(search_config_file, c
     err = capsys.readouterr().err
     assert code == 2
     assert "smallest reachable value" in err and "Traceback" not in err
+
+
+def test_export_without_a_search_says_to_run_it_first(search_config_file, capsys):
+    from ajpq.cli import main
+
+    assert main(["export", "--config", str(search_config_file()), "--steps", "5"]) == 2
+    assert "no search of this config" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from ajpq.config import load_config
 from ajpq.cost import CostModel
 from ajpq.policy import CompressionPolicy
 from ajpq.search.context import SearchContext
+from ajpq.search.export_run import export_best, latest_run_dir
 from ajpq.search.runner import run_search
 from ajpq.search.tracking import POLICY_METRICS
 
@@ -78,6 +79,19 @@ def test_search_records_every_policy_in_budget_and_in_parallel(ray_session, sear
     )
     overlaps = sum(1 for (s1, e1), (s2, e2) in zip(spans, spans[1:]) if s2 < e1)
     assert overlaps >= 1, spans
+
+    # the best policy, finetuned longer, exported as a file that is itself scored
+    result = export_best(latest_run_dir(config), finetune_steps=20)
+    assert Path(result["path"]) == outcome.run_dir / "compressed.pt"
+    assert result["file_bytes"] == Path(result["path"]).stat().st_size
+    assert result["file_bytes"] < 0.25 * result["fp32_file_bytes"]  # budget: 10% of fp32 size
+    test_samples = len(context.load_data().test)
+    assert abs(result["test_accuracy"] - result["simulated_test_accuracy"]) <= 1 / test_samples
+    assert result["test_accuracy"] > 0.5
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.metrics["export_test_accuracy"] == pytest.approx(result["test_accuracy"])
+    exported = {a.path for a in client.list_artifacts(outcome.parent_run_id, "export")}
+    assert exported == {"export/compressed.pt", "export/export.json"}
 
 
 def test_killed_evaluator_is_replaced_and_nothing_is_lost(ray_session, search_config_file):

@@ -1,0 +1,104 @@
+"""After a search: finetune the best policy longer and export it as a compressed artifact.
+
+``ajpq export --config <yaml>`` (the latest run of that config) or ``--run-dir <dir>``. The
+artifact is reloaded and scored on the test split, so the reported accuracy is the file's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ajpq.apply import apply_policy
+from ajpq.config import SearchConfig
+from ajpq.export import export_compressed, load_compressed
+from ajpq.policy import CompressionPolicy
+from ajpq.search.context import SearchContext
+from ajpq.search.evaluators import score_settings
+from ajpq.search.tracking import Tracker
+from ajpq.train import evaluate, finetune
+
+__all__ = ["export_best", "latest_run_dir", "EXPORT_STEPS_FACTOR"]
+
+logger = logging.getLogger(__name__)
+
+EXPORT_STEPS_FACTOR = 10  # default export finetune: 10x the search's per-policy finetune
+
+
+def latest_run_dir(config: SearchConfig) -> Path:
+    """The run directory of the latest search of ``config`` (what --resume would continue)."""
+    from ajpq.search.runner import run_base_name
+
+    latest = Path(config.output_dir).resolve() / run_base_name(config) / "latest.json"
+    if not latest.exists():
+        raise FileNotFoundError(f"no search of this config under {latest.parent}; run it first")
+    return Path(json.loads(latest.read_text())["run_dir"])
+
+
+def export_best(
+    run_dir: str | Path, finetune_steps: int | None = None, out: str | Path | None = None
+) -> dict[str, Any]:
+    """Finetune the run's best policy for ``finetune_steps`` (default: 10x the search's), write
+    the compressed model to ``out`` (default ``<run_dir>/compressed.pt``), reload it, score it on
+    the test split, and record everything in ``<run_dir>/export.json`` and the run's MLflow."""
+    run_dir = Path(run_dir)
+    policy_path = run_dir / "best_policy.json"
+    if not policy_path.exists():
+        raise FileNotFoundError(
+            f"{run_dir} holds no best_policy.json: the search found no policy or has not ended"
+        )
+    context = SearchContext.load(run_dir / "context")
+    policy = CompressionPolicy.load(policy_path)
+    settings = score_settings(context.config)
+    steps = (
+        EXPORT_STEPS_FACTOR * settings.finetune.steps if finetune_steps is None else finetune_steps
+    )
+    if steps < 0:
+        raise ValueError(f"finetune steps must be >= 0, got {steps}")
+    recipe = dataclasses.replace(settings.finetune, steps=steps)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    splits = context.load_data()
+    started = time.time()
+    simulated = apply_policy(context.model.to(device), policy, context.graph)
+    trained = finetune(simulated, splits.train, recipe, device)
+    if trained.diverged:
+        raise ValueError(f"the export finetune diverged at lr {recipe.lr}; lower it and rerun")
+    simulated_val = evaluate(simulated, splits.val, device).top1
+    simulated_test = evaluate(simulated, splits.test, device).top1
+    path = Path(out) if out else run_dir / "compressed.pt"
+    report = export_compressed(simulated, policy, path, splits.num_classes, context.graph)
+    loaded_test = evaluate(load_compressed(path), splits.test).top1
+    result = {
+        **report.to_dict(),
+        "finetune_steps": steps,
+        "val_accuracy": simulated_val,
+        "test_accuracy": loaded_test,
+        "simulated_test_accuracy": simulated_test,
+        "fp32_test_accuracy": context.fp32_test_accuracy,
+        "seconds": time.time() - started,
+    }
+    (run_dir / "export.json").write_text(json.dumps(result, indent=2))
+    _record(run_dir, context.config, result, path)
+    return result
+
+
+def _record(run_dir: Path, config: SearchConfig, result: dict[str, Any], path: Path) -> None:
+    """Log the export into the search's MLflow parent run (found through latest.json)."""
+    latest = run_dir.parent / "latest.json"
+    if not latest.exists():
+        return
+    state = json.loads(latest.read_text())
+    if Path(state["run_dir"]) != run_dir.resolve():
+        logger.info("not the latest run of its config: export not logged to MLflow")
+        return
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+    for name in ("test_accuracy", "file_bytes", "file_ratio", "finetune_steps"):
+        tracker.client.log_metric(state["parent_run_id"], f"export_{name}", float(result[name]))
+    tracker.log_artifact(state["parent_run_id"], path, "export")
+    tracker.log_artifact(state["parent_run_id"], run_dir / "export.json", "export")

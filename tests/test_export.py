@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import torch
+
+from ajpq.apply import apply_policy
+from ajpq.builder import LayerKnobs, build_policy
+from ajpq.export import export_compressed, load_compressed
+from ajpq.graph import analyze
+from ajpq.materialize import materialize
+from ajpq.models import build_model
+
+
+def _calibrated(model, policy, graph, shape):
+    simulated = apply_policy(model, policy, graph).train()
+    with torch.no_grad():
+        simulated(torch.randn(16, *shape))
+    return simulated.eval()
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"), [("digits_cnn", (1, 16, 16)), ("mobilenet_v2", (3, 32, 32))]
+)
+def test_exported_model_computes_what_materialize_returns(name, shape, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(name, 10, shape[0]).eval()
+    graph = analyze(model, torch.zeros(1, *shape))
+    rng = np.random.default_rng(0)
+    # every kind of channel: binary, 2..8-bit grids, float, and pruned ones
+    knobs = [
+        LayerKnobs(float(rng.uniform(0, 0.6)), int(rng.choice([1, 2, 3, 4, 6, 8, 32])), 8, 1.0)
+        for _ in graph.layers
+    ]
+    policy = build_policy(model, graph, knobs, model_name=name)
+    assert {b for lp in policy.layers for b in lp.weight_bits} >= {0, 1, 2, 32}
+    simulated = _calibrated(model, policy, graph, shape)
+    report = export_compressed(simulated, policy, tmp_path / "model.ajpq.pt", 10, graph)
+    with torch.no_grad():  # loading works where models are usually used
+        loaded = load_compressed(report.path)
+    small = materialize(simulated, policy).eval()
+    x = torch.randn(8, *shape)
+    with torch.no_grad():
+        assert (loaded(x) - small(x)).abs().max().item() <= 1e-5
+        assert (loaded(x) - simulated(x)).abs().max().item() <= 1e-4
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in small.parameters())
+    # a channel at b bits holds at most 2^b distinct values
+    for lp in policy.layers:
+        key = f"{lp.name}.layer.weight" if lp.act_bits < 32 else f"{lp.name}.weight"
+        weight = loaded.state_dict()[key]
+        kept_bits = [b for b in lp.weight_bits if b]
+        for row, bits in zip(weight.reshape(weight.shape[0], -1), kept_bits):
+            if bits < 32:
+                assert row.unique().numel() <= 2**bits
+
+
+def test_artifact_is_smaller_than_fp32_as_the_bits_say(tmp_path):
+    model = build_model("digits_cnn", 10, 1).eval()
+    graph = analyze(model, torch.zeros(1, 1, 16, 16))
+    reports = {}
+    for bits in (8, 4, 2):
+        policy = build_policy(
+            model, graph, [LayerKnobs(0.5, bits, 8)] * len(graph.layers), model_name="digits_cnn"
+        )
+        reports[bits] = export_compressed(model, policy, tmp_path / f"w{bits}.pt", 10, graph)
+    assert reports[8].file_ratio > 2.5  # half the channels and a quarter of the bits
+    assert reports[2].file_bytes < reports[4].file_bytes < reports[8].file_bytes
+    # the packed weights shrink with the bits: 8 -> 2 bits saves about 3/4 of the weight bytes
+    saved = reports[8].file_bytes - reports[2].file_bytes
+    weight_bytes_8 = reports[8].policy_size_bytes
+    assert saved > 0.5 * weight_bytes_8
+
+
+def test_loading_something_else_says_what_it_expected(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(ValueError, match="not an ajpq compressed model"):
+        load_compressed(path)
