@@ -11,6 +11,7 @@ model computes exactly what :func:`ajpq.materialize.materialize` returns.
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 from dataclasses import asdict, dataclass
@@ -77,6 +78,8 @@ def _pack(weight: torch.Tensor, bits: np.ndarray, scales: np.ndarray) -> dict[st
             continue
         scale = scales[bits == width][:, None]
         if width == 1:
+            # one sign bit; a weight of exactly 0 (kept at 0 by the simulation, decoded as
+            # -scale here) does not occur in a trained layer
             codes = (chosen > 0).astype(np.uint8)
         else:
             qmax = 2 ** (width - 1) - 1
@@ -143,8 +146,9 @@ def export_compressed(
 ) -> ExportReport:
     """Write ``model`` (the original or its finetuned :func:`apply_policy` output) compressed
     by ``policy`` to ``path``. ``policy.model_name`` must name a model of :mod:`ajpq.models`."""
-    simulated = model
-    if not any(isinstance(m, FakeQuantLayer) for m in model.modules()):
+    if any(isinstance(m, FakeQuantLayer) for m in model.modules()):
+        simulated = copy.deepcopy(model)  # the caller's model keeps its device and mode
+    else:
         simulated = apply_policy(model, policy, graph)
     simulated = simulated.cpu().eval()
     scales = {
