@@ -89,16 +89,14 @@ def export_best(
 
 
 def _record(run_dir: Path, config: SearchConfig, result: dict[str, Any], path: Path) -> None:
-    """Log the export into the search's MLflow parent run (found through latest.json)."""
-    latest = run_dir.parent / "latest.json"
-    if not latest.exists():
+    """Log the export into the search's MLflow parent run (named in ``<run_dir>/run.json``)."""
+    pointer = run_dir / "run.json"
+    if not pointer.exists():
+        logger.info("%s names no MLflow run: the export is not logged to MLflow", run_dir)
         return
-    state = json.loads(latest.read_text())
-    if Path(state["run_dir"]) != run_dir.resolve():
-        logger.info("not the latest run of its config: export not logged to MLflow")
-        return
+    parent_run_id = json.loads(pointer.read_text())["parent_run_id"]
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     for name in ("test_accuracy", "file_bytes", "file_ratio", "finetune_steps"):
-        tracker.client.log_metric(state["parent_run_id"], f"export_{name}", float(result[name]))
-    tracker.log_artifact(state["parent_run_id"], path, "export")
-    tracker.log_artifact(state["parent_run_id"], run_dir / "export.json", "export")
+        tracker.client.log_metric(parent_run_id, f"export_{name}", float(result[name]))
+    tracker.log_artifact(parent_run_id, path, "export")
+    tracker.log_artifact(parent_run_id, run_dir / "export.json", "export")

@@ -242,9 +242,9 @@ def _new_run(config: SearchConfig, config_path: str | None) -> _OpenRun:
     if config_path:
         tags["ajpq.config_path"] = str(config_path)
     parent_run_id = tracker.start_search(run_base_name(config), params, tags)
-    (base / "latest.json").write_text(
-        json.dumps({"run_dir": str(run_dir), "parent_run_id": parent_run_id})
-    )
+    pointer = json.dumps({"run_dir": str(run_dir), "parent_run_id": parent_run_id})
+    (run_dir / "run.json").write_text(pointer)  # this run's MLflow parent, for ajpq export
+    (base / "latest.json").write_text(pointer)
     resolved = run_dir / "config.yaml"
     resolved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     tracker.log_artifact(parent_run_id, resolved)
