@@ -76,7 +76,11 @@ def tracking_server(tmp_path: Path):
         time.sleep(0.5)
     yield uri
     server.terminate()
-    server.wait(timeout=30)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=30)
     log.close()
 
 
