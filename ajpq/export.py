@@ -11,7 +11,6 @@ model computes exactly what :func:`ajpq.materialize.materialize` returns.
 
 from __future__ import annotations
 
-import copy
 import io
 import logging
 from dataclasses import asdict, dataclass
@@ -27,7 +26,7 @@ from ajpq.graph import ModelGraph, analyze
 from ajpq.materialize import QuantizedInput, materialize
 from ajpq.models import build_model
 from ajpq.policy import CompressionPolicy
-from ajpq.quantize import FLOAT_BITS, weight_qmax
+from ajpq.quantize import FLOAT_BITS, weight_scales
 
 __all__ = ["ExportReport", "export_compressed", "load_compressed", "FORMAT"]
 
@@ -49,14 +48,6 @@ class ExportReport:
 
     def to_dict(self) -> dict[str, float | str]:
         return {**asdict(self), "file_ratio": self.file_ratio}
-
-
-def _channel_scales(layer: FakeQuantLayer) -> torch.Tensor:
-    """The per-channel scale the simulation used (over the full row, pruned inputs included)."""
-    flat = layer.layer.weight.detach().reshape(layer.layer.weight.shape[0], -1).float()
-    bits = layer.weight_bits
-    grid = flat.abs().amax(dim=1).clamp_min(1e-12) / weight_qmax(bits)
-    return torch.where(bits == 1, flat.abs().mean(dim=1), grid)
 
 
 def _weight_key(model: nn.Module, name: str) -> str:
@@ -146,17 +137,16 @@ def export_compressed(
 ) -> ExportReport:
     """Write ``model`` (the original or its finetuned :func:`apply_policy` output) compressed
     by ``policy`` to ``path``. ``policy.model_name`` must name a model of :mod:`ajpq.models`."""
-    if any(isinstance(m, FakeQuantLayer) for m in model.modules()):
-        simulated = copy.deepcopy(model)  # the caller's model keeps its device and mode
-    else:
+    simulated = model
+    if not any(isinstance(m, FakeQuantLayer) for m in model.modules()):
         simulated = apply_policy(model, policy, graph)
-    simulated = simulated.cpu().eval()
+    # the scales the simulation used, over full rows (inputs pruned upstream included)
     scales = {
-        name: _channel_scales(module).numpy()
+        name: weight_scales(module.layer.weight, module.weight_bits).cpu().numpy()
         for name, module in simulated.named_modules()
         if isinstance(module, FakeQuantLayer)
     }
-    small = materialize(simulated, policy)
+    small = materialize(simulated, policy).cpu().eval()  # a copy: the caller's model stays put
     state = small.state_dict()
     packed = {}
     for layer_policy in policy.layers:

@@ -14,6 +14,7 @@ from torch import nn
 __all__ = [
     "FLOAT_BITS",
     "weight_qmax",
+    "weight_scales",
     "fake_quantize_weight",
     "fake_quantize_activation",
     "ActivationQuantizer",
@@ -25,6 +26,18 @@ FLOAT_BITS = 32
 def weight_qmax(bits: torch.Tensor) -> torch.Tensor:
     """Largest integer level per channel (2^(bits-1) - 1, at least 1)."""
     return torch.clamp(torch.exp2(bits.float() - 1) - 1, min=1.0)
+
+
+def _grid_scale(flat: torch.Tensor, qmax: torch.Tensor) -> torch.Tensor:
+    """Per-channel step of the integer grid (rows of ``flat`` are channels): max|w| / qmax."""
+    return (flat.detach().abs().amax(dim=1).clamp_min(1e-12) / qmax).float()
+
+
+def weight_scales(weight: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """The per-channel scale :func:`fake_quantize_weight` uses: the grid step for 2..8 bits,
+    mean |w| for binary channels (what an exported file stores beside the integer codes)."""
+    flat = weight.detach().reshape(weight.shape[0], -1).float()
+    return torch.where(bits == 1, flat.abs().mean(dim=1), _grid_scale(flat, weight_qmax(bits)))
 
 
 def fake_quantize_weight(
@@ -47,8 +60,7 @@ def fake_quantize_weight(
         qmax = weight_qmax(bits)
     if has_special is None:
         has_special = bool(((bits < 2) | (bits >= FLOAT_BITS)).any())
-    max_abs = flat.detach().abs().amax(dim=1).clamp_min(1e-12)
-    scale = (max_abs / qmax).float()
+    scale = _grid_scale(flat, qmax)
     zero = torch.zeros(out, dtype=torch.int32, device=flat.device)
     quant = torch.fake_quantize_per_channel_affine(flat.float(), scale, zero, 0, -127, 127).to(
         flat.dtype
