@@ -2,9 +2,10 @@
 
 Observation: the group's static features (min-max normalised), the budget metric already spent
 by the decided groups and still held by the undecided ones (fractions of fp32; MACs for a
-latency budget), the budget in the same unit, and the previous action. Action in [0, 1]^4 -> sparsity, weight bits, activation bits, spread.
-After the last group the policy is pushed inside the budget (the action wall), scored by the
-evaluator pool, and the reward arrives (0 on every earlier step). ``info`` carries all metrics.
+latency budget), the budget in the same unit, and the previous action. Action in [0, 1]^4 ->
+sparsity, weight bits, activation bits, spread. After the last group the policy is pushed
+inside the budget (the action wall), scored by the evaluator pool, and the reward arrives (0 on
+every earlier step). ``info`` carries all metrics.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from ajpq.export import export_compressed, load_compressed
 from ajpq.policy import CompressionPolicy
 from ajpq.search.context import SearchContext
 from ajpq.search.evaluators import score_settings
+from ajpq.search.runner import runs_folder
 from ajpq.search.tracking import Tracker
 from ajpq.train import evaluate, finetune
 
@@ -33,9 +34,7 @@ EXPORT_STEPS_FACTOR = 10  # default export finetune: 10x the search's per-policy
 
 def latest_run_dir(config: SearchConfig) -> Path:
     """The run directory of the latest search of ``config`` (what --resume would continue)."""
-    from ajpq.search.runner import run_base_name
-
-    latest = Path(config.output_dir).resolve() / run_base_name(config) / "latest.json"
+    latest = runs_folder(config) / "latest.json"
     if not latest.exists():
         raise FileNotFoundError(f"no search of this config under {latest.parent}; run it first")
     return Path(json.loads(latest.read_text())["run_dir"])

@@ -29,7 +29,14 @@ from ajpq.search.evaluators import EvaluatorPool, score_settings
 from ajpq.search.tracking import Tracker
 from ajpq.train import evaluate, finetune
 
-__all__ = ["SearchOutcome", "run_search", "run_base_name", "ResumeError", "load_best_policy"]
+__all__ = [
+    "SearchOutcome",
+    "run_search",
+    "run_base_name",
+    "runs_folder",
+    "ResumeError",
+    "load_best_policy",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +63,11 @@ def run_base_name(config: SearchConfig) -> str:
     if config.tracking.run_name:
         return config.tracking.run_name
     return f"{config.model.value}-{config.data.name.value}-{config.budget.kind.value}{config.budget.value:g}-s{config.agent.seed}"
+
+
+def runs_folder(config: SearchConfig) -> Path:
+    """Where the runs of ``config`` live: one folder per run, plus ``latest.json``."""
+    return Path(config.output_dir).resolve() / run_base_name(config)
 
 
 def _ddpg_config(config: SearchConfig, env_config: dict[str, Any]) -> DDPGConfig:
@@ -214,7 +226,7 @@ def run_search(
 
 def _new_run(config: SearchConfig, config_path: str | None) -> _OpenRun:
     """Prepare the context (model, data, graph, importance) and open the MLflow parent run."""
-    base = Path(config.output_dir).resolve() / run_base_name(config)
+    base = runs_folder(config)
     run_dir = base / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     context = prepare_context(config, run_dir / "context")
@@ -253,7 +265,7 @@ def _new_run(config: SearchConfig, config_path: str | None) -> _OpenRun:
 
 def _resume_run(config: SearchConfig) -> _OpenRun:
     """Reopen the latest run of this config: its context on disk and its MLflow parent run."""
-    base = Path(config.output_dir).resolve() / run_base_name(config)
+    base = runs_folder(config)
     latest = base / "latest.json"
     if not latest.exists():
         raise ResumeError(f"nothing to resume under {base}; run without --resume first")

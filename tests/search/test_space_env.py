@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -62,21 +64,21 @@ def test_latency_budget_is_observed_as_the_macs_fraction_it_allows(
     tmp_path, model_cache, monkeypatch
 ):
     monkeypatch.setenv("AJPQ_CACHE", str(model_cache))
-    probe = SearchConfig.from_dict(
+    config = SearchConfig.from_dict(
         {"budget": {"kind": "latency", "value": 100.0}, "output_dir": str(tmp_path)}
     )
-    context = prepare_context(probe, tmp_path / "probe")
+    context = prepare_context(config, tmp_path / "context")
     model = context.latency_model
     fp32_macs = CostModel(context.graph).fp32_macs
-    # a ceiling at the latency the model predicts for 40% of the fp32 MACs
+    # set the ceiling to the latency the fitted model predicts for 40% of the fp32 MACs
     ceiling = model.predict(0.4 * fp32_macs)
-    config = SearchConfig.from_dict(
-        {"budget": {"kind": "latency", "value": ceiling}, "output_dir": str(tmp_path)}
-    )
-    prepare_context(config, tmp_path / "context")
+    meta_path = tmp_path / "context" / "context.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["budget"]["value"] = ceiling
+    meta_path.write_text(json.dumps(meta))
     env = _FakeEnv({"context_dir": str(tmp_path / "context")})
     obs, _ = env.reset(seed=0)
-    refit = env.context.latency_model  # a second fit measures again: compare through it
-    expected = (ceiling - refit.intercept_ms) / refit.ms_per_mac / fp32_macs
+    expected = (ceiling - model.intercept_ms) / model.ms_per_mac / fp32_macs
+    assert expected == pytest.approx(0.4)
     assert obs[-5] == pytest.approx(min(max(expected, 0.0), 1.0), rel=1e-5)
     assert obs[-6] == pytest.approx(1.0, rel=1e-5)  # nothing decided: all MACs still held
