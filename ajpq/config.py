@@ -33,6 +33,7 @@ __all__ = [
     "SearchConfig",
     "RewardKind",
     "load_config",
+    "find_config",
     "apply_overrides",
 ]
 
@@ -110,11 +111,14 @@ class EvaluatorSection:
     latency_repeats: int = 10
     max_retries: int = 2
     timeout_s: float = 3600.0
+    # package.module:function scoring one policy (see ajpq.scoring.Scorer), and its kwargs
+    scorer: str = "ajpq.scoring:score_policy"
+    scorer_args: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class TrackingSection:
-    uri: str = "sqlite:///mlflow.db"
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "ajpq"
     run_name: str | None = None
 
@@ -172,6 +176,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             except ConfigError as error:
                 errors.append(str(error))
         raise ConfigError(errors[0])
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(item, v, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -246,6 +255,12 @@ def _check_semantics(config: SearchConfig) -> None:
         raise ConfigError("evaluator.num_evaluators: need at least 1")
     if evaluator.num_cpus <= 0 or evaluator.num_gpus < 0:
         raise ConfigError("evaluator.num_cpus must be > 0 and evaluator.num_gpus >= 0")
+    from ajpq.scoring import load_scorer
+
+    try:
+        load_scorer(evaluator.scorer)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if (
         config.weights
         and not Path(config.weights).exists()
@@ -277,11 +292,21 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def find_config(path: str | Path) -> Path:
+    """``path`` as given, or, when relative and missing here, inside the installed project
+    (``ray submit`` runs scripts from the head's home folder, the project lives in ~/ajpq)."""
+    path = Path(path)
+    if path.exists():
+        return path
+    project = Path(__file__).resolve().parents[1] / path
+    if not path.is_absolute() and project.exists():
+        return project
+    raise ConfigError(f"config file {path} does not exist")
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> SearchConfig:
     """Read a YAML config, apply overrides, validate. Raises ConfigError with a clear message."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
+    path = find_config(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:

@@ -5,9 +5,13 @@ This is what an evaluator actor runs; it works the same in a notebook.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import logging
 import math
+import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -21,7 +25,17 @@ from ajpq.materialize import materialize
 from ajpq.policy import CompressionPolicy
 from ajpq.train import FinetuneConfig, evaluate, finetune
 
-__all__ = ["ScoreSettings", "PolicyScore", "score_policy"]
+__all__ = [
+    "ScoreSettings",
+    "PolicyScore",
+    "Scorer",
+    "score_policy",
+    "sleep_scorer",
+    "load_scorer",
+    "DEFAULT_SCORER",
+]
+
+DEFAULT_SCORER = "ajpq.scoring:score_policy"
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +111,68 @@ def score_policy(
         diverged=diverged,
         finetune_s=finetune_end - start,
         eval_s=end - finetune_end,
+        start_ts=start,
+        end_ts=end,
+    )
+
+
+Scorer = Callable[..., PolicyScore]
+"""``scorer(model, policy, graph, splits, settings, device, **scorer_args) -> PolicyScore``:
+what an evaluator runs per policy. The default is :func:`score_policy`; a user's scorer (say,
+detection mAP) is named ``package.module:function`` in ``evaluator.scorer`` and must be
+importable on every node."""
+
+
+def load_scorer(spec: str) -> Scorer:
+    """Import ``package.module:function``; a ValueError says what to change."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"evaluator.scorer: {spec!r} is not of the form package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(
+            f"evaluator.scorer: cannot import {module_name!r} ({error}); install it on every node"
+        ) from None
+    scorer = getattr(module, attribute, None)
+    if not callable(scorer):
+        raise ValueError(f"evaluator.scorer: {module_name} has no function {attribute!r}")
+    return scorer
+
+
+def sleep_scorer(
+    model: nn.Module,
+    policy: CompressionPolicy,
+    graph: ModelGraph,
+    splits: DataSplits,
+    settings: ScoreSettings,
+    device: torch.device | str = "cpu",
+    *,
+    min_s: float = 1.0,
+    max_s: float = 3.0,
+) -> PolicyScore:
+    """Orchestration-only scorer for tests and ``bench/bench_scale.py``: sleeps a random
+    ``min_s``..``max_s`` seconds (seeded by the policy) and trains nothing. Its accuracy is a
+    stand-in, the BitOps ratio to the power 1/4 (more bits, higher), so an agent has a signal;
+    the costs are the real cost model's."""
+    start = time.time()
+    cost = CostModel(graph).cost(policy)
+    seed = int(hashlib.sha256(policy.to_json().encode()).hexdigest()[:8], 16)
+    time.sleep(random.Random(seed).uniform(min_s, max_s))
+    end = time.time()
+    accuracy = float(min(1.0, max(0.0, cost.bitops_ratio)) ** 0.25)
+    return PolicyScore(
+        accuracy=accuracy,
+        top5=1.0,
+        size_bytes=cost.size_bytes,
+        compression_ratio=cost.compression_ratio,
+        bitops=cost.bitops,
+        bitops_ratio=cost.bitops_ratio,
+        macs=cost.macs,
+        latency_ms=float("nan"),
+        diverged=False,
+        finetune_s=end - start,
+        eval_s=0.0,
         start_ts=start,
         end_ts=end,
     )

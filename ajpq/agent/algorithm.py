@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 import numpy as np
 import torch
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.dqn.dqn import DQN
+from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
 from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
@@ -44,6 +46,25 @@ class ExplorationSetter:
             module.set_exploration(self.random_actions, self.sigma)
 
 
+class EpisodeRequest:
+    """Picklable callable run on one env runner: take the newest weights (if any), set the
+    exploration mode, sample one complete episode, return it with the runner's metrics."""
+
+    def __init__(self, module_state: dict | None, random_actions: bool, sigma: float) -> None:
+        self.module_state = module_state
+        self.exploration = ExplorationSetter(random_actions, sigma)
+
+    def __call__(self, env_runner: Any) -> tuple[list, Any]:
+        if self.module_state is not None:
+            env_runner.set_state({COMPONENT_RL_MODULE: self.module_state})
+        self.exploration(env_runner)
+        episodes = env_runner.sample(num_episodes=1)
+        return episodes, env_runner.get_metrics()
+
+
+_SAMPLE_TAG = "ddpg_episode"
+
+
 class DDPG(DQN):
     """Deep Deterministic Policy Gradient on RLlib's API stack (see ``ajpq.agent``)."""
 
@@ -56,6 +77,9 @@ class DDPG(DQN):
         self.episodes_done = 0
         self.reward_baseline: float | None = None
         self.updates_done = 0
+        # async sampling: env runner id -> weights version it holds; runners with an episode out
+        self._in_flight: set[int] = set()
+        self._runner_version: dict[int, int] = {}
 
     # -- exploration schedule -----------------------------------------------------------------
     def noise_sigma(self) -> float:
@@ -100,17 +124,86 @@ class DDPG(DQN):
         return returns
 
     # -- the training step --------------------------------------------------------------------
+    def _sample_async(self) -> tuple[list, list]:
+        """Keep one episode in flight on every healthy remote env runner; return the episodes
+        that have finished (waiting only until at least one has). A runner gets its next
+        request, with the newest weights, as soon as its episode is fetched, so it never waits
+        for the others or for the learner."""
+        config: DDPGConfig = self.config
+        group = self.env_runner_group
+        deadline = time.time() + config.sample_timeout_s
+        episodes: list = []
+        metrics: list = []
+        while True:
+            self._dispatch_episodes()
+            if not self._in_flight:
+                return episodes, metrics
+            ready = group.fetch_ready_async_reqs(
+                tags=_SAMPLE_TAG, timeout_seconds=0.0 if episodes else 0.2
+            )
+            for runner_id, (runner_episodes, runner_metrics) in ready:
+                self._in_flight.discard(runner_id)
+                episodes.extend(runner_episodes)
+                metrics.append(runner_metrics)
+            # a runner that died loses its episode; it gets a new request once healthy again
+            self._in_flight &= set(group.healthy_env_runner_ids())
+            if episodes:
+                self._dispatch_episodes()
+                return episodes, metrics
+            if time.time() > deadline:
+                logger.warning("no episode finished within %.0f s", config.sample_timeout_s)
+                return episodes, metrics
+
+    def _dispatch_episodes(self) -> None:
+        config: DDPGConfig = self.config
+        group = self.env_runner_group
+        limit = config.max_episodes
+        idle = [i for i in group.healthy_env_runner_ids() if i not in self._in_flight]
+        state = None
+        for runner_id in idle:
+            if limit is not None and self.episodes_done + len(self._in_flight) >= limit:
+                return
+            if self._runner_version.get(runner_id) != self.updates_done:
+                if state is None:
+                    state = self.learner_group.get_state(
+                        components=f"{COMPONENT_LEARNER}/{COMPONENT_RL_MODULE}",
+                        inference_only=True,
+                    )[COMPONENT_LEARNER][COMPONENT_RL_MODULE]
+                module_state = state
+            else:
+                module_state = None
+            # exploration as if the episodes in flight had already finished
+            request = EpisodeRequest(
+                module_state,
+                self.episodes_done + len(self._in_flight) < config.warmup_episodes,
+                2.0 * self.noise_sigma(),
+            )
+            sent = group.foreach_env_runner_async(
+                request, tag=_SAMPLE_TAG, remote_worker_ids=[runner_id]
+            )
+            if sent:
+                self._in_flight.add(runner_id)
+                self._runner_version[runner_id] = self.updates_done
+
+    def episodes_in_flight(self) -> int:
+        return len(self._in_flight)
+
     def training_step(self) -> None:
         config: DDPGConfig = self.config
-        self._set_exploration()
-        episodes, runner_metrics = synchronous_parallel_sample(
-            worker_set=self.env_runner_group,
-            concat=True,
-            sample_timeout_s=config.sample_timeout_s,
-            _uses_new_env_runners=True,
-            _return_metrics=True,
-        )
-        self.metrics.aggregate(runner_metrics, key=ENV_RUNNER_RESULTS)
+        if config.async_sampling and self.env_runner_group.num_remote_env_runners() > 0:
+            episodes, metrics_list = self._sample_async()
+            if metrics_list:
+                self.metrics.aggregate(metrics_list, key=ENV_RUNNER_RESULTS)
+        else:
+            self._set_exploration()
+            episodes, runner_metrics = synchronous_parallel_sample(
+                worker_set=self.env_runner_group,
+                concat=True,
+                sample_timeout_s=config.sample_timeout_s,
+                _uses_new_env_runners=True,
+                _return_metrics=True,
+            )
+            self.metrics.aggregate(runner_metrics, key=ENV_RUNNER_RESULTS)
         sampled_steps = sum(len(e) for e in episodes)
         returns = self._assign_credit(episodes)
         self.local_replay_buffer.add(episodes)
@@ -142,9 +235,10 @@ class DDPG(DQN):
                 )
                 self.updates_done += 1
             self.metrics.aggregate(learner_results, key="learners")
-            self.env_runner_group.sync_weights(
-                from_worker_or_learner_group=self.learner_group, inference_only=True
-            )
+            if not config.async_sampling:  # async requests carry the newest weights themselves
+                self.env_runner_group.sync_weights(
+                    from_worker_or_learner_group=self.learner_group, inference_only=True
+                )
         self.metrics.log_value("ddpg/episodes_total", self.episodes_done, window=1)
         self.metrics.log_value(
             "ddpg/noise_sigma", 0.0 if self.in_warmup() else self.noise_sigma(), window=1

@@ -68,6 +68,10 @@ class DDPGConfig(AlgorithmConfig):
         self.batch_mode = "complete_episodes"
         self.rollout_fragment_length = 1
         self.episodes_per_round = 1
+        # async sampling: every remote env runner always has one episode in flight; an iteration
+        # learns from whichever episodes have finished, so no runner waits for another
+        self.async_sampling = False
+        self.max_episodes: int | None = None  # async: never start more episodes than this
 
     def training(
         self,
@@ -86,6 +90,8 @@ class DDPGConfig(AlgorithmConfig):
         updates_per_step: float | None = NotProvided,
         replay_buffer_config: dict[str, Any] | None = NotProvided,
         store_buffer_in_checkpoints: bool | None = NotProvided,
+        async_sampling: bool | None = NotProvided,
+        max_episodes: int | None = NotProvided,
         **kwargs: Any,
     ) -> DDPGConfig:
         super().training(**kwargs)

@@ -1,24 +1,45 @@
-"""What every search process needs, prepared once by the driver and read by env and evaluators."""
+"""What every search process needs, prepared once by the driver.
+
+The driver builds one :class:`SearchContext` (trained weights, layer graph, importance, fp32
+accuracies, latency model, config) and one :class:`DataSource`, puts both in Ray's object store
+and hands the references to env runners and evaluators: no worker ever reads the driver's disk.
+The driver also keeps a copy in the run folder (``save``/``load``) for ``--resume`` and export.
+
+Small datasets (digits, Fashion-MNIST, CIFAR-10, random) travel as tensors
+(:class:`ShippedData`); an ImageFolder is read from ``data.path`` on each node
+(:class:`NodeLocalData`), and a node without it says which node and which path.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from ajpq.budget import BudgetKind, LatencyModel, fit_latency_model
+from ajpq.budget import LatencyModel
 from ajpq.config import SearchConfig
-from ajpq.data import DataConfig, DataSplits, load_dataset
+from ajpq.data import DataConfig, DatasetName, DataSplits, load_dataset
 from ajpq.graph import ModelGraph, analyze
 from ajpq.importance import layer_importance
 from ajpq.models import build_model, pretrained_model
 
-__all__ = ["SearchContext", "prepare_context", "data_config_of"]
+__all__ = [
+    "SearchContext",
+    "DataSource",
+    "ShippedData",
+    "NodeLocalData",
+    "prepare_context",
+    "data_config_of",
+    "data_source_for",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +58,9 @@ def data_config_of(config: SearchConfig) -> DataConfig:
 
 @dataclass
 class SearchContext:
-    """Model, its layer graph and channel importance, and the fp32 reference accuracy."""
+    """Model, its layer graph and channel importance, fp32 accuracies and the latency model.
+
+    Plain picklable data: it travels through Ray's object store as one object."""
 
     config: SearchConfig
     model: nn.Module
@@ -45,8 +68,35 @@ class SearchContext:
     importance: list[np.ndarray]
     fp32_val_accuracy: float
     fp32_test_accuracy: float
-    directory: Path
+    num_classes: int
     latency_model: LatencyModel | None = None
+    latency_device: str | None = None  # the device kind the latency model was fitted on
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.graph.input_shape)
+
+    def with_latency_model(self, model: LatencyModel, device: str) -> SearchContext:
+        return dataclasses.replace(self, latency_model=model, latency_device=device)
+
+    def save(self, directory: str | Path) -> Path:
+        """The driver's own copy (for ``--resume`` and ``ajpq export``); workers never read it."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict(), directory / "model.pt")
+        meta = {
+            "config": self.config.to_dict(),
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "fp32_val_accuracy": self.fp32_val_accuracy,
+            "fp32_test_accuracy": self.fp32_test_accuracy,
+            "latency_model": dataclasses.asdict(self.latency_model) if self.latency_model else None,
+            "latency_device": self.latency_device,
+        }
+        tmp = directory / "context.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.replace(directory / "context.json")
+        return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> SearchContext:
@@ -58,52 +108,103 @@ class SearchContext:
         model.load_state_dict(
             torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
         )
-        model.eval()
-        graph = analyze(model, torch.zeros(1, *input_shape))
-        return cls(
-            config=config,
-            model=model,
-            graph=graph,
-            importance=layer_importance(model, graph),
-            fp32_val_accuracy=meta["fp32_val_accuracy"],
-            fp32_test_accuracy=meta["fp32_test_accuracy"],
-            directory=directory,
-            latency_model=LatencyModel(**meta["latency_model"])
-            if meta.get("latency_model")
-            else None,
+        return _assemble(
+            config,
+            model,
+            input_shape,
+            meta["num_classes"],
+            meta["fp32_val_accuracy"],
+            meta["fp32_test_accuracy"],
+            LatencyModel(**meta["latency_model"]) if meta.get("latency_model") else None,
+            meta.get("latency_device"),
         )
 
     def load_data(self) -> DataSplits:
+        """The data, read here (driver-side reports and export)."""
         return load_dataset(data_config_of(self.config))
 
 
-def prepare_context(config: SearchConfig, directory: Path, device: str = "cpu") -> SearchContext:
-    """Load data, get the trained model (cache or train now), write what workers read."""
-    directory.mkdir(parents=True, exist_ok=True)
+def _assemble(
+    config: SearchConfig,
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    fp32_val: float,
+    fp32_test: float,
+    latency_model: LatencyModel | None = None,
+    latency_device: str | None = None,
+) -> SearchContext:
+    model = model.cpu().eval()
+    graph = analyze(model, torch.zeros(1, *input_shape))
+    return SearchContext(
+        config=config,
+        model=model,
+        graph=graph,
+        importance=layer_importance(model, graph),
+        fp32_val_accuracy=fp32_val,
+        fp32_test_accuracy=fp32_test,
+        num_classes=num_classes,
+        latency_model=latency_model,
+        latency_device=latency_device,
+    )
+
+
+class DataSource(Protocol):
+    """How an evaluator gets its data: ``load()`` runs on the evaluator's node."""
+
+    def load(self) -> DataSplits: ...
+
+
+@dataclass
+class ShippedData:
+    """In-memory splits that travel through the object store with the search."""
+
+    splits: DataSplits
+
+    def load(self) -> DataSplits:
+        return self.splits
+
+
+@dataclass
+class NodeLocalData:
+    """A dataset too large to ship (ImageFolder): read from ``config.path`` on each node."""
+
+    config: DataConfig
+
+    def load(self) -> DataSplits:
+        path = self.config.path
+        if not path or not Path(path).exists():
+            raise FileNotFoundError(
+                f"node {socket.gethostname()}: data.path {path} does not exist there; "
+                "put the dataset at the same path on every node (or on storage all nodes mount)"
+            )
+        return load_dataset(self.config)
+
+
+def data_source_for(config: SearchConfig, splits: DataSplits) -> DataSource:
+    """Ship tensors when they are in memory; an ImageFolder stays on each node's disk."""
+    if config.data.name is DatasetName.IMAGEFOLDER:
+        return NodeLocalData(data_config_of(config))
+    return ShippedData(splits)
+
+
+def prepare_context(config: SearchConfig, device: str = "cpu") -> tuple[SearchContext, DataSplits]:
+    """Load data, get the trained model (cache or train now), analyse it. Driver only."""
     data_config = data_config_of(config)
     splits = load_dataset(data_config)
     pre = pretrained_model(config.model, data_config, splits, weights=config.weights, device=device)
-    torch.save(pre.model.state_dict(), directory / "model.pt")
-    meta = {
-        "config": config.to_dict(),
-        "input_shape": list(splits.input_shape),
-        "num_classes": splits.num_classes,
-        "fp32_val_accuracy": pre.val_top1,
-        "fp32_test_accuracy": pre.test_top1,
-    }
-    if config.budget.kind is BudgetKind.LATENCY:
-        graph = analyze(pre.model, torch.zeros(1, *splits.input_shape))
-        fitted = fit_latency_model(pre.model, graph, config.evaluator.latency_batch_size, device)
-        meta["latency_model"] = {
-            "intercept_ms": fitted.intercept_ms,
-            "ms_per_mac": fitted.ms_per_mac,
-        }
-        logger.info("latency model: %.3f ms + %.3g ms/MAC", fitted.intercept_ms, fitted.ms_per_mac)
-    (directory / "context.json").write_text(json.dumps(meta, indent=2))
     logger.info(
         "fp32 %s: val accuracy %.4f, test accuracy %.4f",
         config.model.value,
         pre.val_top1,
         pre.test_top1,
     )
-    return SearchContext.load(directory)
+    context = _assemble(
+        config,
+        pre.model,
+        tuple(splits.input_shape),
+        splits.num_classes,
+        pre.val_top1,
+        pre.test_top1,
+    )
+    return context, splits

@@ -4,41 +4,46 @@ Observation: the group's static features (min-max normalised), the budget metric
 by the decided groups and still held by the undecided ones (fractions of fp32; MACs for a
 latency budget), the budget in the same unit, and the previous action. Action in [0, 1]^4 ->
 sparsity, weight bits, activation bits, spread. After the last group the policy is pushed
-inside the budget (the action wall), scored by the evaluator pool, and the reward arrives (0 on
-every earlier step). ``info`` carries all metrics.
+inside the budget (the action wall), scored by the ``evaluate`` callable the env was given, and
+the reward arrives (0 on every earlier step). ``info`` carries all metrics.
+
+The env knows nothing of Ray: the orchestration floor (``ajpq.search.binding``) binds
+``evaluate`` to the evaluator pool and resolves the context from the object store.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import ray
 
 from ajpq.budget import Budget, BudgetKind, enforce_budget
 from ajpq.builder import LayerKnobs, build_policy
 from ajpq.cost import CostModel
+from ajpq.policy import CompressionPolicy
 from ajpq.search.context import SearchContext
 from ajpq.search.space import ACTION_DIM, action_to_knobs, group_features, group_order
 
-__all__ = ["CompressionEnv", "ENV_NAME", "register"]
+__all__ = ["CompressionEnv", "ENV_NAME", "Evaluate"]
 
 logger = logging.getLogger(__name__)
 
 ENV_NAME = "ajpq-compression"
 _METRIC_COLUMN = {BudgetKind.SIZE: 0, BudgetKind.BITOPS: 1, BudgetKind.LATENCY: 2}
 
+Evaluate = Callable[[CompressionPolicy], Mapping[str, Any]]
+"""Scores one policy and returns its record (a mapping with at least ``reward``)."""
+
 
 class CompressionEnv(gym.Env):
-    """``env_config``: ``context_dir`` (prepared by the driver), ``pool_name``, ``namespace``."""
+    """One episode = one policy for ``context``'s model, scored by ``evaluate``."""
 
-    def __init__(self, env_config: dict[str, Any]) -> None:
-        self.context = SearchContext.load(env_config["context_dir"])
-        self.pool_name = env_config.get("pool_name")
-        self.namespace = env_config.get("namespace")
-        self._pool = None
+    def __init__(self, context: SearchContext, evaluate: Evaluate) -> None:
+        self.context = context
+        self.evaluate = evaluate
         config = self.context.config
         self.space = config.space
         self.budget = Budget(config.budget.kind, config.budget.value)
@@ -115,20 +120,5 @@ class CompressionEnv(gym.Env):
         policy = enforce_budget(
             policy, self.budget, self.costs, self.context.importance, self.context.latency_model
         )
-        record = self.evaluate(policy.to_json())
+        record = dict(self.evaluate(policy))
         return self._observation(), float(record["reward"]), True, False, record
-
-    # -- scoring ----------------------------------------------------------------------------
-    def evaluate(self, policy_json: str) -> dict[str, Any]:
-        """Score through the evaluator pool (blocking: the env runner just waits)."""
-        if self._pool is None:
-            self._pool = ray.get_actor(self.pool_name, namespace=self.namespace)
-        return ray.get(self._pool.evaluate.remote(policy_json))
-
-
-def register() -> str:
-    """Register the env with Ray Tune's registry under ``ENV_NAME``."""
-    from ray.tune.registry import register_env
-
-    register_env(ENV_NAME, lambda env_config: CompressionEnv(env_config))
-    return ENV_NAME

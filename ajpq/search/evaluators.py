@@ -1,12 +1,16 @@
 """Evaluator actors and the pool that feeds them.
 
-An :class:`Evaluator` holds the pretrained model and the data on its own device (a GPU when Ray
-gives it one, fractions allowed; the CPU otherwise) and scores one policy at a time. The
+An :class:`Evaluator` gets the search context and the data through Ray's object store (never
+from the driver's disk), holds them on its own device (a GPU only when Ray assigned it one,
+fractions allowed; the CPU otherwise, with CUDA hidden) and scores one policy at a time with
+the configured scorer. The
 :class:`EvaluatorPool` (an async actor, one per search) is the only entry point: it caches
 scores by canonical policy JSON + evaluation settings (an identical policy is scored once, also
 across ``--resume``), dispatches to a free evaluator, replaces a dead evaluator and retries,
 turns a diverged finetune into a failed record with a penalty reward, computes the reward, and
-writes every record to MLflow itself, one at a time.
+writes every record to MLflow itself, one at a time. It runs on the driver's node, so records
+and relative tracking paths stay on the driver's side, and it hands the context reference to
+env runners and to replacement evaluators.
 """
 
 from __future__ import annotations
@@ -31,15 +35,24 @@ from ray.exceptions import (
     RayTaskError,
 )
 
+from ajpq.budget import LatencyModel, fit_latency_model
 from ajpq.config import RewardKind, SearchConfig
 from ajpq.cost import CostModel
 from ajpq.policy import CompressionPolicy
-from ajpq.scoring import ScoreSettings, score_policy
-from ajpq.search.context import SearchContext
+from ajpq.scoring import ScoreSettings, load_scorer
+from ajpq.search.context import DataSource, SearchContext
 from ajpq.search.tracking import Tracker
 from ajpq.train import FinetuneConfig
 
-__all__ = ["Evaluator", "EvaluatorPool", "score_settings", "policy_key", "compute_reward"]
+__all__ = [
+    "Evaluator",
+    "EvaluatorPool",
+    "score_settings",
+    "policy_key",
+    "compute_reward",
+    "assigned_device",
+    "fit_latency_remote",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +95,53 @@ def compute_reward(
     return agent.reward_scale * (accuracy - fp32_accuracy)
 
 
+def assigned_device() -> tuple[str, str]:
+    """The device Ray assigned to this process, and a label saying which kind it is.
+
+    A GPU only when Ray assigned one (Ray sets ``CUDA_VISIBLE_DEVICES`` to it); without one,
+    CUDA is hidden before anything can initialise it, since Ray 2.60 no longer hides GPUs from
+    tasks and actors that reserved none."""
+    gpu_ids = ray.get_gpu_ids()
+    if not gpu_ids:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        return "cpu", "cpu"
+    if torch.cuda.is_available():
+        return "cuda", f"cuda:{torch.cuda.get_device_name(0)}"
+    logger.warning("Ray assigned GPU %s but CUDA is not available here; using the CPU", gpu_ids)
+    return "cpu", "cpu"
+
+
+def _fit_latency(context: SearchContext, threads: int) -> tuple[LatencyModel, str]:
+    torch.set_num_threads(max(1, threads))
+    device, label = assigned_device()
+    model = context.model.to(device)
+    fitted = fit_latency_model(
+        model, context.graph, context.config.evaluator.latency_batch_size, device
+    )
+    return fitted, label
+
+
+def fit_latency_remote(config: SearchConfig) -> Any:
+    """A Ray task that fits the latency model on an evaluator's kind of device (same resources
+    as an evaluator), not on the driver's CPU."""
+    ev = config.evaluator
+    return ray.remote(_fit_latency).options(num_cpus=ev.num_cpus, num_gpus=ev.num_gpus)
+
+
 @ray.remote
 class Evaluator:
     """Scores policies on its own device; one evaluation at a time."""
 
-    def __init__(self, context_dir: str, threads: int) -> None:
+    def __init__(self, context: SearchContext, data: DataSource, threads: int) -> None:
+        # context and data arrive from the object store (Ray resolves the references)
         torch.set_num_threads(max(1, threads))
-        self.context = SearchContext.load(context_dir)
-        self.splits = self.context.load_data()
-        self.settings = score_settings(self.context.config)
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = self.context.model.to(self.device)
+        self.device, self.device_label = assigned_device()
+        self.context = context
+        self.splits = data.load()
+        self.settings = score_settings(context.config)
+        self.scorer = load_scorer(context.config.evaluator.scorer)
+        self.scorer_args = dict(context.config.evaluator.scorer_args)
+        self.model = context.model.to(self.device)
 
     def ready(self) -> dict[str, Any]:
         """Where this evaluator runs: process, host, Ray node, the GPUs Ray gave it, device."""
@@ -101,16 +150,25 @@ class Evaluator:
             "node": socket.gethostname(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()],
-            "device": self.device,
+            "device": self.device_label,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "cuda_initialized": bool(torch.cuda.is_initialized()),
         }
 
     def evaluate(self, policy_json: str) -> dict[str, Any]:
         policy = CompressionPolicy.from_json(policy_json)
-        score = score_policy(
-            self.model, policy, self.context.graph, self.splits, self.settings, self.device
+        score = self.scorer(
+            self.model,
+            policy,
+            self.context.graph,
+            self.splits,
+            self.settings,
+            self.device,
+            **self.scorer_args,
         )
         result = score.to_dict()
         result.update(self.ready())
+        result["latency_device"] = self.device_label
         return result
 
 
@@ -118,9 +176,11 @@ class Evaluator:
 class EvaluatorPool:
     """The search's single door to evaluation and to MLflow (see module docstring)."""
 
-    def __init__(self, context_dir: str, parent_run_id: str | None) -> None:
-        self.context = SearchContext.load(context_dir)
-        self.context_dir = context_dir
+    def __init__(self, context_ref: list, data_ref: list, parent_run_id: str | None) -> None:
+        # references arrive wrapped in lists so that Ray does not resolve them: the pool keeps
+        # them to give to every evaluator it starts (replacements too) and to env runners
+        self.context_ref, self.data_ref = context_ref[0], data_ref[0]
+        self.context: SearchContext = ray.get(self.context_ref)
         self.config = self.context.config
         self.settings = score_settings(self.config)
         self.costs = CostModel(self.context.graph)
@@ -147,7 +207,7 @@ class EvaluatorPool:
     def _new_worker(self) -> Any:
         ev = self.config.evaluator
         return Evaluator.options(num_cpus=ev.num_cpus, num_gpus=ev.num_gpus).remote(
-            self.context_dir, ev.torch_threads
+            self.context_ref, self.data_ref, ev.torch_threads
         )
 
     def _setup(self) -> None:
@@ -295,6 +355,10 @@ class EvaluatorPool:
             "start_ts": now,
             "end_ts": now,
         }
+
+    def search_context(self) -> list:
+        """The context's object reference (in a list, so the caller gets the reference)."""
+        return [self.context_ref]
 
     def summary(self) -> dict[str, Any]:
         return {

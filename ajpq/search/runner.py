@@ -1,8 +1,14 @@
-"""The search driver: prepare, start the evaluator pool, run DDPG until the episode budget is
-spent, checkpoint every iteration, and report the best policy (also into MLflow)."""
+"""The search driver: prepare the context once, ship it through Ray's object store, start the
+evaluator pool on the driver's node, run DDPG (asynchronous sampling) until the episode budget
+is spent, checkpoint as it goes, and report the best policy (also into MLflow).
+
+Only this process reads and writes the driver's disk (run folder, checkpoints, context copy);
+env runners and evaluators get everything through Ray, so worker machines need no shared disk.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -15,19 +21,20 @@ from typing import Any
 
 import ray
 import yaml
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ajpq.agent import DDPG, DDPGConfig
-from ajpq.apply import apply_policy
-from ajpq.budget import Budget, enforce_budget
+from ajpq.budget import Budget, BudgetKind, enforce_budget
 from ajpq.builder import uniform_policy
 from ajpq.config import SearchConfig
 from ajpq.cost import CostModel
+from ajpq.data import DataSplits
 from ajpq.policy import CompressionPolicy
-from ajpq.search import env as env_module
-from ajpq.search.context import SearchContext, prepare_context
-from ajpq.search.evaluators import EvaluatorPool, score_settings
+from ajpq.scoring import load_scorer
+from ajpq.search import binding
+from ajpq.search.context import SearchContext, data_source_for, prepare_context
+from ajpq.search.evaluators import EvaluatorPool, fit_latency_remote, score_settings
 from ajpq.search.tracking import Tracker
-from ajpq.train import evaluate, finetune
 
 __all__ = [
     "SearchOutcome",
@@ -36,7 +43,11 @@ __all__ = [
     "runs_folder",
     "ResumeError",
     "load_best_policy",
+    "resolve_locations",
+    "DEFAULT_TRACKING_URI",
 ]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +81,24 @@ def runs_folder(config: SearchConfig) -> Path:
     return Path(config.output_dir).resolve() / run_base_name(config)
 
 
+def resolve_locations(config: SearchConfig) -> SearchConfig:
+    """Pin what is relative to the driver: the output folder and the tracking URI.
+
+    No ``tracking.uri``: ``$MLFLOW_TRACKING_URI`` (the cluster files set it to the head's
+    tracking server), else ``sqlite:///mlflow.db``. A relative SQLite path becomes absolute
+    here, on the driver, so the database never lands on whichever node an actor runs on."""
+    uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    elif "://" not in uri:  # a plain folder: MLflow's file store
+        uri = str(Path(uri).resolve())
+    return dataclasses.replace(
+        config,
+        tracking=dataclasses.replace(config.tracking, uri=uri),
+        output_dir=str(Path(config.output_dir).resolve()),
+    )
+
+
 def _ddpg_config(config: SearchConfig, env_config: dict[str, Any]) -> DDPGConfig:
     agent, ev = config.agent, config.evaluator
     # an env runner mostly waits on the pool: it reserves little so evaluators can be scheduled;
@@ -77,7 +106,7 @@ def _ddpg_config(config: SearchConfig, env_config: dict[str, Any]) -> DDPGConfig
     sample_timeout = ev.timeout_s * (ev.max_retries + 1) + 600.0
     return (
         DDPGConfig()
-        .environment(env_module.ENV_NAME, env_config=env_config, disable_env_checking=True)
+        .environment(binding.ENV_NAME, env_config=env_config, disable_env_checking=True)
         .env_runners(
             num_env_runners=agent.env_runners,
             num_cpus_per_env_runner=ENV_RUNNER_CPUS,
@@ -98,6 +127,9 @@ def _ddpg_config(config: SearchConfig, env_config: dict[str, Any]) -> DDPGConfig
             noise_decay=agent.noise_decay,
             baseline_decay=agent.baseline_decay,
             credit_assignment=agent.credit_assignment,
+            # env runners never wait for each other: learn from whichever episodes finished
+            async_sampling=True,
+            max_episodes=agent.episodes,
         )
         .debugging(seed=agent.seed)
     )
@@ -182,32 +214,69 @@ class _OpenRun:
     parent_run_id: str
     context: SearchContext
     tracker: Tracker
+    splits: DataSplits
+
+
+def _fit_latency(context: SearchContext, run_dir: Path) -> SearchContext:
+    """Fit the latency model on an evaluator's kind of device, then check the budget."""
+    ev = context.config.evaluator
+    fitted, device = ray.get(fit_latency_remote(context.config).remote(context, ev.torch_threads))
+    logger.info(
+        "latency model on %s: %.3f ms + %.3g ms/MAC", device, fitted.intercept_ms, fitted.ms_per_mac
+    )
+    context = context.with_latency_model(fitted, device)
+    _check_budget(context)
+    context.save(run_dir / "context")
+    return context
+
+
+def _check_budget(context: SearchContext) -> None:
+    """An unreachable budget raises ValueError naming the smallest reachable value."""
+    config = context.config
+    enforce_budget(
+        uniform_policy(context.graph, 8, 8, config.model.value),
+        Budget(config.budget.kind, config.budget.value),
+        CostModel(context.graph),
+        context.importance,
+        context.latency_model,
+    )
 
 
 def run_search(
     config: SearchConfig, resume: bool = False, config_path: str | None = None
 ) -> SearchOutcome:
     """Run (or continue, with ``resume``) one search described by ``config``."""
+    config = resolve_locations(config)
     run = _resume_run(config) if resume else _new_run(config, config_path)
     _ensure_ray(config)
+    if run.context.latency_model is None and config.budget.kind is BudgetKind.LATENCY:
+        run.context = _fit_latency(run.context, run.run_dir)
     namespace = ray.get_runtime_context().namespace
     pool_name = f"ajpq-pool-{run.parent_run_id}"
-    pool = EvaluatorPool.options(name=pool_name, namespace=namespace).remote(
-        str(run.run_dir / "context"), run.parent_run_id
+    # prepared once, shipped through the object store: workers never read the driver's disk
+    context_ref = ray.put(run.context)
+    data_ref = ray.put(data_source_for(run.context.config, run.splits))
+    driver_node = ray.get_runtime_context().get_node_id()
+    pool = EvaluatorPool.options(
+        name=pool_name,
+        namespace=namespace,
+        # the only MLflow writer stays on the driver's node, next to the run folder
+        scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False),
+    ).remote([context_ref], [data_ref], run.parent_run_id)
+    where = ray.get(pool.wait_ready.remote())
+    logger.info(
+        "%d evaluators ready on %d node(s), devices: %s",
+        len(where),
+        len({w["node_id"] for w in where}),
+        ", ".join(sorted({w["device"] for w in where})),
     )
-    ray.get(pool.wait_ready.remote())
-    env_module.register()
-    env_config = {
-        "context_dir": str(run.run_dir / "context"),
-        "pool_name": pool_name,
-        "namespace": namespace,
-    }
+    binding.register()
+    env_config = binding.env_config_for(pool_name, namespace)
+    algo = _ddpg_config(config, env_config).build_algo()
     checkpoint = run.run_dir / "checkpoint"
     if resume and checkpoint.exists():
-        algo = DDPG.from_checkpoint(str(checkpoint))
+        algo.restore_from_path(str(checkpoint))
         logger.info("resumed from %s at episode %d", checkpoint, algo.episodes_done)
-    else:
-        algo = _ddpg_config(config, env_config).build_algo()
 
     interrupted = False
     try:
@@ -228,16 +297,13 @@ def _new_run(config: SearchConfig, config_path: str | None) -> _OpenRun:
     """Prepare the context (model, data, graph, importance) and open the MLflow parent run."""
     base = runs_folder(config)
     run_dir = base / time.strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    context = prepare_context(config, run_dir / "context")
+    context, splits = prepare_context(config)
     # an unreachable budget fails here, with the smallest reachable value, before Ray starts
-    enforce_budget(
-        uniform_policy(context.graph, 8, 8, config.model.value),
-        Budget(config.budget.kind, config.budget.value),
-        CostModel(context.graph),
-        context.importance,
-        context.latency_model,
-    )
+    # (a latency budget is checked once the latency model is fitted on an evaluator's device)
+    if config.budget.kind is not BudgetKind.LATENCY:
+        _check_budget(context)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    context.save(run_dir / "context")
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     params = {
         "model": config.model.value,
@@ -260,7 +326,7 @@ def _new_run(config: SearchConfig, config_path: str | None) -> _OpenRun:
     resolved = run_dir / "config.yaml"
     resolved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     tracker.log_artifact(parent_run_id, resolved)
-    return _OpenRun(run_dir, parent_run_id, context, tracker)
+    return _OpenRun(run_dir, parent_run_id, context, tracker, splits)
 
 
 def _resume_run(config: SearchConfig) -> _OpenRun:
@@ -276,23 +342,32 @@ def _resume_run(config: SearchConfig) -> _OpenRun:
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     tracker.set_status(state["parent_run_id"], "RUNNING")
     context = SearchContext.load(run_dir / "context")
-    return _OpenRun(run_dir, state["parent_run_id"], context, tracker)
+    return _OpenRun(run_dir, state["parent_run_id"], context, tracker, context.load_data())
+
+
+CHECKPOINT_EVERY_S = 10.0
 
 
 def _train(algo: DDPG, pool: Any, run: _OpenRun, target: int) -> None:
-    """Train until ``target`` episodes; after every iteration MLflow is flushed, then checkpoint."""
+    """Train until ``target`` episodes. Each iteration learns from the episodes that finished
+    while the others keep running; every ``CHECKPOINT_EVERY_S`` (and at the end) MLflow is
+    flushed and then the agent is checkpointed, so MLflow is never behind a checkpoint."""
     fp32 = run.context.fp32_val_accuracy
-    started = time.time()
+    started = last_checkpoint = time.time()
     while algo.episodes_done < target:
         algo.train()
-        ray.get(pool.flush.remote())  # MLflow is never behind a checkpoint
+        done = algo.episodes_done >= target
+        if not done and time.time() - last_checkpoint < CHECKPOINT_EVERY_S:
+            continue
+        ray.get(pool.flush.remote())
         _save_checkpoint(algo, run.run_dir)
+        last_checkpoint = time.time()
         best = ray.get(pool.summary.remote())["best"]
         if best is None:
             logger.info("episode %d/%d | no successful evaluation yet", algo.episodes_done, target)
             continue
         logger.info(
-            "episode %d/%d | best val acc %.4f (fp32 %.4f) at %.1fx smaller, %.3f BitOps | %.1f s/episode",
+            "episode %d/%d | best val acc %.4f (fp32 %.4f) at %.1fx smaller, %.3f BitOps | %.2f s/episode",
             algo.episodes_done,
             target,
             best["accuracy"],
@@ -316,7 +391,7 @@ def _report(
         tracker.log_artifact(parent_run_id, best_path)
     best_test = None
     if best is not None and not interrupted:
-        best_test = _test_accuracy(context, CompressionPolicy.load(best_path))
+        best_test = _test_accuracy(context, run.splits, CompressionPolicy.load(best_path))
         tracker.client.log_metric(parent_run_id, "best_test_accuracy", best_test)
         tracker.client.log_metric(parent_run_id, "fp32_test_accuracy", context.fp32_test_accuracy)
     plot = _plot(records, run.run_dir / "search.png")
@@ -338,13 +413,15 @@ def _report(
     )
 
 
-def _test_accuracy(context: SearchContext, policy: CompressionPolicy) -> float:
-    """Final report: the best policy finetuned as in the search (seeded), scored on the test split."""
-    settings = score_settings(context.config)
-    splits = context.load_data()
-    simulated = apply_policy(context.model, policy, context.graph)
-    finetune(simulated, splits.train, settings.finetune)
-    return evaluate(simulated, splits.test).top1
+def _test_accuracy(context: SearchContext, splits: DataSplits, policy: CompressionPolicy) -> float:
+    """Final report: the best policy scored by the search's own scorer (seeded finetune as in
+    the search) on the test split in place of the validation split."""
+    settings = dataclasses.replace(score_settings(context.config), val_samples=None)
+    ev = context.config.evaluator
+    on_test = dataclasses.replace(splits, val=splits.test)
+    scorer = load_scorer(ev.scorer)
+    score = scorer(context.model, policy, context.graph, on_test, settings, "cpu", **ev.scorer_args)
+    return score.accuracy
 
 
 def load_best_policy(outcome: SearchOutcome) -> CompressionPolicy | None:

@@ -4,19 +4,20 @@ from mlflow.tracking import MlflowClient
 
 from ajpq.builder import LayerKnobs, build_policy
 from ajpq.config import load_config
-from ajpq.search.context import prepare_context
+from ajpq.search.context import data_source_for, prepare_context
 from ajpq.search.evaluators import EvaluatorPool
 from ajpq.search.tracking import Tracker
 
 pytestmark = pytest.mark.ray
 
 
-def _pool(config, tmp_path):
-    context = prepare_context(config, tmp_path / "context")
+def _pool(config):
+    context, splits = prepare_context(config)
+    refs = [ray.put(context)], [ray.put(data_source_for(config, splits))]
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     parent = tracker.start_search("pool-test", {}, {})
-    pool = EvaluatorPool.remote(str(tmp_path / "context"), parent)
-    return context, tracker, parent, pool
+    pool = EvaluatorPool.remote(*refs, parent)
+    return context, tracker, parent, pool, refs
 
 
 def test_pool_caches_identical_policies_and_records_divergence(
@@ -28,7 +29,7 @@ def test_pool_caches_identical_policies_and_records_divergence(
         ),
         ["agent.failed_reward=-2.0", "agent.reward_scale=0.5"],
     )
-    context, tracker, parent, pool = _pool(config, tmp_path)
+    context, tracker, parent, pool, refs = _pool(config)
     try:
         policy = build_policy(context.model, context.graph, LayerKnobs(0.2, 4, 8)).to_json()
         first = ray.get(pool.evaluate.remote(policy))
@@ -47,7 +48,7 @@ def test_pool_caches_identical_policies_and_records_divergence(
         MlflowClient(config.tracking.uri).get_run(children[0].info.run_id).info.status == "FAILED"
     )
     # a new pool on the same parent (what --resume does) knows the record and scores nothing
-    pool = EvaluatorPool.remote(str(tmp_path / "context"), parent)
+    pool = EvaluatorPool.remote(*refs, parent)
     try:
         again = ray.get(pool.evaluate.remote(policy))
         assert again["cached"] and ray.get(pool.summary.remote())["stats"]["scored"] == 0

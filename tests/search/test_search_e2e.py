@@ -60,7 +60,8 @@ def test_search_records_every_policy_in_budget_and_in_parallel(ray_session, sear
         assert budget_value(policy, budget, costs) <= config.budget.value + 1e-9
         assert run.data.metrics["compression_ratio"] >= 1 / config.budget.value - 1e-6
     # the parent's best equals the best child
-    best_child = max(children, key=lambda r: r.data.metrics["reward"])
+    # among equal rewards the pool keeps the first one found
+    best_child = max(children, key=lambda r: (r.data.metrics["reward"], -r.data.metrics["episode"]))
     assert parent.data.metrics["best_reward"] == pytest.approx(best_child.data.metrics["reward"])
     assert parent.data.metrics["best_accuracy"] == pytest.approx(
         best_child.data.metrics["accuracy"]

@@ -1,9 +1,9 @@
-import json
+import dataclasses
 
 import numpy as np
 import pytest
 
-from ajpq.budget import Budget, budget_value
+from ajpq.budget import Budget, budget_value, fit_latency_model
 from ajpq.config import SearchConfig, SpaceSection
 from ajpq.cost import CostModel
 from ajpq.search.context import prepare_context
@@ -28,11 +28,11 @@ def test_action_maps_onto_knob_ranges():
         action_to_knobs(np.zeros(3), space)
 
 
-class _FakeEnv(CompressionEnv):
-    """Scores with a closed-form stand-in, so the env's own logic is tested without Ray."""
+class _Recorder:
+    """A stand-in ``evaluate``: the env's own logic is tested without Ray."""
 
-    def evaluate(self, policy_json):
-        self.last_policy_json = policy_json
+    def __call__(self, policy):
+        self.last_policy = policy
         return {"reward": -0.5, "accuracy": 0.5}
 
 
@@ -41,8 +41,9 @@ def test_env_episode_meets_budget_and_observes_spending(tmp_path, model_cache, m
     config = SearchConfig.from_dict(
         {"budget": {"kind": "bitops", "value": 0.05}, "output_dir": str(tmp_path)}
     )
-    prepare_context(config, tmp_path / "context")
-    env = _FakeEnv({"context_dir": str(tmp_path / "context")})
+    context, _ = prepare_context(config)
+    scorer = _Recorder()
+    env = CompressionEnv(context, scorer)
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)
     rng = np.random.default_rng(0)
@@ -54,9 +55,7 @@ def test_env_episode_meets_budget_and_observes_spending(tmp_path, model_cache, m
     assert steps == len(env.order) == len(env.graph.groups)
     assert reward == -0.5 and info["accuracy"] == 0.5
     assert spent == sorted(spent)  # spending only grows as groups are decided
-    from ajpq.policy import CompressionPolicy
-
-    policy = CompressionPolicy.from_json(env.last_policy_json)
+    policy = scorer.last_policy
     assert budget_value(policy, Budget("bitops", 0.05), CostModel(env.graph)) <= 0.05
 
 
@@ -67,16 +66,17 @@ def test_latency_budget_is_observed_as_the_macs_fraction_it_allows(
     config = SearchConfig.from_dict(
         {"budget": {"kind": "latency", "value": 100.0}, "output_dir": str(tmp_path)}
     )
-    context = prepare_context(config, tmp_path / "context")
-    model = context.latency_model
+    context, _ = prepare_context(config)
+    model = fit_latency_model(context.model, context.graph)
     fp32_macs = CostModel(context.graph).fp32_macs
     # set the ceiling to the latency the fitted model predicts for 40% of the fp32 MACs
     ceiling = model.predict(0.4 * fp32_macs)
-    meta_path = tmp_path / "context" / "context.json"
-    meta = json.loads(meta_path.read_text())
-    meta["config"]["budget"]["value"] = ceiling
-    meta_path.write_text(json.dumps(meta))
-    env = _FakeEnv({"context_dir": str(tmp_path / "context")})
+    budget = dataclasses.replace(config.budget, value=ceiling)
+    context = dataclasses.replace(
+        context.with_latency_model(model, "cpu"),
+        config=dataclasses.replace(config, budget=budget),
+    )
+    env = CompressionEnv(context, _Recorder())
     obs, _ = env.reset(seed=0)
     expected = (ceiling - model.intercept_ms) / model.ms_per_mac / fp32_macs
     assert expected == pytest.approx(0.4)
