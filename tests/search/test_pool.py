@@ -36,11 +36,15 @@ def test_pool_caches_identical_policies_and_records_divergence(
         second = ray.get(pool.evaluate.remote(policy))
         ray.get(pool.flush.remote())
         stats = ray.get(pool.summary.remote())["stats"]
+        (where,) = ray.get(pool.wait_ready.remote())
     finally:
         ray.kill(pool)
     assert first["failed"] and first["reward"] == pytest.approx(-1.0)  # failed_reward x scale
     assert not first["cached"] and second["cached"] and second["episode"] == first["episode"] == 1
     assert stats["scored"] == 1 and stats["cache_hits"] == 1 and stats["failed"] == 1
+    # num_gpus 0: the evaluator hides CUDA from itself and never initialises it
+    assert where["gpu_ids"] == [] and where["device"] == "cpu"
+    assert where["cuda_visible_devices"] == "" and where["cuda_initialized"] is False
     children = tracker.child_runs(parent)
     assert len(children) == 1
     assert children[0].data.tags["ajpq.status"] == "failed"
