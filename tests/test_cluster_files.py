@@ -30,7 +30,8 @@ def _is_kubernetes(path: Path) -> bool:
 
 
 def _crd_schema(kind: str) -> dict:
-    crd = yaml.safe_load(gzip.open(CRDS / KIND_FILES[kind]))
+    with gzip.open(CRDS / KIND_FILES[kind]) as handle:
+        crd = yaml.safe_load(handle)
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     return version["schema"]["openAPIV3Schema"]
 
