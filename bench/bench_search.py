@@ -22,7 +22,7 @@ from ajpq.budget import Budget, enforce_budget
 from ajpq.builder import LayerKnobs, build_policy
 from ajpq.config import SearchConfig
 from ajpq.cost import CostModel
-from ajpq.search.context import prepare_context
+from ajpq.search.context import data_source_for, prepare_context
 from ajpq.search.evaluators import EvaluatorPool
 from ajpq.search.tracking import Tracker
 
@@ -53,11 +53,12 @@ def measure(root: Path, evaluators: int, policies: list[str], steps: int) -> dic
             "output_dir": str(root),
         }
     )
-    context_dir = root / f"context-{evaluators}"
-    prepare_context(config, context_dir)
+    context, splits = prepare_context(config)
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     parent = tracker.start_search(f"bench-{evaluators}", {}, {})
-    pool = EvaluatorPool.remote(str(context_dir), parent)
+    pool = EvaluatorPool.remote(
+        [ray.put(context)], [ray.put(data_source_for(config, splits))], parent
+    )
     ray.get(pool.wait_ready.remote())
 
     def client(policy_json: str) -> tuple[float, dict]:
@@ -89,7 +90,7 @@ def main() -> None:
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     root = Path(tempfile.mkdtemp(prefix="ajpq-bench-"))
     config = SearchConfig.from_dict({"output_dir": str(root)})
-    context = prepare_context(config, root / "context")
+    context, _ = prepare_context(config)
     policies = random_policies(context, args.policies, seed=0)
     rows = {n: measure(root, n, policies, args.finetune_steps) for n in (1, 2)}
     print(

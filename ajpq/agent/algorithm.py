@@ -135,33 +135,36 @@ class DDPG(DQN):
         episodes: list = []
         metrics: list = []
         while True:
-            self._dispatch_episodes()
+            self._dispatch_episodes(len(episodes))
             if not self._in_flight:
                 return episodes, metrics
-            ready = group.fetch_ready_async_reqs(
-                tags=_SAMPLE_TAG, timeout_seconds=0.0 if episodes else 0.2
-            )
+            # poll: a non-zero timeout would wait for *all* requests in flight, up to it
+            ready = group.fetch_ready_async_reqs(tags=_SAMPLE_TAG, timeout_seconds=0.0)
             for runner_id, (runner_episodes, runner_metrics) in ready:
                 self._in_flight.discard(runner_id)
-                episodes.extend(runner_episodes)
+                episodes.extend(e for e in runner_episodes if e.is_done)
                 metrics.append(runner_metrics)
             # a runner that died loses its episode; it gets a new request once healthy again
             self._in_flight &= set(group.healthy_env_runner_ids())
             if episodes:
-                self._dispatch_episodes()
+                self._dispatch_episodes(len(episodes))
                 return episodes, metrics
+            time.sleep(0.005)
             if time.time() > deadline:
                 logger.warning("no episode finished within %.0f s", config.sample_timeout_s)
                 return episodes, metrics
 
-    def _dispatch_episodes(self) -> None:
+    def _dispatch_episodes(self, fetched: int) -> None:
+        """Send an episode request to every idle healthy runner; ``fetched`` episodes have
+        finished but are not counted in ``episodes_done`` yet."""
         config: DDPGConfig = self.config
         group = self.env_runner_group
         limit = config.max_episodes
         idle = [i for i in group.healthy_env_runner_ids() if i not in self._in_flight]
         state = None
         for runner_id in idle:
-            if limit is not None and self.episodes_done + len(self._in_flight) >= limit:
+            started = self.episodes_done + fetched + len(self._in_flight)
+            if limit is not None and started >= limit:
                 return
             if self._runner_version.get(runner_id) != self.updates_done:
                 if state is None:
@@ -175,7 +178,7 @@ class DDPG(DQN):
             # exploration as if the episodes in flight had already finished
             request = EpisodeRequest(
                 module_state,
-                self.episodes_done + len(self._in_flight) < config.warmup_episodes,
+                started < config.warmup_episodes,
                 2.0 * self.noise_sigma(),
             )
             sent = group.foreach_env_runner_async(

@@ -119,6 +119,10 @@ class DDPGConfig(AlgorithmConfig):
             raise ValueError(f"tau {self.tau} must lie in (0, 1]")
         if self.noise_sigma < 0 or not 0 < self.noise_decay <= 1:
             raise ValueError("noise_sigma must be >= 0 and noise_decay in (0, 1]")
+        if self.async_sampling:
+            # connector states would be synced through every runner after each iteration,
+            # a blocking call that waits for the busy ones (DDPG's connectors hold no state)
+            self._dont_auto_sync_env_runner_states = True
         if self.warmup_episodes < 0:
             raise ValueError("warmup_episodes must be >= 0")
         if self.replay_buffer_config.get("type") != "EpisodeReplayBuffer":
