@@ -136,6 +136,9 @@ class SearchConfig:
     output_dir: str = "ajpq_runs"
     ray_address: str | None = None
     ray_num_cpus: int | None = None
+    # shared storage every node reads (s3://..., gs://..., a mounted path) for the search
+    # context; None: Ray's object store
+    context_uri: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)

@@ -22,7 +22,7 @@ from ajpq.budget import Budget, enforce_budget
 from ajpq.builder import LayerKnobs, build_policy
 from ajpq.config import SearchConfig
 from ajpq.cost import CostModel
-from ajpq.search.context import data_source_for, prepare_context
+from ajpq.search.context import data_source_for, prepare_context, publish_context
 from ajpq.search.evaluators import EvaluatorPool
 from ajpq.search.tracking import Tracker
 
@@ -56,9 +56,7 @@ def measure(root: Path, evaluators: int, policies: list[str], steps: int) -> dic
     context, splits = prepare_context(config)
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     parent = tracker.start_search(f"bench-{evaluators}", {}, {})
-    pool = EvaluatorPool.remote(
-        [ray.put(context)], [ray.put(data_source_for(config, splits))], parent
-    )
+    pool = EvaluatorPool.remote(publish_context(context, data_source_for(config, splits)), parent)
     ray.get(pool.wait_ready.remote())
 
     def client(policy_json: str) -> tuple[float, dict]:

@@ -30,8 +30,7 @@ class PoolClient:
         return self._pool
 
     def context(self) -> SearchContext:
-        (reference,) = ray.get(self._handle().search_context.remote())
-        return ray.get(reference)
+        return ray.get(self._handle().context_source.remote()).context()
 
     def __call__(self, policy: CompressionPolicy) -> Mapping[str, Any]:
         return ray.get(self._handle().evaluate.remote(policy.to_json()))

@@ -2,7 +2,9 @@
 
 The driver builds one :class:`SearchContext` (trained weights, layer graph, importance, fp32
 accuracies, latency model, config) and one :class:`DataSource`, puts both in Ray's object store
-and hands the references to env runners and evaluators: no worker ever reads the driver's disk.
+(:class:`ObjectStoreSource`) or, when the user names one with ``context_uri``, on shared storage
+(:class:`UriSource`: ``s3://``, ``gs://`` or a path mounted on every node), and hands that source
+to env runners and evaluators: no worker ever reads the driver's disk.
 The driver also keeps a copy in the run folder (``save``/``load``) for ``--resume`` and export.
 
 Small datasets (digits, Fashion-MNIST, CIFAR-10, random) travel as tensors
@@ -13,6 +15,7 @@ Small datasets (digits, Fashion-MNIST, CIFAR-10, random) travel as tensors
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import socket
@@ -39,6 +42,10 @@ __all__ = [
     "prepare_context",
     "data_config_of",
     "data_source_for",
+    "ContextSource",
+    "ObjectStoreSource",
+    "UriSource",
+    "publish_context",
 ]
 
 logger = logging.getLogger(__name__)
@@ -208,3 +215,81 @@ def prepare_context(config: SearchConfig, device: str = "cpu") -> tuple[SearchCo
         pre.test_top1,
     )
     return context, splits
+
+
+class ContextSource(Protocol):
+    """Where a worker gets the search context and the data from (resolved in the worker)."""
+
+    def context(self) -> SearchContext: ...
+
+    def data(self) -> DataSource: ...
+
+
+class ObjectStoreSource:
+    """The context and data as objects in Ray's object store (the default)."""
+
+    def __init__(self, context_ref: object, data_ref: object) -> None:
+        self.context_ref = context_ref
+        self.data_ref = data_ref
+
+    def context(self) -> SearchContext:
+        import ray
+
+        return ray.get(self.context_ref)
+
+    def data(self) -> DataSource:
+        import ray
+
+        return ray.get(self.data_ref)
+
+
+class UriSource:
+    """The context and data in one file on storage every node reads (``s3://``, ``gs://``, a
+    mounted path), written once by the driver; read through pyarrow's filesystems."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def _load(self) -> dict:
+        from pyarrow import fs
+
+        filesystem, path = fs.FileSystem.from_uri(self.uri)
+        try:
+            with filesystem.open_input_stream(path) as stream:
+                payload = stream.read()
+        except (FileNotFoundError, OSError) as error:
+            raise FileNotFoundError(
+                f"node {socket.gethostname()}: cannot read the search context at {self.uri} "
+                f"({error}); context_uri must be storage that every node can read"
+            ) from None
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+
+    def context(self) -> SearchContext:
+        return self._load()["context"]
+
+    def data(self) -> DataSource:
+        return self._load()["data"]
+
+    @classmethod
+    def write(cls, uri: str, context: SearchContext, data: DataSource) -> UriSource:
+        from pyarrow import fs
+
+        buffer = io.BytesIO()
+        torch.save({"context": context, "data": data}, buffer)
+        filesystem, path = fs.FileSystem.from_uri(uri)
+        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with filesystem.open_output_stream(path) as stream:
+            stream.write(buffer.getvalue())
+        return cls(uri)
+
+
+def publish_context(
+    context: SearchContext, data: DataSource, uri: str | None = None
+) -> ContextSource:
+    """Make the context reachable from every node: Ray's object store, or ``uri``. Driver only."""
+    if uri:
+        logger.info("search context written to %s", uri)
+        return UriSource.write(uri, context, data)
+    import ray
+
+    return ObjectStoreSource(ray.put(context), ray.put(data))

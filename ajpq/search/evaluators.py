@@ -40,7 +40,7 @@ from ajpq.config import RewardKind, SearchConfig
 from ajpq.cost import CostModel
 from ajpq.policy import CompressionPolicy
 from ajpq.scoring import ScoreSettings, load_scorer
-from ajpq.search.context import DataSource, SearchContext
+from ajpq.search.context import ContextSource, SearchContext
 from ajpq.search.tracking import Tracker
 from ajpq.train import FinetuneConfig
 
@@ -132,12 +132,13 @@ def fit_latency_remote(config: SearchConfig) -> Any:
 class Evaluator:
     """Scores policies on its own device; one evaluation at a time."""
 
-    def __init__(self, context: SearchContext, data: DataSource, threads: int) -> None:
-        # context and data arrive from the object store (Ray resolves the references)
+    def __init__(self, source: ContextSource, threads: int) -> None:
+        # context and data come from the object store (or the user's shared storage)
         torch.set_num_threads(max(1, threads))
         self.device, self.device_label = assigned_device()
+        context = source.context()
         self.context = context
-        self.splits = data.load()
+        self.splits = source.data().load()
         self.settings = score_settings(context.config)
         self.scorer = load_scorer(context.config.evaluator.scorer)
         self.scorer_args = dict(context.config.evaluator.scorer_args)
@@ -176,11 +177,11 @@ class Evaluator:
 class EvaluatorPool:
     """The search's single door to evaluation and to MLflow (see module docstring)."""
 
-    def __init__(self, context_ref: list, data_ref: list, parent_run_id: str | None) -> None:
-        # references arrive wrapped in lists so that Ray does not resolve them: the pool keeps
-        # them to give to every evaluator it starts (replacements too) and to env runners
-        self.context_ref, self.data_ref = context_ref[0], data_ref[0]
-        self.context: SearchContext = ray.get(self.context_ref)
+    def __init__(self, source: ContextSource, parent_run_id: str | None) -> None:
+        # the pool keeps the source to give to every evaluator it starts (replacements too)
+        # and to env runners
+        self.source = source
+        self.context: SearchContext = source.context()
         self.config = self.context.config
         self.settings = score_settings(self.config)
         self.costs = CostModel(self.context.graph)
@@ -207,7 +208,7 @@ class EvaluatorPool:
     def _new_worker(self) -> Any:
         ev = self.config.evaluator
         return Evaluator.options(num_cpus=ev.num_cpus, num_gpus=ev.num_gpus).remote(
-            self.context_ref, self.data_ref, ev.torch_threads
+            self.source, ev.torch_threads
         )
 
     def _setup(self) -> None:
@@ -356,9 +357,9 @@ class EvaluatorPool:
             "end_ts": now,
         }
 
-    def search_context(self) -> list:
-        """The context's object reference (in a list, so the caller gets the reference)."""
-        return [self.context_ref]
+    def context_source(self) -> ContextSource:
+        """Where env runners get the search context from."""
+        return self.source
 
     def summary(self) -> dict[str, Any]:
         return {

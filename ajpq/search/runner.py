@@ -32,7 +32,12 @@ from ajpq.data import DataSplits
 from ajpq.policy import CompressionPolicy
 from ajpq.scoring import load_scorer
 from ajpq.search import binding
-from ajpq.search.context import SearchContext, data_source_for, prepare_context
+from ajpq.search.context import (
+    SearchContext,
+    data_source_for,
+    prepare_context,
+    publish_context,
+)
 from ajpq.search.evaluators import EvaluatorPool, fit_latency_remote, score_settings
 from ajpq.search.tracking import Tracker
 
@@ -253,16 +258,23 @@ def run_search(
         run.context = _fit_latency(run.context, run.run_dir)
     namespace = ray.get_runtime_context().namespace
     pool_name = f"ajpq-pool-{run.parent_run_id}"
-    # prepared once, shipped through the object store: workers never read the driver's disk
-    context_ref = ray.put(run.context)
-    data_ref = ray.put(data_source_for(run.context.config, run.splits))
+    # prepared once, shipped through the object store (or the user's shared storage): workers
+    # never read the driver's disk
+    context_uri = (
+        f"{config.context_uri.rstrip('/')}/{run.parent_run_id}/context.pt"
+        if config.context_uri
+        else None
+    )
+    source = publish_context(
+        run.context, data_source_for(run.context.config, run.splits), context_uri
+    )
     driver_node = ray.get_runtime_context().get_node_id()
     pool = EvaluatorPool.options(
         name=pool_name,
         namespace=namespace,
         # the only MLflow writer stays on the driver's node, next to the run folder
         scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False),
-    ).remote([context_ref], [data_ref], run.parent_run_id)
+    ).remote(source, run.parent_run_id)
     where = ray.get(pool.wait_ready.remote())
     logger.info(
         "%d evaluators ready on %d node(s), devices: %s",

@@ -10,9 +10,11 @@ tracking server over HTTP, as on a real cluster.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -168,6 +170,9 @@ def test_search_py_the_way_ray_submit_runs_it(cluster, model_cache, tmp_path):
     script = home / "search.py"
     script.write_text((REPO / "search.py").read_text())  # ray submit copies the file
     env = {**cluster.env, "RAY_ADDRESS": cluster.address, "AJPQ_CACHE": str(model_cache)}
+    # the context goes through storage every node mounts (outside the hidden tree) this time
+    shared = Path(tempfile.mkdtemp(prefix="ajpq-shared-", dir="/var/tmp"))
+    assert not shared.is_relative_to(cluster.hidden)
     env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run(
         [
@@ -185,6 +190,8 @@ def test_search_py_the_way_ray_submit_runs_it(cluster, model_cache, tmp_path):
             "agent.warmup_episodes=4",
             "--set",
             "evaluator.finetune_steps=5",
+            "--set",
+            f"context_uri={shared}",
         ],
         capture_output=True,
         text=True,
@@ -197,3 +204,5 @@ def test_search_py_the_way_ray_submit_runs_it(cluster, model_cache, tmp_path):
     # relative locations were resolved on the driver's side: the head's home folder
     assert (home / "mlflow.db").exists()
     assert list((home / "ajpq_runs").glob("*/*/records.json"))
+    assert len(list(shared.glob("*/context.pt"))) == 1
+    shutil.rmtree(shared, ignore_errors=True)

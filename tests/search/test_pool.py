@@ -4,7 +4,7 @@ from mlflow.tracking import MlflowClient
 
 from ajpq.builder import LayerKnobs, build_policy
 from ajpq.config import load_config
-from ajpq.search.context import data_source_for, prepare_context
+from ajpq.search.context import data_source_for, prepare_context, publish_context
 from ajpq.search.evaluators import EvaluatorPool
 from ajpq.search.tracking import Tracker
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.ray
 
 def _pool(config):
     context, splits = prepare_context(config)
-    refs = [ray.put(context)], [ray.put(data_source_for(config, splits))]
+    refs = (publish_context(context, data_source_for(config, splits)),)
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     parent = tracker.start_search("pool-test", {}, {})
     pool = EvaluatorPool.remote(*refs, parent)
