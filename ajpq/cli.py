@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument(
         "--tracking-uri",
-        help="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory)",
+        help="MLflow tracking URI (default: tracking.uri, else $MLFLOW_TRACKING_URI, "
+        "else sqlite:///mlflow.db in the working directory)",
     )
     export = commands.add_parser(
         "export",
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         best["latency_ms"],
     )
     log.info("  saved to %s", outcome.best_policy_path)
-    log.info("  MLflow: parent run %s in %s", outcome.parent_run_id, config.tracking.uri)
+    log.info("  MLflow: parent run %s in %s", outcome.parent_run_id, outcome.tracking_uri)
     log.info("  open the MLflow UI with: make mlflow-ui   (then http://127.0.0.1:5000)")
     if outcome.interrupted:
         log.info("  interrupted: continue with --resume")

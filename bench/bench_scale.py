@@ -8,7 +8,9 @@ work, so any shortfall is orchestration: efficiency = evaluations per second / (
 duration) = the share of time evaluators were busy, measured from the first evaluation's start
 to the last one's end. Start-up (Ray actors, env runners) is reported separately.
 
-Usage: python bench/bench_scale.py [--sizes 1 2 4 8] [--rounds 10]
+A last row runs the largest E with ``--extra-runners`` more env runners than evaluators.
+
+Usage: python bench/bench_scale.py [--sizes 1 2 4 8] [--rounds 10] [--extra-runners 4]
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from ajpq.config import SearchConfig
 from ajpq.search.runner import run_search
 
 
-def measure(address: str, root: Path, evaluators: int, rounds: int) -> dict[str, float]:
+def measure(
+    address: str, root: Path, evaluators: int, runners: int, rounds: int
+) -> dict[str, float]:
     config = SearchConfig.from_dict(
         {
             "model": "digits_cnn",
@@ -36,7 +40,7 @@ def measure(address: str, root: Path, evaluators: int, rounds: int) -> dict[str,
             "agent": {
                 "episodes": rounds * evaluators,
                 "warmup_episodes": 2 * evaluators,
-                "env_runners": evaluators,
+                "env_runners": runners,
                 "seed": 0,
             },
             "evaluator": {
@@ -77,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--rounds", type=int, default=10, help="evaluations per evaluator")
+    parser.add_argument("--extra-runners", type=int, default=4)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     gpus_per_node = max(1, (max(args.sizes) + 3) // 4)  # evaluators take half a GPU each
@@ -86,30 +91,34 @@ def main() -> None:
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False, namespace="ajpq")
     root = Path(tempfile.mkdtemp(prefix="ajpq-scale-"))
+    runs = [(size, size) for size in args.sizes]
+    if args.extra_runners:
+        runs.append((max(args.sizes), max(args.sizes) + args.extra_runners))
     rows = {}
     try:
-        for size in args.sizes:
-            rows[size] = measure(cluster.address, root / f"e{size}", size, args.rounds)
-            print(f"E={size}: {rows[size]}", flush=True)
+        for size, runners in runs:
+            folder = root / f"e{size}-r{runners}"
+            rows[size, runners] = measure(cluster.address, folder, size, runners, args.rounds)
+            print(f"E={size} R={runners}: {rows[size, runners]}", flush=True)
     finally:
         ray.shutdown()
         cluster.shutdown()
     print()
     print(
-        "sleep scorer 1-3 s, E evaluators (0.5 fake GPU each) + E env runners, "
+        "sleep scorer 1-3 s, E evaluators (0.5 fake GPU each) + R env runners, "
         f"{args.rounds} evaluations per evaluator, 2 simulated GPU nodes"
     )
     print(
-        f"{'E':>3} {'evals':>6} {'mean s':>7} {'evals/s':>8} {'ideal/s':>8} {'efficiency':>11} "
+        f"{'E':>3} {'R':>3} {'evals':>6} {'mean s':>7} {'evals/s':>8} {'ideal/s':>8} {'efficiency':>11} "
         f"{'start-up s':>11} {'total s':>8}"
     )
-    for size, row in rows.items():
+    for (size, runners), row in rows.items():
         print(
-            f"{size:>3} {row['evaluations']:>6} {row['mean_s']:>7.2f} {row['rate']:>8.2f} "
+            f"{size:>3} {runners:>3} {row['evaluations']:>6} {row['mean_s']:>7.2f} {row['rate']:>8.2f} "
             f"{row['ideal']:>8.2f} {row['efficiency']:>11.2f} {row['startup_s']:>11.1f} "
             f"{row['total_s']:>8.1f}"
         )
-    print("goal: efficiency >= 0.9 at E=8")
+    print("goal: efficiency >= 0.9 at E=8 with R=E")
 
 
 if __name__ == "__main__":

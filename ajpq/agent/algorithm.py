@@ -80,6 +80,8 @@ class DDPG(DQN):
         # async sampling: env runner id -> weights version it holds; runners with an episode out
         self._in_flight: set[int] = set()
         self._runner_version: dict[int, int] = {}
+        self._pending_episodes: list = []
+        self._pending_metrics: list = []
 
     # -- exploration schedule -----------------------------------------------------------------
     def noise_sigma(self) -> float:
@@ -124,35 +126,40 @@ class DDPG(DQN):
         return returns
 
     # -- the training step --------------------------------------------------------------------
+    def _poll_episodes(self) -> None:
+        """Collect the episodes that have finished and give their runners new requests at
+        once. Called while waiting and between learner updates, so a finished runner waits at
+        most one gradient update for its next episode."""
+        group = self.env_runner_group
+        # a non-zero timeout would wait for *all* requests in flight, up to it
+        for runner_id, (episodes, metrics) in group.fetch_ready_async_reqs(
+            tags=_SAMPLE_TAG, timeout_seconds=0.0
+        ):
+            self._in_flight.discard(runner_id)
+            self._pending_episodes.extend(e for e in episodes if e.is_done)
+            self._pending_metrics.append(metrics)
+        # a runner that died loses its episode; it gets a new request once healthy again
+        self._in_flight &= set(group.healthy_env_runner_ids())
+        self._dispatch_episodes(len(self._pending_episodes))
+
     def _sample_async(self) -> tuple[list, list]:
         """Keep one episode in flight on every healthy remote env runner; return the episodes
         that have finished (waiting only until at least one has). A runner gets its next
         request, with the newest weights, as soon as its episode is fetched, so it never waits
         for the others or for the learner."""
         config: DDPGConfig = self.config
-        group = self.env_runner_group
         deadline = time.time() + config.sample_timeout_s
-        episodes: list = []
-        metrics: list = []
         while True:
-            self._dispatch_episodes(len(episodes))
-            if not self._in_flight:
-                return episodes, metrics
-            # poll: a non-zero timeout would wait for *all* requests in flight, up to it
-            ready = group.fetch_ready_async_reqs(tags=_SAMPLE_TAG, timeout_seconds=0.0)
-            for runner_id, (runner_episodes, runner_metrics) in ready:
-                self._in_flight.discard(runner_id)
-                episodes.extend(e for e in runner_episodes if e.is_done)
-                metrics.append(runner_metrics)
-            # a runner that died loses its episode; it gets a new request once healthy again
-            self._in_flight &= set(group.healthy_env_runner_ids())
-            if episodes:
-                self._dispatch_episodes(len(episodes))
-                return episodes, metrics
-            time.sleep(0.005)
+            self._poll_episodes()
+            if self._pending_episodes or not self._in_flight:
+                break
             if time.time() > deadline:
                 logger.warning("no episode finished within %.0f s", config.sample_timeout_s)
-                return episodes, metrics
+                break
+            time.sleep(0.005)
+        episodes, metrics = self._pending_episodes, self._pending_metrics
+        self._pending_episodes, self._pending_metrics = [], []
+        return episodes, metrics
 
     def _dispatch_episodes(self, fetched: int) -> None:
         """Send an episode request to every idle healthy runner; ``fetched`` episodes have
@@ -193,7 +200,10 @@ class DDPG(DQN):
 
     def training_step(self) -> None:
         config: DDPGConfig = self.config
-        if config.async_sampling and self.env_runner_group.num_remote_env_runners() > 0:
+        async_sampling = (
+            config.async_sampling and self.env_runner_group.num_remote_env_runners() > 0
+        )
+        if async_sampling:
             episodes, metrics_list = self._sample_async()
             if metrics_list:
                 self.metrics.aggregate(metrics_list, key=ENV_RUNNER_RESULTS)
@@ -237,6 +247,8 @@ class DDPG(DQN):
                     },
                 )
                 self.updates_done += 1
+                if async_sampling:
+                    self._poll_episodes()
             self.metrics.aggregate(learner_results, key="learners")
             if not config.async_sampling:  # async requests carry the newest weights themselves
                 self.env_runner_group.sync_weights(

@@ -73,6 +73,7 @@ class SearchOutcome:
     interrupted: bool = False
     best_test_accuracy: float | None = None
     fp32_test_accuracy: float | None = None
+    tracking_uri: str | None = None
 
 
 def run_base_name(config: SearchConfig) -> str:
@@ -422,6 +423,7 @@ def _report(
         interrupted=interrupted,
         best_test_accuracy=best_test,
         fp32_test_accuracy=context.fp32_test_accuracy,
+        tracking_uri=tracker.uri,
     )
 
 

@@ -103,7 +103,7 @@ class Tracker:
                 **({"ajpq.error": str(record["error"])[:4000]} if record.get("error") else {}),
                 **{
                     f"ajpq.{name}": str(record[name])
-                    for name in ("node", "device")
+                    for name in ("node", "device", "latency_device")
                     if name in record
                 },
             },

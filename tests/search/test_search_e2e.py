@@ -179,3 +179,30 @@ def test_resume_after_interrupt_scores_nothing_twice(search_config_file, tmp_pat
     episodes = sorted(int(run.data.metrics["episode"]) for run in children)
     assert episodes == list(range(1, len(episodes) + 1))
     assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+def test_latency_budget_search_with_a_user_scorer(ray_session, search_config_file):
+    """A latency ceiling: the latency model is fitted by a task with an evaluator's resources
+    (on the evaluators' kind of device) and kept in the run's context; a scorer named in the
+    config (here the orchestration-only sleep scorer) scores every policy and the final report."""
+    config = load_config(
+        search_config_file(
+            budget={"kind": "latency", "value": 1000.0},
+            agent={"episodes": 4, "warmup_episodes": 4, "env_runners": 2},
+            evaluator={
+                "scorer": "ajpq.scoring:sleep_scorer",
+                "scorer_args": {"min_s": 0.05, "max_s": 0.1},
+            },
+        )
+    )
+    outcome = run_search(config)
+    context = SearchContext.load(outcome.run_dir / "context")
+    assert context.latency_model is not None and context.latency_device == "cpu"
+    assert outcome.episodes == config.agent.episodes  # asynchronous sampling starts no extra
+    client, children = _children(config.tracking.uri, outcome.parent_run_id)
+    assert len(children) == outcome.episodes
+    assert all(run.data.tags["ajpq.latency_device"] == "cpu" for run in children)
+    # the sleep scorer's stand-in accuracy is BitOps ratio ** 0.25, also on the test split
+    best = outcome.best
+    assert best["accuracy"] == pytest.approx(best["bitops_ratio"] ** 0.25)
+    assert outcome.best_test_accuracy == pytest.approx(best["accuracy"])
