@@ -6,11 +6,13 @@ pool, MLflow on SQLite, checkpoints) with E evaluators (half a fake GPU each) an
 for E = 1, 2, 4, 8. The scorer (``ajpq.scoring:sleep_scorer``) sleeps a random 1-3 s and does no
 work, so any shortfall is orchestration: efficiency = evaluations per second / (E / mean
 duration) = the share of time evaluators were busy, measured from the first evaluation's start
-to the last one's end. Start-up (Ray actors, env runners) is reported separately.
+to the last one's end. "steady" is the same share until the first evaluator runs out of work,
+i.e. without the last round's tail (evaluators idle because the episode budget is spent), which
+a longer search amortises. Start-up (Ray actors, env runners) is reported separately.
 
 A last row runs the largest E with ``--extra-runners`` more env runners than evaluators.
 
-Usage: python bench/bench_scale.py [--sizes 1 2 4 8] [--rounds 10] [--extra-runners 4]
+Usage: python bench/bench_scale.py [--sizes 1 2 4 8] [--rounds 20] [--extra-runners 4]
 """
 
 from __future__ import annotations
@@ -65,6 +67,20 @@ def measure(
     span = max(ends) - min(starts)
     rate = len(records) / span
     ideal = evaluators / statistics.mean(durations)
+    # steady state: until the first evaluator has nothing left to do (the last round's tail,
+    # where evaluators idle because the episode budget is spent, is excluded)
+    by_evaluator: dict[int, list[tuple[float, float]]] = {}
+    for record in records:
+        by_evaluator.setdefault(record["pid"], []).append(
+            (record["eval_start_ts"], record["eval_end_ts"])
+        )
+    window_end = min(max(end for _, end in spans) for spans in by_evaluator.values())
+    busy = sum(
+        max(0.0, min(end, window_end) - start)
+        for spans in by_evaluator.values()
+        for start, end in spans
+    )
+    steady = busy / (evaluators * (window_end - min(starts)))
     return {
         "evaluations": len(records),
         "failed": sum(bool(r["failed"]) for r in records),
@@ -72,6 +88,7 @@ def measure(
         "rate": rate,
         "ideal": ideal,
         "efficiency": rate / ideal,
+        "steady": steady,
         "startup_s": min(starts) - started,
         "total_s": total,
     }
@@ -80,7 +97,7 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--rounds", type=int, default=10, help="evaluations per evaluator")
+    parser.add_argument("--rounds", type=int, default=20, help="evaluations per evaluator")
     parser.add_argument("--extra-runners", type=int, default=4)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -110,12 +127,14 @@ def main() -> None:
     )
     print(
         f"{'E':>3} {'R':>3} {'evals':>6} {'mean s':>7} {'evals/s':>8} {'ideal/s':>8} {'efficiency':>11} "
+        f"{'steady':>7} "
         f"{'start-up s':>11} {'total s':>8}"
     )
     for (size, runners), row in rows.items():
         print(
             f"{size:>3} {runners:>3} {row['evaluations']:>6} {row['mean_s']:>7.2f} {row['rate']:>8.2f} "
-            f"{row['ideal']:>8.2f} {row['efficiency']:>11.2f} {row['startup_s']:>11.1f} "
+            f"{row['ideal']:>8.2f} {row['efficiency']:>11.2f} {row['steady']:>7.2f} "
+            f"{row['startup_s']:>11.1f} "
             f"{row['total_s']:>8.1f}"
         )
     print("goal: efficiency >= 0.9 at E=8 with R=E")

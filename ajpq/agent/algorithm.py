@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import time
@@ -78,7 +79,7 @@ class DDPG(DQN):
         self.reward_baseline: float | None = None
         self.updates_done = 0
         # async sampling: env runner id -> weights version it holds; runners with an episode out
-        self._in_flight: set[int] = set()
+        self._in_flight: collections.Counter[int] = collections.Counter()
         self._runner_version: dict[int, int] = {}
         self._pending_episodes: list = []
         self._pending_metrics: list = []
@@ -135,11 +136,14 @@ class DDPG(DQN):
         for runner_id, (episodes, metrics) in group.fetch_ready_async_reqs(
             tags=_SAMPLE_TAG, timeout_seconds=0.0
         ):
-            self._in_flight.discard(runner_id)
+            self._in_flight[runner_id] -= 1
             self._pending_episodes.extend(e for e in episodes if e.is_done)
             self._pending_metrics.append(metrics)
         # a runner that died loses its episode; it gets a new request once healthy again
-        self._in_flight &= set(group.healthy_env_runner_ids())
+        healthy = set(group.healthy_env_runner_ids())
+        self._in_flight = collections.Counter(
+            {i: n for i, n in self._in_flight.items() if i in healthy and n > 0}
+        )
         self._dispatch_episodes(len(self._pending_episodes))
 
     def _sample_async(self) -> tuple[list, list]:
@@ -151,26 +155,33 @@ class DDPG(DQN):
         deadline = time.time() + config.sample_timeout_s
         while True:
             self._poll_episodes()
-            if self._pending_episodes or not self._in_flight:
+            if self._pending_episodes or not self._in_flight.total():
                 break
             if time.time() > deadline:
                 logger.warning("no episode finished within %.0f s", config.sample_timeout_s)
                 break
-            time.sleep(0.005)
+            time.sleep(0.01)
         episodes, metrics = self._pending_episodes, self._pending_metrics
         self._pending_episodes, self._pending_metrics = [], []
         return episodes, metrics
 
     def _dispatch_episodes(self, fetched: int) -> None:
-        """Send an episode request to every idle healthy runner; ``fetched`` episodes have
-        finished but are not counted in ``episodes_done`` yet."""
+        """Top up every healthy runner to ``episodes_in_flight_per_runner`` requests (the
+        second one waits on the runner, so it starts its next episode without a round trip to
+        the driver); ``fetched`` episodes have finished but are not counted in
+        ``episodes_done`` yet."""
         config: DDPGConfig = self.config
         group = self.env_runner_group
         limit = config.max_episodes
-        idle = [i for i in group.healthy_env_runner_ids() if i not in self._in_flight]
+        per_runner = max(1, config.episodes_in_flight_per_runner)
+        idle = [
+            i
+            for i in group.healthy_env_runner_ids()
+            for _ in range(per_runner - self._in_flight[i])
+        ]
         state = None
         for runner_id in idle:
-            started = self.episodes_done + fetched + len(self._in_flight)
+            started = self.episodes_done + fetched + self._in_flight.total()
             if limit is not None and started >= limit:
                 return
             if self._runner_version.get(runner_id) != self.updates_done:
@@ -192,11 +203,11 @@ class DDPG(DQN):
                 request, tag=_SAMPLE_TAG, remote_worker_ids=[runner_id]
             )
             if sent:
-                self._in_flight.add(runner_id)
+                self._in_flight[runner_id] += 1
                 self._runner_version[runner_id] = self.updates_done
 
     def episodes_in_flight(self) -> int:
-        return len(self._in_flight)
+        return self._in_flight.total()
 
     def training_step(self) -> None:
         config: DDPGConfig = self.config

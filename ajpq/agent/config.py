@@ -72,6 +72,9 @@ class DDPGConfig(AlgorithmConfig):
         # learns from whichever episodes have finished, so no runner waits for another
         self.async_sampling = False
         self.max_episodes: int | None = None  # async: never start more episodes than this
+        # async: requests queued per runner; 2 lets a runner start its next episode as soon as
+        # one ends, without waiting for the driver to fetch it and send another
+        self.episodes_in_flight_per_runner = 2
 
     def training(
         self,
@@ -92,6 +95,7 @@ class DDPGConfig(AlgorithmConfig):
         store_buffer_in_checkpoints: bool | None = NotProvided,
         async_sampling: bool | None = NotProvided,
         max_episodes: int | None = NotProvided,
+        episodes_in_flight_per_runner: int | None = NotProvided,
         **kwargs: Any,
     ) -> DDPGConfig:
         super().training(**kwargs)
@@ -123,6 +127,9 @@ class DDPGConfig(AlgorithmConfig):
             # connector states would be synced through every runner after each iteration,
             # a blocking call that waits for the busy ones (DDPG's connectors hold no state)
             self._dont_auto_sync_env_runner_states = True
+            self.max_requests_in_flight_per_env_runner = max(
+                self.max_requests_in_flight_per_env_runner, self.episodes_in_flight_per_runner
+            )
         if self.warmup_episodes < 0:
             raise ValueError("warmup_episodes must be >= 0")
         if self.replay_buffer_config.get("type") != "EpisodeReplayBuffer":

@@ -34,6 +34,7 @@ from ray.exceptions import (
     RayActorError,
     RayTaskError,
 )
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ajpq.budget import LatencyModel, fit_latency_model
 from ajpq.config import RewardKind, SearchConfig
@@ -174,6 +175,29 @@ class Evaluator:
 
 
 @ray.remote(num_cpus=0)
+class RecordWriter:
+    """Writes the pool's records to MLflow in its own process, so MLflow's client work (SQL,
+    HTTP, artifacts) never holds the pool's event loop or its GIL."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.tracker = Tracker(uri, experiment)
+
+    def write(
+        self,
+        parent_run_id: str,
+        key: str,
+        policy_json: str,
+        record: dict[str, Any],
+        best: dict[str, Any] | None,
+        episode: int,
+    ) -> str:
+        run_id = self.tracker.log_policy(parent_run_id, key, policy_json, record)
+        if best is not None:
+            self.tracker.log_best(parent_run_id, best["accuracy"], best["reward"], episode)
+        return run_id
+
+
+@ray.remote(num_cpus=0)
 class EvaluatorPool:
     """The search's single door to evaluation and to MLflow (see module docstring)."""
 
@@ -192,8 +216,13 @@ class EvaluatorPool:
             else None
         )
         self.records: dict[str, dict[str, Any]] = {}
+        self.record_writer = None
         if self.tracker is not None:
             self.records = self.tracker.existing_records(parent_run_id)
+            here = ray.get_runtime_context().get_node_id()
+            self.record_writer = RecordWriter.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
+            ).remote(self.config.tracking.uri, self.config.tracking.experiment)
         self.episode = int(max((r.get("episode", 0) for r in self.records.values()), default=0))
         self.best: dict[str, Any] | None = None
         for record in self.records.values():
@@ -223,17 +252,9 @@ class EvaluatorPool:
         while True:
             key, policy_json, record, best, episode = await self.pending.get()
             try:
-                record["run_id"] = await asyncio.to_thread(
-                    self.tracker.log_policy, self.parent_run_id, key, policy_json, record
+                record["run_id"] = await self.record_writer.write.remote(
+                    self.parent_run_id, key, policy_json, record, best, episode
                 )
-                if best is not None:
-                    await asyncio.to_thread(
-                        self.tracker.log_best,
-                        self.parent_run_id,
-                        best["accuracy"],
-                        best["reward"],
-                        episode,
-                    )
             except Exception:  # noqa: BLE001 - keep writing the others; the record stays cached
                 logger.exception("could not write the record of episode %s to MLflow", episode)
             finally:
@@ -264,7 +285,9 @@ class EvaluatorPool:
         future = asyncio.get_running_loop().create_future()
         self.inflight[key] = future
         try:
+            queued = time.time()
             record = await self._score(policy_json)
+            record["queued_ts"] = queued
             if "size_bytes" not in record:  # a failure before scoring: still record the costs
                 cost = self.costs.cost(CompressionPolicy.from_json(policy_json))
                 record.update(
@@ -313,9 +336,12 @@ class EvaluatorPool:
             index = await self.free.get()
             worker = self.workers[index]
             try:
+                dispatched = time.time()
                 ref = worker.evaluate.remote(policy_json)
                 result = await asyncio.wait_for(asyncio.wrap_future(ref.future()), ev.timeout_s)
                 self.free.put_nowait(index)
+                result["dispatched_ts"] = dispatched
+                result["returned_ts"] = time.time()
                 return result
             except (
                 RayActorError,
