@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= tune_configs/digits_demo.yaml
 
-.PHONY: install test test-slow test-all lint format search bench bench-ddpg bench-search mlflow-ui clean
+.PHONY: install test test-slow test-all lint format search bench bench-ddpg bench-search bench-scale mlflow-ui clean
 
 install: $(STAMP)
 
@@ -45,6 +45,9 @@ bench-ddpg: install
 
 bench-search: install
 	$(BIN)/python bench/bench_search.py
+
+bench-scale: install
+	$(BIN)/python bench/bench_scale.py
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
