@@ -105,6 +105,41 @@ def resolve_locations(config: SearchConfig) -> SearchConfig:
     )
 
 
+def check_tracking_uri(uri: str, timeout_s: float = 10.0) -> None:
+    """A tracking server must answer before anything is created (MLflow's own client would
+    retry for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as reply:
+            if reply.status == 200:
+                return
+            problem = f"HTTP {reply.status}"
+    except (urllib.error.URLError, OSError) as error:
+        problem = str(getattr(error, "reason", error))
+    raise ValueError(
+        f"tracking URI {uri} does not answer ({problem}); start the MLflow server or pass "
+        "another --tracking-uri"
+    )
+
+
+def _check_resources(config: SearchConfig) -> None:
+    """On a Ray of our own (no autoscaler), evaluators that ask for more GPUs than the machine
+    has would wait forever: say so now."""
+    if config.ray_address is not None:
+        return
+    ev = config.evaluator
+    gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    if ev.num_gpus > 0 and gpus < ev.num_gpus:
+        raise ValueError(
+            f"evaluator.num_gpus={ev.num_gpus:g} but this machine's Ray has {gpus:g} GPUs; "
+            "set evaluator.num_gpus=0 or run on a cluster with ray_address"
+        )
+
+
 def _ddpg_config(config: SearchConfig, env_config: dict[str, Any]) -> DDPGConfig:
     agent, ev = config.agent, config.evaluator
     # an env runner mostly waits on the pool: it reserves little so evaluators can be scheduled;
@@ -158,7 +193,8 @@ def _ensure_ray(config: SearchConfig) -> None:
     if not ray.is_initialized():
         local = config.ray_address is None
         ray.init(
-            address=config.ray_address,
+            # without ray_address: always a Ray of our own, even when another one runs here
+            address="local" if local else config.ray_address,
             num_cpus=(config.ray_num_cpus or local_num_cpus(config)) if local else None,
             include_dashboard=False,
             log_to_driver=False,
@@ -253,8 +289,10 @@ def run_search(
 ) -> SearchOutcome:
     """Run (or continue, with ``resume``) one search described by ``config``."""
     config = resolve_locations(config)
-    run = _resume_run(config) if resume else _new_run(config, config_path)
+    check_tracking_uri(config.tracking.uri)
     _ensure_ray(config)
+    _check_resources(config)
+    run = _resume_run(config) if resume else _new_run(config, config_path)
     if run.context.latency_model is None and config.budget.kind is BudgetKind.LATENCY:
         run.context = _fit_latency(run.context, run.run_dir)
     namespace = ray.get_runtime_context().namespace

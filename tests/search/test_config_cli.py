@@ -89,3 +89,28 @@ def test_export_without_a_search_says_to_run_it_first(search_config_file, capsys
 
     assert main(["export", "--config", str(search_config_file()), "--steps", "5"]) == 2
     assert "no search of this config" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("evaluator.num_gpus=1", "evaluator.num_gpus=1 but this machine's Ray has 0 GPUs"),
+        ("tracking.uri=http://127.0.0.1:9", "tracking URI http://127.0.0.1:9 does not answer"),
+        ("evaluator.scorer=nosuchpkg.mod:score", "evaluator.scorer: cannot import 'nosuchpkg.mod'"),
+        ("evaluator.scorer=ajpq.scoring", "is not of the form package.module:function"),
+    ],
+)
+def test_environment_problems_fail_fast_and_leave_nothing(
+    ray_session, search_config_file, tmp_path, capsys, override, message
+):
+    """No GPU for the evaluators, a tracking server that does not answer, a scorer that cannot
+    be imported: one line, exit 2, in seconds, and no run folder or MLflow file left behind."""
+    path = search_config_file()
+    code = main(["search", "--config", str(path), "--set", override])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "mlflow.db").exists()
