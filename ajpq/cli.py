@@ -128,12 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         log.info("no successful evaluation; see %s", outcome.run_dir)
         return 1
     log.info("")
-    log.info("best policy (episode %d of %d):", int(best["episode"]), outcome.episodes)
+    log.info("best policy (episode %d of %d):", best.episode, outcome.episodes)
     log.info(
         "  validation accuracy %.4f (fp32 %.4f, drop %.4f)",
-        best["accuracy"],
+        best.accuracy,
         outcome.fp32_val_accuracy,
-        best["accuracy_drop"],
+        best.accuracy_drop,
     )
     if outcome.best_test_accuracy is not None:
         log.info(
@@ -143,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     log.info(
         "  size %.0f bytes, %.1fx smaller than fp32; BitOps %.4f of fp32; latency %.3f ms",
-        best["size_bytes"],
-        best["compression_ratio"],
-        best["bitops_ratio"],
-        best["latency_ms"],
+        best.size_bytes,
+        best.compression_ratio,
+        best.bitops_ratio,
+        best.latency_ms,
     )
     log.info("  saved to %s", outcome.best_policy_path)
     log.info("  MLflow: parent run %s in %s", outcome.parent_run_id, outcome.tracking_uri)

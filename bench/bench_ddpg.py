@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     checkpoints = [args.steps // 5, args.steps // 2, args.steps]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ddpg, ddpg_s = run("DDPG", pendulum_ddpg_config(args.seed).build_algo(), checkpoints)
     sac_config = (
         SACConfig()

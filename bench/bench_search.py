@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--policies", type=int, default=12)
     parser.add_argument("--finetune-steps", type=int, default=40)
     args = parser.parse_args()
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
     root = Path(tempfile.mkdtemp(prefix="ajpq-bench-"))
     config = SearchConfig.from_dict({"output_dir": str(root)})
     context, _ = prepare_context(config)

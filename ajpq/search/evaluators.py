@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -42,6 +43,7 @@ from ajpq.cost import CostModel
 from ajpq.policy import CompressionPolicy
 from ajpq.scoring import ScoreSettings, load_scorer
 from ajpq.search.context import ContextSource, SearchContext
+from ajpq.search.record import PolicyRecord
 from ajpq.search.tracking import Tracker
 from ajpq.train import FinetuneConfig
 
@@ -157,7 +159,7 @@ class Evaluator:
             "cuda_initialized": bool(torch.cuda.is_initialized()),
         }
 
-    def evaluate(self, policy_json: str) -> dict[str, Any]:
+    def evaluate(self, policy_json: str) -> PolicyRecord:
         policy = CompressionPolicy.from_json(policy_json)
         score = self.scorer(
             self.model,
@@ -168,10 +170,9 @@ class Evaluator:
             self.device,
             **self.scorer_args,
         )
-        result = score.to_dict()
-        result.update(self.ready())
-        result["latency_device"] = self.device_label
-        return result
+        where = self.ready()
+        where.pop("cuda_initialized")
+        return PolicyRecord.from_score(score, latency_device=self.device_label, **where)
 
 
 @ray.remote(num_cpus=0)
@@ -185,15 +186,13 @@ class RecordWriter:
     def write(
         self,
         parent_run_id: str,
-        key: str,
         policy_json: str,
-        record: dict[str, Any],
-        best: dict[str, Any] | None,
-        episode: int,
+        record: PolicyRecord,
+        best: PolicyRecord | None,
     ) -> str:
-        run_id = self.tracker.log_policy(parent_run_id, key, policy_json, record)
+        run_id = self.tracker.log_policy(parent_run_id, policy_json, record)
         if best is not None:
-            self.tracker.log_best(parent_run_id, best["accuracy"], best["reward"], episode)
+            self.tracker.log_best(parent_run_id, best.accuracy, best.reward, record.episode)
         return run_id
 
 
@@ -215,7 +214,7 @@ class EvaluatorPool:
             if parent_run_id
             else None
         )
-        self.records: dict[str, dict[str, Any]] = {}
+        self.records: dict[str, PolicyRecord] = {}
         self.record_writer = None
         if self.tracker is not None:
             self.records = self.tracker.existing_records(parent_run_id)
@@ -223,8 +222,8 @@ class EvaluatorPool:
             self.record_writer = RecordWriter.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
             ).remote(self.config.tracking.uri, self.config.tracking.experiment)
-        self.episode = int(max((r.get("episode", 0) for r in self.records.values()), default=0))
-        self.best: dict[str, Any] | None = None
+        self.episode = max((r.episode for r in self.records.values()), default=0)
+        self.best: PolicyRecord | None = None
         for record in self.records.values():
             self._update_best(record)
         self.workers = [self._new_worker() for _ in range(self.config.evaluator.num_evaluators)]
@@ -250,13 +249,15 @@ class EvaluatorPool:
 
     async def _write_records(self) -> None:
         while True:
-            key, policy_json, record, best, episode = await self.pending.get()
+            policy_json, record, best = await self.pending.get()
             try:
-                record["run_id"] = await self.record_writer.write.remote(
-                    self.parent_run_id, key, policy_json, record, best, episode
+                record.run_id = await self.record_writer.write.remote(
+                    self.parent_run_id, policy_json, record, best
                 )
             except Exception:  # noqa: BLE001 - keep writing the others; the record stays cached
-                logger.exception("could not write the record of episode %s to MLflow", episode)
+                logger.exception(
+                    "could not write the record of episode %s to MLflow", record.episode
+                )
             finally:
                 self.pending.task_done()
 
@@ -266,62 +267,54 @@ class EvaluatorPool:
         await self.pending.join()
         return len(self.records)
 
-    def _update_best(self, record: dict[str, Any]) -> None:
-        if record.get("failed"):
+    def _update_best(self, record: PolicyRecord) -> None:
+        if record.failed:
             return
-        if self.best is None or record["reward"] > self.best["reward"]:
+        if self.best is None or record.reward > self.best.reward:
             self.best = record
 
     # -- the public API -----------------------------------------------------------------------
     async def evaluate(self, policy_json: str) -> dict[str, Any]:
+        """Score one policy (or return its cached record); the record as a dict (the env's
+        ``info``), with ``cached`` saying whether it was scored now."""
         self._setup()
         key = policy_key(policy_json, self.settings)
         if key in self.records:
             self.stats["cache_hits"] += 1
-            return {**self.records[key], "cached": True}
+            return {**self.records[key].to_dict(), "cached": True}
         if key in self.inflight:
             self.stats["cache_hits"] += 1
-            return {**(await asyncio.shield(self.inflight[key])), "cached": True}
+            return {**(await asyncio.shield(self.inflight[key])).to_dict(), "cached": True}
         future = asyncio.get_running_loop().create_future()
         self.inflight[key] = future
         try:
             queued = time.time()
             record = await self._score(policy_json)
-            record["queued_ts"] = queued
-            if "size_bytes" not in record:  # a failure before scoring: still record the costs
-                cost = self.costs.cost(CompressionPolicy.from_json(policy_json))
-                record.update(
-                    size_bytes=cost.size_bytes,
-                    compression_ratio=cost.compression_ratio,
-                    bitops=cost.bitops,
-                    bitops_ratio=cost.bitops_ratio,
-                    macs=cost.macs,
-                    latency_ms=-1.0,
+            if record.size_bytes == 0:  # a failure before scoring: still record the costs
+                record = record.with_costs(
+                    self.costs.cost(CompressionPolicy.from_json(policy_json))
                 )
             self.episode += 1
-            record["episode"] = self.episode
-            record["policy_key"] = key
-            failed = bool(record.get("failed") or record.get("diverged"))
-            record["failed"] = failed
             fp32 = self.context.fp32_val_accuracy
-            record["accuracy_drop"] = fp32 - record.get("accuracy", 0.0)
-            record["reward"] = compute_reward(
-                self.config, record.get("accuracy", 0.0), fp32, failed
+            record = dataclasses.replace(
+                record,
+                policy_key=key,
+                episode=self.episode,
+                queued_ts=queued,
+                accuracy_drop=fp32 - record.accuracy,
+                reward=compute_reward(self.config, record.accuracy, fp32, record.failed),
             )
-            record["eval_start_ts"] = record.get("start_ts")
-            record["eval_end_ts"] = record.get("end_ts")
             self.stats["scored"] += 1
-            self.stats["failed"] += int(failed)
+            self.stats["failed"] += int(record.failed)
             self._update_best(record)
             if self.tracker is not None:
-                # MLflow writes leave the critical path: one writer task, in order; flush()
-                # waits for them (the driver flushes before every checkpoint and at the end)
-                self.pending.put_nowait(
-                    (key, policy_json, record, self.best and dict(self.best), self.episode)
-                )
+                # MLflow writes leave the critical path: one writer, in order; flush() waits
+                # for them (the driver flushes before every checkpoint and at the end)
+                best = dataclasses.replace(self.best) if self.best is not None else None
+                self.pending.put_nowait((policy_json, record, best))
             self.records[key] = record
             future.set_result(record)
-            return {**record, "cached": False}
+            return {**record.to_dict(), "cached": False}
         except BaseException as error:
             if not future.done():
                 future.set_exception(error)
@@ -329,7 +322,7 @@ class EvaluatorPool:
         finally:
             self.inflight.pop(key, None)
 
-    async def _score(self, policy_json: str) -> dict[str, Any]:
+    async def _score(self, policy_json: str) -> PolicyRecord:
         ev = self.config.evaluator
         last_error = ""
         for attempt in range(ev.max_retries + 1):
@@ -340,9 +333,9 @@ class EvaluatorPool:
                 ref = worker.evaluate.remote(policy_json)
                 result = await asyncio.wait_for(asyncio.wrap_future(ref.future()), ev.timeout_s)
                 self.free.put_nowait(index)
-                result["dispatched_ts"] = dispatched
-                result["returned_ts"] = time.time()
-                return result
+                return dataclasses.replace(
+                    result, dispatched_ts=dispatched, returned_ts=time.time()
+                )
             except (
                 RayActorError,
                 ActorDiedError,
@@ -366,22 +359,10 @@ class EvaluatorPool:
             except RayTaskError as error:
                 self.free.put_nowait(index)
                 logger.warning("evaluation raised: %s", error)
-                now = time.time()
-                return {
-                    "failed": True,
-                    "error": str(error).splitlines()[-1],
-                    "accuracy": 0.0,
-                    "start_ts": now,
-                    "end_ts": now,
-                }
-        now = time.time()
-        return {
-            "failed": True,
-            "error": f"gave up after {ev.max_retries + 1} attempts: {last_error}",
-            "accuracy": 0.0,
-            "start_ts": now,
-            "end_ts": now,
-        }
+                return PolicyRecord.failure(str(error).splitlines()[-1], time.time())
+        return PolicyRecord.failure(
+            f"gave up after {ev.max_retries + 1} attempts: {last_error}", time.time()
+        )
 
     def context_source(self) -> ContextSource:
         """Where env runners get the search context from."""
@@ -395,8 +376,8 @@ class EvaluatorPool:
             "records": len(self.records),
         }
 
-    def all_records(self) -> list[dict[str, Any]]:
-        return sorted(self.records.values(), key=lambda r: r.get("episode", 0))
+    def all_records(self) -> list[PolicyRecord]:
+        return sorted(self.records.values(), key=lambda r: r.episode)
 
     def worker_handles(self) -> list[Any]:
         return list(self.workers)

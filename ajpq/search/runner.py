@@ -39,6 +39,7 @@ from ajpq.search.context import (
     publish_context,
 )
 from ajpq.search.evaluators import EvaluatorPool, fit_latency_remote, score_settings
+from ajpq.search.record import PolicyRecord
 from ajpq.search.tracking import Tracker
 
 __all__ = [
@@ -65,7 +66,7 @@ class ResumeError(ValueError):
 class SearchOutcome:
     run_dir: Path
     parent_run_id: str
-    best: dict[str, Any] | None
+    best: PolicyRecord | None
     best_policy_path: Path | None
     episodes: int
     fp32_val_accuracy: float
@@ -421,16 +422,16 @@ def _train(algo: DDPG, pool: Any, run: _OpenRun, target: int) -> None:
             "episode %d/%d | best val acc %.4f (fp32 %.4f) at %.1fx smaller, %.3f BitOps | %.2f s/episode",
             algo.episodes_done,
             target,
-            best["accuracy"],
+            best.accuracy,
             fp32,
-            best["compression_ratio"],
-            best["bitops_ratio"],
+            best.compression_ratio,
+            best.bitops_ratio,
             (time.time() - started) / max(1, algo.episodes_done),
         )
 
 
 def _report(
-    run: _OpenRun, summary: dict[str, Any], records: list[dict[str, Any]], interrupted: bool
+    run: _OpenRun, summary: dict[str, Any], records: list[PolicyRecord], interrupted: bool
 ) -> SearchOutcome:
     """Best policy artifact, its test accuracy (unless interrupted), plot, records, run status."""
     tracker, parent_run_id, context = run.tracker, run.parent_run_id, run.context
@@ -438,17 +439,18 @@ def _report(
     best_path = None
     if best is not None:
         best_path = run.run_dir / "best_policy.json"
-        best_path.write_text(tracker.download_policy(best["run_id"]))
+        best_path.write_text(tracker.download_policy(best.run_id))
         tracker.log_artifact(parent_run_id, best_path)
     best_test = None
     if best is not None and not interrupted:
         best_test = _test_accuracy(context, run.splits, CompressionPolicy.load(best_path))
         tracker.client.log_metric(parent_run_id, "best_test_accuracy", best_test)
         tracker.client.log_metric(parent_run_id, "fp32_test_accuracy", context.fp32_test_accuracy)
-    plot = _plot(records, run.run_dir / "search.png")
+    rows = [record.to_dict() for record in records]
+    plot = _plot(rows, run.run_dir / "search.png")
     if plot:
         tracker.log_artifact(parent_run_id, plot, "plots")
-    (run.run_dir / "records.json").write_text(json.dumps(records, indent=1, default=str))
+    (run.run_dir / "records.json").write_text(json.dumps(rows, indent=1, default=str))
     tracker.set_status(parent_run_id, "KILLED" if interrupted else "FINISHED")
     return SearchOutcome(
         run_dir=run.run_dir,

@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from ajpq.policy import CompressionPolicy
+from ajpq.search.record import METRIC_FIELDS, TAG_FIELDS, PolicyRecord
 
 __all__ = ["Tracker", "POLICY_METRICS", "artifact_root_for"]
 
@@ -34,7 +35,6 @@ POLICY_METRICS = (
     "reward",
     "episode",
 )
-EXTRA_METRICS = ("top5", "finetune_s", "eval_s", "eval_start_ts", "eval_end_ts")
 
 
 def artifact_root_for(uri: str) -> str | None:
@@ -89,30 +89,30 @@ class Tracker:
         self.client.log_artifact(run_id, str(path), folder)
 
     # -- children ---------------------------------------------------------------------------
-    def log_policy(self, parent_id: str, key: str, policy_json: str, record: dict[str, Any]) -> str:
+    def log_policy(self, parent_id: str, policy_json: str, record: PolicyRecord) -> str:
         policy = CompressionPolicy.from_json(policy_json)
-        status = "failed" if record.get("failed") else "ok"
+        status = "failed" if record.failed else "ok"
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"episode-{int(record['episode']):04d}",
+            run_name=f"episode-{record.episode:04d}",
             tags={
                 "ajpq.role": "policy",
                 "mlflow.parentRunId": parent_id,
-                "ajpq.policy_key": key,
+                "ajpq.policy_key": record.policy_key,
                 "ajpq.status": status,
-                **({"ajpq.error": str(record["error"])[:4000]} if record.get("error") else {}),
+                **({"ajpq.error": str(record.error)[:4000]} if record.error else {}),
                 **{
-                    f"ajpq.{name}": str(record[name])
-                    for name in ("node", "device", "latency_device")
-                    if name in record
+                    f"ajpq.{name}": str(getattr(record, name))
+                    for name in TAG_FIELDS
+                    if getattr(record, name) is not None
                 },
             },
         )
         run_id = run.info.run_id
         now = int(time.time() * 1000)
         metrics = []
-        for name in POLICY_METRICS + EXTRA_METRICS:
-            value = record.get(name)
+        for name in METRIC_FIELDS:
+            value = getattr(record, name)
             if value is None:
                 continue
             value = float(value)
@@ -151,17 +151,13 @@ class Tracker:
             if not token:
                 return runs
 
-    def existing_records(self, parent_id: str) -> dict[str, dict[str, Any]]:
+    def existing_records(self, parent_id: str) -> dict[str, PolicyRecord]:
         """Records already logged under ``parent_id``, by policy key (for --resume)."""
         records = {}
         for run in self.child_runs(parent_id):
-            key = run.data.tags.get("ajpq.policy_key")
-            if not key:
-                continue
-            record = dict(run.data.metrics)
-            record["failed"] = run.data.tags.get("ajpq.status") == "failed"
-            record["run_id"] = run.info.run_id
-            records[key] = record
+            if run.data.tags.get("ajpq.policy_key"):
+                record = PolicyRecord.from_mlflow(run)
+                records[record.policy_key] = record
         return records
 
     def download_policy(self, run_id: str) -> str:

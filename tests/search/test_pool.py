@@ -6,6 +6,7 @@ from ajpq.builder import LayerKnobs, build_policy
 from ajpq.config import load_config
 from ajpq.search.context import data_source_for, prepare_context, publish_context
 from ajpq.search.evaluators import EvaluatorPool
+from ajpq.search.record import METRIC_FIELDS, TAG_FIELDS
 from ajpq.search.tracking import Tracker
 
 pytestmark = pytest.mark.ray
@@ -58,3 +59,10 @@ def test_pool_caches_identical_policies_and_records_divergence(
         assert again["cached"] and ray.get(pool.summary.remote())["stats"]["scored"] == 0
     finally:
         ray.kill(pool)
+    # the record came back from MLflow as the same PolicyRecord it went in as
+    for name in (*METRIC_FIELDS, *TAG_FIELDS, "policy_key", "failed", "error"):
+        if isinstance(first[name], float):
+            assert again[name] == pytest.approx(first[name]), name
+        else:
+            assert again[name] == first[name], name
+    assert again["run_id"] == children[0].info.run_id

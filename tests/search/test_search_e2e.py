@@ -204,5 +204,5 @@ def test_latency_budget_search_with_a_user_scorer(ray_session, search_config_fil
     assert all(run.data.tags["ajpq.latency_device"] == "cpu" for run in children)
     # the sleep scorer's stand-in accuracy is BitOps ratio ** 0.25, also on the test split
     best = outcome.best
-    assert best["accuracy"] == pytest.approx(best["bitops_ratio"] ** 0.25)
-    assert outcome.best_test_accuracy == pytest.approx(best["accuracy"])
+    assert best.accuracy == pytest.approx(best.bitops_ratio**0.25)
+    assert outcome.best_test_accuracy == pytest.approx(best.accuracy)

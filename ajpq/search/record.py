@@ -1,0 +1,143 @@
+"""One typed record per evaluated policy, the same from evaluator to pool to MLflow and back.
+
+An evaluator fills what it measured and where (scores, costs, node, device, timings); the pool
+adds what it decided (policy key, episode, reward, status); MLflow stores it as one child run
+and :meth:`PolicyRecord.from_mlflow` reads it back on ``--resume``. The env's ``info`` and
+``records.json`` are its :meth:`to_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ajpq.scoring import PolicyScore
+
+__all__ = ["PolicyRecord", "METRIC_FIELDS", "TAG_FIELDS"]
+
+# stored as MLflow metrics of the policy's run (numbers), and as tags (strings)
+METRIC_FIELDS = (
+    "accuracy",
+    "accuracy_drop",
+    "size_bytes",
+    "compression_ratio",
+    "bitops",
+    "bitops_ratio",
+    "macs",
+    "latency_ms",
+    "reward",
+    "episode",
+    "top5",
+    "finetune_s",
+    "eval_s",
+    "queued_ts",
+    "dispatched_ts",
+    "eval_start_ts",
+    "eval_end_ts",
+    "returned_ts",
+)
+TAG_FIELDS = ("node", "node_id", "device", "latency_device")
+
+
+@dataclass
+class PolicyRecord:
+    """An evaluated policy: scores, costs, the pool's verdict, where and when it ran."""
+
+    policy_key: str = ""
+    episode: int = 0
+    reward: float = 0.0
+    failed: bool = False
+    error: str | None = None
+    accuracy: float = 0.0
+    accuracy_drop: float = 0.0
+    top5: float = 0.0
+    size_bytes: float = 0.0
+    compression_ratio: float = 0.0
+    bitops: float = 0.0
+    bitops_ratio: float = 0.0
+    macs: float = 0.0
+    latency_ms: float = -1.0
+    diverged: bool = False
+    # where: the evaluator's host, Ray node, process, the GPUs Ray gave it, its device
+    node: str | None = None
+    node_id: str | None = None
+    pid: int | None = None
+    gpu_ids: list[str] = field(default_factory=list)
+    device: str | None = None
+    latency_device: str | None = None
+    cuda_visible_devices: str | None = None
+    # when (seconds since the epoch): at the pool, at the evaluator, back at the pool
+    finetune_s: float = 0.0
+    eval_s: float = 0.0
+    queued_ts: float | None = None
+    dispatched_ts: float | None = None
+    eval_start_ts: float | None = None
+    eval_end_ts: float | None = None
+    returned_ts: float | None = None
+    run_id: str | None = None  # its MLflow child run, once written
+
+    @classmethod
+    def from_score(cls, score: PolicyScore, **where: Any) -> PolicyRecord:
+        """What an evaluator returns: the scorer's numbers plus where they were measured."""
+        return cls(
+            accuracy=score.accuracy,
+            top5=score.top5,
+            size_bytes=score.size_bytes,
+            compression_ratio=score.compression_ratio,
+            bitops=score.bitops,
+            bitops_ratio=score.bitops_ratio,
+            macs=score.macs,
+            latency_ms=score.latency_ms if math.isfinite(score.latency_ms) else -1.0,
+            diverged=score.diverged,
+            failed=score.diverged,
+            error="finetune diverged" if score.diverged else None,
+            finetune_s=score.finetune_s,
+            eval_s=score.eval_s,
+            eval_start_ts=score.start_ts,
+            eval_end_ts=score.end_ts,
+            **where,
+        )
+
+    @classmethod
+    def failure(cls, error: str, at: float) -> PolicyRecord:
+        """An evaluation that produced no score (an exception, or every retry lost)."""
+        return cls(failed=True, error=error, eval_start_ts=at, eval_end_ts=at)
+
+    def with_costs(self, cost: Any) -> PolicyRecord:
+        """Fill size, BitOps and MACs from the cost model (a failure still has its costs)."""
+        return dataclasses.replace(
+            self,
+            size_bytes=cost.size_bytes,
+            compression_ratio=cost.compression_ratio,
+            bitops=cost.bitops,
+            bitops_ratio=cost.bitops_ratio,
+            macs=cost.macs,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PolicyRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def from_mlflow(cls, run: Any) -> PolicyRecord:
+        """Read back a policy's MLflow run (``--resume``)."""
+        metrics, tags = run.data.metrics, run.data.tags
+        values: dict[str, Any] = {name: metrics[name] for name in METRIC_FIELDS if name in metrics}
+        values.update({name: tags[f"ajpq.{name}"] for name in TAG_FIELDS if f"ajpq.{name}" in tags})
+        values["episode"] = int(values.get("episode", 0))
+        for name in ("queued_ts", "dispatched_ts", "eval_start_ts", "eval_end_ts", "returned_ts"):
+            if values.get(name, 0) < 0:
+                values[name] = None
+        return cls(
+            policy_key=tags.get("ajpq.policy_key", ""),
+            failed=tags.get("ajpq.status") == "failed",
+            error=tags.get("ajpq.error"),
+            run_id=run.info.run_id,
+            **values,
+        )
