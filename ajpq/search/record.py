@@ -15,10 +15,10 @@ from typing import Any
 
 from ajpq.scoring import PolicyScore
 
-__all__ = ["PolicyRecord", "METRIC_FIELDS", "TAG_FIELDS"]
+__all__ = ["PolicyRecord", "POLICY_METRICS", "METRIC_FIELDS", "TAG_FIELDS"]
 
-# stored as MLflow metrics of the policy's run (numbers), and as tags (strings)
-METRIC_FIELDS = (
+# the headline metrics of a policy's MLflow run; then timings; fields stored as tags (strings)
+POLICY_METRICS = (
     "accuracy",
     "accuracy_drop",
     "size_bytes",
@@ -29,6 +29,9 @@ METRIC_FIELDS = (
     "latency_ms",
     "reward",
     "episode",
+)
+METRIC_FIELDS = (
+    *POLICY_METRICS,
     "top5",
     "finetune_s",
     "eval_s",

@@ -17,24 +17,11 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from ajpq.policy import CompressionPolicy
-from ajpq.search.record import METRIC_FIELDS, TAG_FIELDS, PolicyRecord
+from ajpq.search.record import METRIC_FIELDS, POLICY_METRICS, TAG_FIELDS, PolicyRecord
 
 __all__ = ["Tracker", "POLICY_METRICS", "artifact_root_for"]
 
 logger = logging.getLogger(__name__)
-
-POLICY_METRICS = (
-    "accuracy",
-    "accuracy_drop",
-    "size_bytes",
-    "compression_ratio",
-    "bitops",
-    "bitops_ratio",
-    "macs",
-    "latency_ms",
-    "reward",
-    "episode",
-)
 
 
 def artifact_root_for(uri: str) -> str | None:
