@@ -1,5 +1,6 @@
-"""Command line: ``ajpq search --config tune_configs/<name>.yaml [--set key=value ...] [--resume]``
-and ``ajpq export --config tune_configs/<name>.yaml [--steps N] [--out PATH]``."""
+"""Command line: ``ajpq search --config tune_configs/<name>.yaml [--set key=value ...] [--resume]``,
+``ajpq export --config tune_configs/<name>.yaml [--steps N] [--out PATH]`` and
+``ajpq sync <run dir>``."""
 
 from __future__ import annotations
 
@@ -60,7 +61,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=int, help="finetune steps (default: 10x the search's evaluator steps)"
     )
     export.add_argument("--out", help="artifact path (default: <run dir>/compressed.pt)")
+    sync = commands.add_parser(
+        "sync",
+        help="push a search's records that have not reached MLflow yet",
+        description="Write the journaled records of a search that are not in MLflow yet "
+        "(the tracking server was down, or the search stopped first) into its parent run.",
+    )
+    sync.add_argument("run_dir", help="the search's run folder (ajpq_runs/<run>/<time>)")
     return parser
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from ajpq.config import ConfigError
+    from ajpq.search.sync import sync_run
+
+    _configure_logging()
+    try:
+        pushed, waiting = sync_run(args.run_dir)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"ajpq: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{pushed} records pushed to MLflow, {waiting} still waiting")
+    return 0 if waiting == 0 else 1
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -106,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "export":
         return _export(args)
+    if args.command == "sync":
+        return _sync(args)
     try:
         overrides = list(args.overrides)
         if args.tracking_uri:
@@ -150,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     log.info("  saved to %s", outcome.best_policy_path)
     log.info("  MLflow: parent run %s in %s", outcome.parent_run_id, outcome.tracking_uri)
+    if outcome.waiting:
+        log.info(
+            "  %d records are not in MLflow yet; push them with: ajpq sync %s",
+            outcome.waiting,
+            outcome.run_dir,
+        )
     log.info("  open the MLflow UI with: make mlflow-ui   (then http://127.0.0.1:5000)")
     if outcome.interrupted:
         log.info("  interrupted: continue with --resume")

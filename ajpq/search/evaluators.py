@@ -43,6 +43,7 @@ from ajpq.cost import CostModel
 from ajpq.policy import CompressionPolicy
 from ajpq.scoring import ScoreSettings, load_scorer
 from ajpq.search.context import ContextSource, SearchContext
+from ajpq.search.journal import Journal
 from ajpq.search.record import PolicyRecord
 from ajpq.search.tracking import Tracker
 from ajpq.train import FinetuneConfig
@@ -181,6 +182,10 @@ class RecordWriter:
     HTTP, artifacts) never holds the pool's event loop or its GIL."""
 
     def __init__(self, uri: str, experiment: str) -> None:
+        # fail a call within seconds when the server is down (MLflow's own default retries
+        # for minutes): the pool retries with backoff, and the journal keeps the record
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.tracker = Tracker(uri, experiment)
 
     def write(
@@ -189,8 +194,12 @@ class RecordWriter:
         policy_json: str,
         record: PolicyRecord,
         best: PolicyRecord | None,
+        check_existing: bool = False,
     ) -> str:
-        run_id = self.tracker.log_policy(parent_run_id, policy_json, record)
+        if check_existing:  # a retry or a replay: the first try may have got through
+            run_id = self.tracker.write_once(parent_run_id, policy_json, record)
+        else:
+            run_id = self.tracker.log_policy(parent_run_id, policy_json, record)
         if best is not None:
             self.tracker.log_best(parent_run_id, best.accuracy, best.reward, record.episode)
         return run_id
@@ -200,7 +209,9 @@ class RecordWriter:
 class EvaluatorPool:
     """The search's single door to evaluation and to MLflow (see module docstring)."""
 
-    def __init__(self, source: ContextSource, parent_run_id: str | None) -> None:
+    def __init__(
+        self, source: ContextSource, parent_run_id: str | None, journal_path: str | None = None
+    ) -> None:
         # the pool keeps the source to give to every evaluator it starts (replacements too)
         # and to env runners
         self.source = source
@@ -215,9 +226,15 @@ class EvaluatorPool:
             else None
         )
         self.records: dict[str, PolicyRecord] = {}
+        self.policies: dict[str, str] = {}
         self.record_writer = None
+        # the journal (driver's disk; this actor runs on the driver's node) is the source of
+        # truth; MLflow a replica. A run without a journal resumes from MLflow.
+        self.journal = Journal(journal_path) if journal_path else None
         if self.tracker is not None:
             self.records = self.tracker.existing_records(parent_run_id)
+        if self.journal is not None:
+            self.records.update(self.journal.records())
             here = ray.get_runtime_context().get_node_id()
             self.record_writer = RecordWriter.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
@@ -231,7 +248,14 @@ class EvaluatorPool:
         self.inflight: dict[str, asyncio.Future] = {}
         self.pending: asyncio.Queue | None = None
         self.writer: asyncio.Task | None = None
-        self.stats = {"scored": 0, "cache_hits": 0, "retries": 0, "replaced": 0, "failed": 0}
+        self.stats = {
+            "scored": 0,
+            "cache_hits": 0,
+            "retries": 0,
+            "replaced": 0,
+            "failed": 0,
+            "mlflow_retries": 0,
+        }
 
     def _new_worker(self) -> Any:
         ev = self.config.evaluator
@@ -245,27 +269,60 @@ class EvaluatorPool:
             for index in range(len(self.workers)):
                 self.free.put_nowait(index)
             self.pending = asyncio.Queue()
-            self.writer = asyncio.get_running_loop().create_task(self._write_records())
+            if self.tracker is not None:
+                # journaled records that never reached MLflow (a crash, an outage) go first
+                for record, policy_json in self.journal.unwritten() if self.journal else []:
+                    self.pending.put_nowait((policy_json, record, None, True))
+                self.writer = asyncio.get_running_loop().create_task(self._write_records())
 
     async def _write_records(self) -> None:
+        """Replicate records into MLflow in order; an unreachable tracking server is retried
+        with backoff (up to a minute apart) for as long as it takes: records wait, never vanish."""
         while True:
-            policy_json, record, best = await self.pending.get()
-            try:
-                record.run_id = await self.record_writer.write.remote(
-                    self.parent_run_id, policy_json, record, best
-                )
-            except Exception:  # noqa: BLE001 - keep writing the others; the record stays cached
-                logger.exception(
-                    "could not write the record of episode %s to MLflow", record.episode
-                )
-            finally:
-                self.pending.task_done()
+            policy_json, record, best, check_existing = await self.pending.get()
+            delay = 1.0
+            while True:
+                try:
+                    record.run_id = await self.record_writer.write.remote(
+                        self.parent_run_id, policy_json, record, best, check_existing
+                    )
+                    break
+                except Exception as error:  # noqa: BLE001 - MLflow down: wait and retry
+                    self.stats["mlflow_retries"] += 1
+                    logger.warning(
+                        "MLflow write of episode %d failed (%s); retrying in %.0f s",
+                        record.episode,
+                        str(error).splitlines()[-1][:200],
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(60.0, delay * 2)
+                    check_existing = True
+            if self.journal is not None:
+                self.journal.mark_written(record.policy_key, record.run_id)
+            self.pending.task_done()
 
-    async def flush(self) -> int:
-        """Wait until every record handed to the writer is in MLflow; returns how many exist."""
+    async def flush(self, timeout_s: float | None = None) -> int:
+        """Wait (at most ``timeout_s``) for the records handed to the MLflow writer; returns how
+        many are still waiting (they are safe in the journal)."""
         self._setup()
-        await self.pending.join()
-        return len(self.records)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.pending.join(), timeout_s)
+        return self.waiting()
+
+    def waiting(self) -> int:
+        if self.tracker is None:
+            return 0
+        if self.journal is not None:
+            return self.journal.waiting()
+        return self.pending.qsize() if self.pending is not None else 0
+
+    def best_policy(self) -> str | None:
+        """The best policy's JSON (from memory or the journal)."""
+        if self.best is None:
+            return None
+        key = self.best.policy_key
+        return self.policies.get(key) or (self.journal.policy_json(key) if self.journal else None)
 
     def _update_best(self, record: PolicyRecord) -> None:
         if record.failed:
@@ -307,12 +364,15 @@ class EvaluatorPool:
             self.stats["scored"] += 1
             self.stats["failed"] += int(record.failed)
             self._update_best(record)
+            # durable first: the journal (fsync'd), then the MLflow replica, off the critical
+            # path (one writer, in order, retried while MLflow is down)
+            if self.journal is not None:
+                self.journal.append(record, policy_json)
             if self.tracker is not None:
-                # MLflow writes leave the critical path: one writer, in order; flush() waits
-                # for them (the driver flushes before every checkpoint and at the end)
                 best = dataclasses.replace(self.best) if self.best is not None else None
-                self.pending.put_nowait((policy_json, record, best))
+                self.pending.put_nowait((policy_json, record, best, False))
             self.records[key] = record
+            self.policies[key] = policy_json
             future.set_result(record)
             return {**record.to_dict(), "cached": False}
         except BaseException as error:
@@ -374,6 +434,7 @@ class EvaluatorPool:
             "best": self.best,
             "stats": dict(self.stats),
             "records": len(self.records),
+            "waiting": self.waiting(),
         }
 
     def all_records(self) -> list[PolicyRecord]:

@@ -39,6 +39,7 @@ from ajpq.search.context import (
     publish_context,
 )
 from ajpq.search.evaluators import EvaluatorPool, fit_latency_remote, score_settings
+from ajpq.search.journal import JOURNAL_FILE
 from ajpq.search.record import PolicyRecord
 from ajpq.search.tracking import Tracker
 
@@ -75,6 +76,7 @@ class SearchOutcome:
     best_test_accuracy: float | None = None
     fp32_test_accuracy: float | None = None
     tracking_uri: str | None = None
+    waiting: int = 0  # records not yet in MLflow (safe in the journal; ``ajpq sync``)
 
 
 def run_base_name(config: SearchConfig) -> str:
@@ -314,7 +316,7 @@ def run_search(
         namespace=namespace,
         # the only MLflow writer stays on the driver's node, next to the run folder
         scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False),
-    ).remote(source, run.parent_run_id)
+    ).remote(source, run.parent_run_id, str(run.run_dir / JOURNAL_FILE))
     where = ray.get(pool.wait_ready.remote())
     logger.info(
         "%d evaluators ready on %d node(s), devices: %s",
@@ -337,12 +339,21 @@ def run_search(
         interrupted = True
         logger.warning("interrupted: resume with the same command plus --resume")
     finally:
-        ray.get(pool.flush.remote())
+        algo.stop()
+        # every record is in the journal already; give MLflow a while to catch up
+        waiting = ray.get(pool.flush.remote(FINAL_FLUSH_S))
         summary = ray.get(pool.summary.remote())
         records = ray.get(pool.all_records.remote())
-        algo.stop()
+        best_policy = ray.get(pool.best_policy.remote())
         ray.kill(pool)
-    return _report(run, summary, records, interrupted)
+    if waiting:
+        logger.warning(
+            "%d records are not in MLflow yet (they are safe in %s); push them with: ajpq sync %s",
+            waiting,
+            run.run_dir / JOURNAL_FILE,
+            run.run_dir,
+        )
+    return _report(run, summary, records, best_policy, interrupted)
 
 
 def _new_run(config: SearchConfig, config_path: str | None) -> _OpenRun:
@@ -398,12 +409,13 @@ def _resume_run(config: SearchConfig) -> _OpenRun:
 
 
 CHECKPOINT_EVERY_S = 10.0
+FINAL_FLUSH_S = 120.0
 
 
 def _train(algo: DDPG, pool: Any, run: _OpenRun, target: int) -> None:
     """Train until ``target`` episodes. Each iteration learns from the episodes that finished
-    while the others keep running; every ``CHECKPOINT_EVERY_S`` (and at the end) MLflow is
-    flushed and then the agent is checkpointed, so MLflow is never behind a checkpoint."""
+    while the others keep running; every ``CHECKPOINT_EVERY_S`` (and at the end) the agent is
+    checkpointed. Records need no flush first: the pool journals each one durably."""
     fp32 = run.context.fp32_val_accuracy
     started = last_checkpoint = time.time()
     while algo.episodes_done < target:
@@ -411,7 +423,6 @@ def _train(algo: DDPG, pool: Any, run: _OpenRun, target: int) -> None:
         done = algo.episodes_done >= target
         if not done and time.time() - last_checkpoint < CHECKPOINT_EVERY_S:
             continue
-        ray.get(pool.flush.remote())
         _save_checkpoint(algo, run.run_dir)
         last_checkpoint = time.time()
         best = ray.get(pool.summary.remote())["best"]
@@ -431,27 +442,39 @@ def _train(algo: DDPG, pool: Any, run: _OpenRun, target: int) -> None:
 
 
 def _report(
-    run: _OpenRun, summary: dict[str, Any], records: list[PolicyRecord], interrupted: bool
+    run: _OpenRun,
+    summary: dict[str, Any],
+    records: list[PolicyRecord],
+    best_policy: str | None,
+    interrupted: bool,
 ) -> SearchOutcome:
-    """Best policy artifact, its test accuracy (unless interrupted), plot, records, run status."""
+    """Best policy file, its test accuracy (unless interrupted), plot, records, run status.
+    The files come from the journal; MLflow gets them too, unless it is unreachable now."""
     tracker, parent_run_id, context = run.tracker, run.parent_run_id, run.context
     best = summary["best"]
     best_path = None
-    if best is not None:
+    if best is not None and best_policy is not None:
         best_path = run.run_dir / "best_policy.json"
-        best_path.write_text(tracker.download_policy(best.run_id))
-        tracker.log_artifact(parent_run_id, best_path)
+        best_path.write_text(best_policy)
     best_test = None
-    if best is not None and not interrupted:
+    if best_path is not None and not interrupted:
         best_test = _test_accuracy(context, run.splits, CompressionPolicy.load(best_path))
-        tracker.client.log_metric(parent_run_id, "best_test_accuracy", best_test)
-        tracker.client.log_metric(parent_run_id, "fp32_test_accuracy", context.fp32_test_accuracy)
     rows = [record.to_dict() for record in records]
     plot = _plot(rows, run.run_dir / "search.png")
-    if plot:
-        tracker.log_artifact(parent_run_id, plot, "plots")
     (run.run_dir / "records.json").write_text(json.dumps(rows, indent=1, default=str))
-    tracker.set_status(parent_run_id, "KILLED" if interrupted else "FINISHED")
+    try:
+        if best_path is not None:
+            tracker.log_artifact(parent_run_id, best_path)
+        if best_test is not None:
+            tracker.client.log_metric(parent_run_id, "best_test_accuracy", best_test)
+            tracker.client.log_metric(
+                parent_run_id, "fp32_test_accuracy", context.fp32_test_accuracy
+            )
+        if plot:
+            tracker.log_artifact(parent_run_id, plot, "plots")
+        tracker.set_status(parent_run_id, "KILLED" if interrupted else "FINISHED")
+    except Exception as error:  # noqa: BLE001 - the run folder has it all; report, do not fail
+        logger.warning("could not finish the MLflow parent run (%s); see %s", error, run.run_dir)
     return SearchOutcome(
         run_dir=run.run_dir,
         parent_run_id=parent_run_id,
@@ -464,6 +487,7 @@ def _report(
         best_test_accuracy=best_test,
         fp32_test_accuracy=context.fp32_test_accuracy,
         tracking_uri=tracker.uri,
+        waiting=summary["waiting"],
     )
 
 

@@ -139,13 +139,30 @@ class Tracker:
                 return runs
 
     def existing_records(self, parent_id: str) -> dict[str, PolicyRecord]:
-        """Records already logged under ``parent_id``, by policy key (for --resume)."""
+        """Complete records already logged under ``parent_id``, by policy key (for --resume of
+        runs without a journal). A half-written child run (still RUNNING) does not count."""
         records = {}
         for run in self.child_runs(parent_id):
-            if run.data.tags.get("ajpq.policy_key"):
+            if run.data.tags.get("ajpq.policy_key") and run.info.status != "RUNNING":
                 record = PolicyRecord.from_mlflow(run)
                 records[record.policy_key] = record
         return records
+
+    def write_once(self, parent_id: str, policy_json: str, record: PolicyRecord) -> str:
+        """Log ``record`` unless a complete child run of its policy key exists (then return
+        that one); a half-written one, left by a writer that was cut off, is replaced."""
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.mlflow.parentRunId = '{parent_id}' "
+                f"and tags.`ajpq.policy_key` = '{record.policy_key}'"
+            ),
+        )
+        for run in found:
+            if run.info.status != "RUNNING":
+                return run.info.run_id
+            self.client.delete_run(run.info.run_id)
+        return self.log_policy(parent_id, policy_json, record)
 
     def download_policy(self, run_id: str) -> str:
         path = self.client.download_artifacts(run_id, "policy.json")

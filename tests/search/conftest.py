@@ -1,3 +1,8 @@
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -41,3 +46,75 @@ def search_config_file(tmp_path: Path, model_cache: Path, monkeypatch: pytest.Mo
         return path
 
     return make
+
+
+class MlflowServer:
+    """A real ``mlflow server`` on loopback that a test can stop and start again (same port,
+    same database): a tracking server outage."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        self.log = root / "mlflow-server.log"
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("mlflow")),
+                    "server",
+                    "--backend-store-uri",
+                    f"sqlite:///{self.root}/server.db",
+                    "--artifacts-destination",
+                    str(self.root / "server-artifacts"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "1",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+            )
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.time() > deadline:
+                self.stop()
+                pytest.fail(f"mlflow server did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self.process = None
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path: Path):
+    server = MlflowServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def tracking_server(mlflow_server: MlflowServer) -> str:
+    return mlflow_server.uri

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -40,12 +37,6 @@ SCRIPT = Path(__file__).with_name("cluster_search.py")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     """Head (no GPU) + two worker nodes (one fake GPU each) that cannot see the test's files."""
@@ -53,54 +44,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     logs = Path(tmp_path_factory.mktemp("cluster-logs"))
     with IsolatedCluster(hidden, logs, workers=2, worker_cpus=2, worker_gpus=1) as running:
         yield running
-
-
-@pytest.fixture()
-def tracking_server(tmp_path: Path):
-    port = _free_port()
-    log = (tmp_path / "mlflow-server.log").open("w")
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("mlflow")),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path}/server.db",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=tmp_path,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as reply:
-                if reply.status == 200:
-                    break
-        except OSError:
-            pass
-        if server.poll() is not None or time.time() > deadline:
-            server.kill()
-            pytest.fail(
-                f"mlflow server did not start: {(tmp_path / 'mlflow-server.log').read_text()[-2000:]}"
-            )
-        time.sleep(0.5)
-    yield uri
-    server.terminate()
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait(timeout=30)
-    log.close()
 
 
 def test_search_on_nodes_without_the_drivers_disk(
