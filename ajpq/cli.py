@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import warnings
 
@@ -114,6 +115,10 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _configure_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout
@@ -140,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _configure_logging()
     from ajpq.search.runner import ResumeError, run_search
+
+    # SIGTERM (a job scheduler, `kill`) stops as cleanly as Ctrl-C: checkpoint, flush, KILLED
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
     try:
         outcome = run_search(config, resume=args.resume, config_path=args.config)

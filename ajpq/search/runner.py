@@ -328,9 +328,14 @@ def run_search(
     env_config = binding.env_config_for(pool_name, namespace)
     algo = _ddpg_config(config, env_config).build_algo()
     checkpoint = run.run_dir / "checkpoint"
-    if resume and checkpoint.exists():
-        algo.restore_from_path(str(checkpoint))
-        logger.info("resumed from %s at episode %d", checkpoint, algo.episodes_done)
+    if resume:
+        if checkpoint.exists():
+            algo.restore_from_path(str(checkpoint))
+        # policies scored after the last checkpoint (or before any) are in the journal: they
+        # count, and are never scored again, so an N-episode search ends with N policies
+        scored = ray.get(pool.summary.remote())["episodes"]
+        algo.episodes_done = max(algo.episodes_done, scored)
+        logger.info("resumed from %s at episode %d", run.run_dir, algo.episodes_done)
 
     interrupted = False
     try:
@@ -409,36 +414,48 @@ def _resume_run(config: SearchConfig) -> _OpenRun:
 
 
 CHECKPOINT_EVERY_S = 10.0
+PROGRESS_EVERY_S = 1.0
 FINAL_FLUSH_S = 120.0
 
 
 def _train(algo: DDPG, pool: Any, run: _OpenRun, target: int) -> None:
     """Train until ``target`` episodes. Each iteration learns from the episodes that finished
-    while the others keep running; every ``CHECKPOINT_EVERY_S`` (and at the end) the agent is
-    checkpointed. Records need no flush first: the pool journals each one durably."""
-    fp32 = run.context.fp32_val_accuracy
-    started = last_checkpoint = time.time()
-    while algo.episodes_done < target:
-        algo.train()
-        done = algo.episodes_done >= target
-        if not done and time.time() - last_checkpoint < CHECKPOINT_EVERY_S:
-            continue
+    while the others keep running. The agent is checkpointed every ``CHECKPOINT_EVERY_S``, at
+    the end and on Ctrl-C / SIGTERM; records need no flush first (the pool journals each one
+    durably). Progress is logged at most every ``PROGRESS_EVERY_S``."""
+    started = last_checkpoint = last_log = time.time()
+    logged = -1
+    try:
+        while algo.episodes_done < target:
+            algo.train()
+            now = time.time()
+            done = algo.episodes_done >= target
+            if done or now - last_checkpoint >= CHECKPOINT_EVERY_S:
+                _save_checkpoint(algo, run.run_dir)
+                last_checkpoint = time.time()
+            if algo.episodes_done != logged and (done or now - last_log >= PROGRESS_EVERY_S):
+                _log_progress(algo, pool, run, target, started)
+                logged, last_log = algo.episodes_done, now
+    except KeyboardInterrupt:
         _save_checkpoint(algo, run.run_dir)
-        last_checkpoint = time.time()
-        best = ray.get(pool.summary.remote())["best"]
-        if best is None:
-            logger.info("episode %d/%d | no successful evaluation yet", algo.episodes_done, target)
-            continue
-        logger.info(
-            "episode %d/%d | best val acc %.4f (fp32 %.4f) at %.1fx smaller, %.3f BitOps | %.2f s/episode",
-            algo.episodes_done,
-            target,
-            best.accuracy,
-            fp32,
-            best.compression_ratio,
-            best.bitops_ratio,
-            (time.time() - started) / max(1, algo.episodes_done),
-        )
+        raise
+
+
+def _log_progress(algo: DDPG, pool: Any, run: _OpenRun, target: int, started: float) -> None:
+    best = ray.get(pool.summary.remote())["best"]
+    if best is None:
+        logger.info("episode %d/%d | no successful evaluation yet", algo.episodes_done, target)
+        return
+    logger.info(
+        "episode %d/%d | best val acc %.4f (fp32 %.4f) at %.1fx smaller, %.3f BitOps | %.2f s/episode",
+        algo.episodes_done,
+        target,
+        best.accuracy,
+        run.context.fp32_val_accuracy,
+        best.compression_ratio,
+        best.bitops_ratio,
+        (time.time() - started) / max(1, algo.episodes_done),
+    )
 
 
 def _report(
