@@ -50,7 +50,7 @@ bench-scale: install
 	$(BIN)/python bench/bench_scale.py
 
 mlflow-ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import warnings
 
 from ajpq.config import ConfigError, load_config
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     from ajpq.search.runner import ResumeError, run_search
 
     # SIGTERM (a job scheduler, `kill`) stops as cleanly as Ctrl-C: checkpoint, flush, KILLED
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
     try:
         outcome = run_search(config, resume=args.resume, config_path=args.config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -208,6 +209,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -228,6 +231,27 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         )
     kwargs = {name: _coerce(hints[name], value, prefix + name) for name, value in data.items()}
     return cls(**kwargs)
+
+
+# ajpq.agent.CreditAssignment's values (not imported: RLlib is heavy for a config check;
+# tests/search/test_config_cli.py keeps the two equal)
+CREDIT_ASSIGNMENTS = ("episode_baseline", "td")
+TRACKING_SCHEMES = (
+    "http",
+    "https",
+    "sqlite",
+    "file",
+    "databricks",
+    "postgresql",
+    "mysql",
+    "mssql",
+)
+
+
+def _require(checks: list[tuple[str, bool, str]]) -> None:
+    for key, ok, need in checks:
+        if not ok:
+            raise ConfigError(f"{key}: must be {need}")
 
 
 def _check_semantics(config: SearchConfig) -> None:
@@ -251,13 +275,64 @@ def _check_semantics(config: SearchConfig) -> None:
     if not 2 <= space.min_act_bits <= space.max_act_bits <= 8:
         raise ConfigError("space.min_act_bits/max_act_bits: need 2 <= min <= max <= 8")
     agent = config.agent
-    if agent.episodes < 1 or agent.warmup_episodes < 0 or agent.env_runners < 0:
-        raise ConfigError("agent: episodes >= 1, warmup_episodes >= 0, env_runners >= 0")
     evaluator = config.evaluator
-    if evaluator.num_evaluators < 1:
-        raise ConfigError("evaluator.num_evaluators: need at least 1")
-    if evaluator.num_cpus <= 0 or evaluator.num_gpus < 0:
-        raise ConfigError("evaluator.num_cpus must be > 0 and evaluator.num_gpus >= 0")
+    _require(
+        [
+            ("agent.episodes", agent.episodes >= 1, "at least 1"),
+            ("agent.warmup_episodes", agent.warmup_episodes >= 0, ">= 0"),
+            ("agent.env_runners", agent.env_runners >= 0, ">= 0"),
+            ("agent.actor_lr", agent.actor_lr > 0, "> 0"),
+            ("agent.critic_lr", agent.critic_lr > 0, "> 0"),
+            ("agent.tau", 0 < agent.tau <= 1, "in (0, 1]"),
+            ("agent.hiddens", bool(agent.hiddens) and min(agent.hiddens) >= 1, "sizes >= 1"),
+            ("agent.batch_size", agent.batch_size >= 1, "at least 1"),
+            ("agent.noise_sigma", agent.noise_sigma >= 0, ">= 0"),
+            ("agent.noise_decay", 0 < agent.noise_decay <= 1, "in (0, 1]"),
+            ("agent.baseline_decay", 0 <= agent.baseline_decay < 1, "in [0, 1)"),
+            ("agent.reward_scale", agent.reward_scale > 0, "> 0"),
+            ("agent.seed", agent.seed >= 0, ">= 0"),
+            ("evaluator.num_evaluators", evaluator.num_evaluators >= 1, "at least 1"),
+            ("evaluator.num_cpus", evaluator.num_cpus > 0, "> 0"),
+            ("evaluator.num_gpus", evaluator.num_gpus >= 0, ">= 0"),
+            ("evaluator.torch_threads", evaluator.torch_threads >= 1, "at least 1"),
+            ("evaluator.finetune_steps", evaluator.finetune_steps >= 0, ">= 0"),
+            ("evaluator.finetune_lr", evaluator.finetune_lr > 0, "> 0"),
+            ("evaluator.batch_size", evaluator.batch_size >= 1, "at least 1"),
+            (
+                "evaluator.val_samples",
+                evaluator.val_samples is None or evaluator.val_samples >= 1,
+                "at least 1 (or unset: the whole split)",
+            ),
+            ("evaluator.latency_batch_size", evaluator.latency_batch_size >= 1, "at least 1"),
+            ("evaluator.latency_repeats", evaluator.latency_repeats >= 1, "at least 1"),
+            ("evaluator.max_retries", evaluator.max_retries >= 0, ">= 0"),
+            ("evaluator.timeout_s", evaluator.timeout_s > 0, "> 0 seconds"),
+            ("space.max_spread", config.space.max_spread >= 0, ">= 0"),
+            (
+                "data.image_size",
+                data.image_size is None or data.image_size >= 8,
+                "at least 8 (or unset: the dataset's own)",
+            ),
+            (
+                "ray_num_cpus",
+                config.ray_num_cpus is None or config.ray_num_cpus >= 1,
+                "at least 1",
+            ),
+        ]
+    )
+    if agent.credit_assignment not in CREDIT_ASSIGNMENTS:
+        raise ConfigError(
+            f"agent.credit_assignment: unknown {agent.credit_assignment!r}; use one of "
+            + ", ".join(CREDIT_ASSIGNMENTS)
+        )
+    uri = config.tracking.uri
+    if uri and "://" in uri and uri.split("://")[0] not in TRACKING_SCHEMES:
+        raise ConfigError(
+            f"tracking.uri: unknown scheme {uri.split('://')[0]!r}; use http(s)://host:port, "
+            "sqlite:///path/mlflow.db, file:///folder or a database URI"
+        )
+    if Path(config.output_dir).exists() and not Path(config.output_dir).is_dir():
+        raise ConfigError(f"output_dir: {config.output_dir} is a file; give a folder")
     from ajpq.scoring import load_scorer
 
     try:
@@ -310,10 +385,14 @@ def find_config(path: str | Path) -> Path:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> SearchConfig:
     """Read a YAML config, apply overrides, validate. Raises ConfigError with a clear message."""
     path = find_config(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; give a YAML file in it")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if raw is None:
+        raise ConfigError(f"{path} is empty; start from tune_configs/digits_demo.yaml")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return SearchConfig.from_dict(apply_overrides(raw, overrides or []))

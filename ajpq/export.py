@@ -201,10 +201,31 @@ def _skeleton(policy: CompressionPolicy, num_classes: int) -> nn.Module:
 
 
 def load_compressed(path: str | Path) -> nn.Module:
-    """Rebuild the compressed model written by :func:`export_compressed` (CPU, eval mode)."""
-    artifact = torch.load(path, map_location="cpu", weights_only=True)
+    """Rebuild the compressed model written by :func:`export_compressed` (CPU, eval mode).
+
+    Never unpickles code (``weights_only``); a truncated, corrupted or foreign file raises a
+    ValueError that says so."""
+    try:
+        artifact = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged zip
+        raise ValueError(
+            f"{path} is not a readable ajpq compressed model (truncated or corrupted? "
+            f"{type(error).__name__}); export it again with ajpq export"
+        ) from None
     if not isinstance(artifact, dict) or artifact.get("format") != FORMAT:
         raise ValueError(f"{path} is not an ajpq compressed model ({FORMAT})")
+    try:
+        return _rebuild(artifact)
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise ValueError(
+            f"{path} is damaged: its contents do not fit together ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:120]}); export it again with ajpq export"
+        ) from None
+
+
+def _rebuild(artifact: dict) -> nn.Module:
     policy = CompressionPolicy.from_json(artifact["policy"])
     small = materialize(_skeleton(policy, artifact["num_classes"]), policy)
     tensors = _from_blob(artifact["blob"], artifact["index"])

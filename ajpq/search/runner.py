@@ -41,7 +41,7 @@ from ajpq.search.context import (
 from ajpq.search.evaluators import EvaluatorPool, fit_latency_remote, score_settings
 from ajpq.search.journal import JOURNAL_FILE
 from ajpq.search.record import PolicyRecord
-from ajpq.search.tracking import Tracker
+from ajpq.search.tracking import Tracker, redact_uri
 
 __all__ = [
     "SearchOutcome",
@@ -124,9 +124,15 @@ def check_tracking_uri(uri: str, timeout_s: float = 10.0) -> None:
     except (urllib.error.URLError, OSError) as error:
         problem = str(getattr(error, "reason", error))
     raise ValueError(
-        f"tracking URI {uri} does not answer ({problem}); start the MLflow server or pass "
-        "another --tracking-uri"
+        f"tracking URI {redact_uri(uri)} does not answer ({problem}); start the MLflow server "
+        "or pass another --tracking-uri"
     )
+
+
+def _check_writable(folder: Path) -> None:
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ValueError(f"output_dir: cannot write into {existing}; choose another output_dir")
 
 
 def _check_resources(config: SearchConfig) -> None:
@@ -293,9 +299,12 @@ def run_search(
     """Run (or continue, with ``resume``) one search described by ``config``."""
     config = resolve_locations(config)
     check_tracking_uri(config.tracking.uri)
+    _check_writable(Path(config.output_dir))
+    run = _resume_run(config) if resume else None
     _ensure_ray(config)
     _check_resources(config)
-    run = _resume_run(config) if resume else _new_run(config, config_path)
+    if run is None:
+        run = _new_run(config, config_path)
     if run.context.latency_model is None and config.budget.kind is BudgetKind.LATENCY:
         run.context = _fit_latency(run.context, run.run_dir)
     namespace = ray.get_runtime_context().namespace
@@ -410,7 +419,49 @@ def _resume_run(config: SearchConfig) -> _OpenRun:
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     tracker.set_status(state["parent_run_id"], "RUNNING")
     context = SearchContext.load(run_dir / "context")
+    _check_same_search(context.config, config, run_dir)
     return _OpenRun(run_dir, state["parent_run_id"], context, tracker, context.load_data())
+
+
+# what may change between a run and its --resume (how long, how parallel, where things go)
+RESUME_MAY_CHANGE = {
+    "agent.episodes",
+    "agent.env_runners",
+    "evaluator.num_evaluators",
+    "evaluator.num_cpus",
+    "evaluator.num_gpus",
+    "evaluator.torch_threads",
+    "evaluator.max_retries",
+    "evaluator.timeout_s",
+    "evaluator.latency_repeats",
+    "tracking.uri",
+    "tracking.run_name",
+    "output_dir",
+    "ray_address",
+    "ray_num_cpus",
+    "context_uri",
+}
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "scorer_args":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_same_search(saved: SearchConfig, given: SearchConfig, run_dir: Path) -> None:
+    """A checkpoint only continues the search it came from."""
+    before, now = _flatten(saved.to_dict()), _flatten(given.to_dict())
+    for key in sorted(set(before) | set(now)):
+        if key not in RESUME_MAY_CHANGE and before.get(key) != now.get(key):
+            raise ResumeError(
+                f"--resume: the run in {run_dir} was started with {key}={before.get(key)!r}, "
+                f"not {now.get(key)!r}; resume with the run's own setting or start a new run"
+            )
 
 
 CHECKPOINT_EVERY_S = 10.0
@@ -503,7 +554,7 @@ def _report(
         interrupted=interrupted,
         best_test_accuracy=best_test,
         fp32_test_accuracy=context.fp32_test_accuracy,
-        tracking_uri=tracker.uri,
+        tracking_uri=redact_uri(tracker.uri),
         waiting=summary["waiting"],
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,16 @@ from mlflow.tracking import MlflowClient
 from ajpq.policy import CompressionPolicy
 from ajpq.search.record import METRIC_FIELDS, POLICY_METRICS, TAG_FIELDS, PolicyRecord
 
-__all__ = ["Tracker", "POLICY_METRICS", "artifact_root_for"]
+__all__ = ["Tracker", "POLICY_METRICS", "artifact_root_for", "redact_uri"]
 
 logger = logging.getLogger(__name__)
+
+
+def redact_uri(uri: str | None) -> str | None:
+    """The URI with any password replaced, for logs and messages (never print a secret)."""
+    if not uri:
+        return uri
+    return re.sub(r"(://[^/:@]+):[^/@]*@", r"\1:***@", uri)
 
 
 def artifact_root_for(uri: str) -> str | None:

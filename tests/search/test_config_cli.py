@@ -114,3 +114,128 @@ def test_environment_problems_fail_fast_and_leave_nothing(
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
     assert not (tmp_path / "mlflow.db").exists()
+
+
+BAD_OVERRIDES = [
+    ("agent.episodes=0", "agent.episodes: must be at least 1"),
+    ("agent.actor_lr=0", "agent.actor_lr: must be > 0"),
+    ("agent.critic_lr=-1", "agent.critic_lr: must be > 0"),
+    ("agent.tau=2", "agent.tau: must be in (0, 1]"),
+    ("agent.hiddens=[]", "agent.hiddens: must be sizes >= 1"),
+    ("agent.batch_size=0", "agent.batch_size: must be at least 1"),
+    ("agent.noise_decay=0", "agent.noise_decay: must be in (0, 1]"),
+    ("agent.credit_assignment=mc", "agent.credit_assignment: unknown 'mc'"),
+    ("agent.reward=other", "agent.reward: unknown agent.reward 'other'"),
+    ("agent.seed=-1", "agent.seed: must be >= 0"),
+    ("evaluator.finetune_lr=0", "evaluator.finetune_lr: must be > 0"),
+    ("evaluator.finetune_lr=.nan", "evaluator.finetune_lr: expected a finite number"),
+    ("evaluator.batch_size=-1", "evaluator.batch_size: must be at least 1"),
+    ("evaluator.finetune_steps=-1", "evaluator.finetune_steps: must be >= 0"),
+    ("evaluator.timeout_s=0", "evaluator.timeout_s: must be > 0 seconds"),
+    ("evaluator.max_retries=-1", "evaluator.max_retries: must be >= 0"),
+    ("evaluator.num_evaluators=0", "evaluator.num_evaluators: must be at least 1"),
+    ("evaluator.num_cpus=0", "evaluator.num_cpus: must be > 0"),
+    ("evaluator.torch_threads=0", "evaluator.torch_threads: must be at least 1"),
+    ("evaluator.val_samples=0", "evaluator.val_samples: must be at least 1"),
+    ("evaluator.optimizer=rmsprop", "evaluator.optimizer: unknown"),
+    ("evaluator.scorer_args={a: x}", "evaluator.scorer_args.a: expected a number"),
+    ("budget.value=.nan", "budget.value: expected a finite number"),
+    ("budget.value=0", "budget.value: 0.0 must be in (0, 1]"),
+    ("budget.kind=flops", "budget.kind: unknown"),
+    ("space.min_weight_bits=9", "space.min_weight_bits/max_weight_bits"),
+    ("space.max_sparsity=1", "space.max_sparsity: must lie in [0, 1)"),
+    ("data.val_fraction=0", "data.val_fraction: must lie in (0, 1)"),
+    ("data.image_size=2", "data.image_size: must be at least 8"),
+    ("tracking.uri=ftp://host/x", "tracking.uri: unknown scheme 'ftp'"),
+    ("ray_num_cpus=0", "ray_num_cpus: must be at least 1"),
+    ("weights=/nonexistent/w.pt", "weights: /nonexistent/w.pt does not exist"),
+    ("agent=3", "agent: expected a mapping"),
+    ("agent.episodes", "--set 'agent.episodes': expected key=value"),
+]
+
+
+def _no_files_left(tmp_path):
+    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_OVERRIDES, ids=[o for o, _ in BAD_OVERRIDES])
+def test_bad_values_give_one_line_and_leave_nothing(
+    search_config_file, tmp_path, capsys, override, message
+):
+    code = main(["search", "--config", str(search_config_file()), "--set", override])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    _no_files_left(tmp_path)
+
+
+def _bad_file(tmp_path, kind):
+    if kind == "folder":
+        return tmp_path
+    if kind == "missing":
+        return tmp_path / "missing.yaml"
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text({"empty": "", "syntax": "model: [digits_cnn\n", "list": "- 1\n"}[kind])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("folder", "is a folder; give a YAML file in it"),
+        ("missing", "does not exist"),
+        ("empty", "is empty; start from tune_configs/digits_demo.yaml"),
+        ("syntax", "not valid YAML"),
+        ("list", "expected a mapping at the top level"),
+    ],
+)
+def test_bad_config_files_give_one_line(tmp_path, capsys, kind, message):
+    code = main(["search", "--config", str(_bad_file(tmp_path, kind))])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ajpq_runs").exists()
+
+
+def test_output_dir_that_is_a_file_and_nothing_to_resume(search_config_file, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    path = str(search_config_file())
+    assert main(["search", "--config", path, "--set", f"output_dir={blocker}"]) == 2
+    assert "output_dir: " in capsys.readouterr().err
+    assert main(["search", "--config", path, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and len(err.strip().splitlines()) == 1
+    _no_files_left(tmp_path)
+
+
+def test_credit_assignment_values_match_the_agent():
+    from ajpq.agent import CreditAssignment
+    from ajpq.config import CREDIT_ASSIGNMENTS
+
+    assert set(CREDIT_ASSIGNMENTS) == {c.value for c in CreditAssignment}
+
+
+@pytest.mark.ray
+def test_resume_with_another_config_is_refused(ray_session, search_config_file, capsys):
+    path = str(
+        search_config_file(
+            agent={"episodes": 3, "warmup_episodes": 3, "env_runners": 1},
+            evaluator={
+                "num_evaluators": 1,
+                "scorer": "ajpq.scoring:sleep_scorer",
+                "scorer_args": {"min_s": 0.01, "max_s": 0.02},
+            },
+        )
+    )
+    assert main(["search", "--config", path]) == 0
+    capsys.readouterr()
+    code = main(["search", "--config", path, "--resume", "--set", "agent.hiddens=[64, 64]"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "was started with agent.hiddens=[32, 32], not [64, 64]" in err
+    assert len(err.strip().splitlines()) == 1
+    # more episodes is a legitimate resume
+    assert main(["search", "--config", path, "--resume", "--set", "agent.episodes=4"]) == 0
