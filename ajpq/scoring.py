@@ -9,6 +9,7 @@ import hashlib
 import importlib
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ __all__ = [
     "Scorer",
     "score_policy",
     "sleep_scorer",
+    "chaos_scorer",
     "load_scorer",
     "DEFAULT_SCORER",
 ]
@@ -175,4 +177,30 @@ def sleep_scorer(
         eval_s=0.0,
         start_ts=start,
         end_ts=end,
+    )
+
+
+def chaos_scorer(
+    model: nn.Module,
+    policy: CompressionPolicy,
+    graph: ModelGraph,
+    splits: DataSplits,
+    settings: ScoreSettings,
+    device: torch.device | str = "cpu",
+    *,
+    error_rate: float = 0.1,
+    death_rate: float = 0.05,
+    min_s: float = 0.2,
+    max_s: float = 0.5,
+) -> PolicyScore:
+    """Fault injection for resilience tests (``evaluator.scorer: ajpq.scoring:chaos_scorer``):
+    per call, with probability ``death_rate`` the evaluator process dies on the spot, with
+    ``error_rate`` the evaluation raises; otherwise it behaves like :func:`sleep_scorer`."""
+    draw = random.random()
+    if draw < death_rate:
+        os._exit(17)
+    if draw < death_rate + error_rate:
+        raise RuntimeError("injected fault (chaos_scorer)")
+    return sleep_scorer(
+        model, policy, graph, splits, settings, device, min_s=min_s, max_s=max_s
     )

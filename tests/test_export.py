@@ -74,3 +74,27 @@ def test_loading_something_else_says_what_it_expected(tmp_path):
     torch.save({"weights": torch.zeros(3)}, path)
     with pytest.raises(ValueError, match="not an ajpq compressed model"):
         load_compressed(path)
+
+
+def test_truncated_or_damaged_file_gives_one_clear_error(tmp_path):
+    model = build_model("digits_cnn", 10, 1).eval()
+    graph = analyze(model, torch.zeros(1, 1, 16, 16))
+    policy = build_policy(model, graph, LayerKnobs(0.5, 4, 8), model_name="digits_cnn")
+    path = tmp_path / "good.pt"
+    export_compressed(model, policy, path, 10, graph)
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        load_compressed(truncated)
+    # a well-formed file whose parts do not fit together (the blob cut short)
+    artifact = torch.load(path, weights_only=True)
+    artifact["blob"] = artifact["blob"][: len(artifact["blob"]) // 2]
+    damaged = tmp_path / "damaged.pt"
+    torch.save(artifact, damaged)
+    with pytest.raises(ValueError, match="is damaged"):
+        load_compressed(damaged)
+    with pytest.raises(ValueError, match="not a readable ajpq compressed model"):
+        garbage = tmp_path / "garbage.pt"
+        garbage.write_bytes(b"\x00" * 100)
+        load_compressed(garbage)

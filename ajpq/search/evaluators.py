@@ -417,9 +417,12 @@ class EvaluatorPool:
                 self.stats["retries"] += 1
                 self.free.put_nowait(index)
             except RayTaskError as error:
+                # an exception may be transient (out of memory, a flaky file system): retried
+                # like a lost evaluator; one that keeps raising is recorded with its error
                 self.free.put_nowait(index)
-                logger.warning("evaluation raised: %s", error)
-                return PolicyRecord.failure(str(error).splitlines()[-1], time.time())
+                last_error = str(error).splitlines()[-1]
+                logger.warning("evaluation raised (attempt %d): %s", attempt + 1, last_error)
+                self.stats["retries"] += 1
         return PolicyRecord.failure(
             f"gave up after {ev.max_retries + 1} attempts: {last_error}", time.time()
         )

@@ -117,3 +117,83 @@ def test_sync_pushes_journaled_records_once(ray_session, search_config_file, cap
     assert main(["sync", str(outcome.run_dir)]) == 0  # nothing left: a no-op
     assert len(_complete_children(uri, experiment, outcome.parent_run_id)) == 6
     assert main(["sync", str(outcome.run_dir / "nope")]) == 2
+
+
+def _kill_evaluators(times: int, killed: list, stop: threading.Event) -> None:
+    """SIGKILL a busy evaluator process ``times`` times, a little apart."""
+    import os
+    import signal
+
+    while len(killed) < times and not stop.is_set():
+        summary = _pool_summary()
+        if summary and summary["records"] >= 1 + len(killed):
+            namespace = ray.get_runtime_context().namespace
+            name = next(
+                a["name"]
+                for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith("ajpq-pool") and a["namespace"] == namespace
+            )
+            pool = ray.get_actor(name, namespace=namespace)
+            try:
+                where = ray.get(pool.wait_ready.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - a replacement is starting; try again
+                continue
+            pid = where[len(killed) % len(where)]["pid"]
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+            time.sleep(0.3)
+        time.sleep(0.1)
+
+
+def test_ten_evaluator_kills_lose_and_duplicate_nothing(ray_session, search_config_file):
+    config = load_config(
+        search_config_file(
+            agent={"episodes": 80, "warmup_episodes": 80, "env_runners": 2},
+            evaluator={**CHEAP, "max_retries": 4},
+        )
+    )
+    killed: list = []
+    stop = threading.Event()
+    thread = threading.Thread(target=_kill_evaluators, args=(10, killed, stop), daemon=True)
+    thread.start()
+    outcome = run_search(config)
+    stop.set()
+    thread.join(timeout=60)
+    assert len(killed) == 10
+    assert outcome.stats["replaced"] >= 10
+    assert outcome.episodes == config.agent.episodes and outcome.waiting == 0
+    children = _complete_children(config.tracking.uri, "test", outcome.parent_run_id)
+    keys = [run.data.tags["ajpq.policy_key"] for run in children]
+    assert len(keys) == len(set(keys)) == outcome.episodes  # every policy exactly once
+    journal = Journal(outcome.run_dir / JOURNAL_FILE)
+    assert set(journal.records()) == set(keys)
+
+
+@pytest.mark.slow
+def test_soak_200_evaluations_with_errors_and_dying_evaluators(ray_session, search_config_file):
+    """4 evaluators, 10% of evaluations raise, 5% kill their process: 200 records, each once;
+    the failures are recorded as failed with their error."""
+    config = load_config(
+        search_config_file(
+            agent={"episodes": 200, "warmup_episodes": 200, "env_runners": 4},
+            evaluator={
+                "num_evaluators": 4,
+                "num_cpus": 0.5,
+                "max_retries": 1,
+                "scorer": "ajpq.scoring:chaos_scorer",
+                "scorer_args": {"error_rate": 0.1, "death_rate": 0.05, "min_s": 0.1, "max_s": 0.3},
+            },
+        )
+    )
+    outcome = run_search(config)
+    assert outcome.episodes == 200 and outcome.waiting == 0
+    children = _complete_children(config.tracking.uri, "test", outcome.parent_run_id)
+    keys = [run.data.tags["ajpq.policy_key"] for run in children]
+    assert len(keys) == len(set(keys)) == 200
+    failed = [run for run in children if run.data.tags["ajpq.status"] == "failed"]
+    assert outcome.stats["replaced"] >= 1 and outcome.stats["retries"] >= 10
+    assert all(run.data.tags.get("ajpq.error") for run in failed)
+    assert all(run.info.status == "FAILED" for run in failed)
