@@ -112,6 +112,7 @@ class EvaluatorSection:
     latency_repeats: int = 10
     max_retries: int = 2
     timeout_s: float = 3600.0
+    start_timeout_s: float = 300.0  # on a cluster: wait this long for a node that fits one
     # package.module:function scoring one policy (see ajpq.scoring.Scorer), and its kwargs
     scorer: str = "ajpq.scoring:score_policy"
     scorer_args: dict[str, float] = field(default_factory=dict)
@@ -307,6 +308,7 @@ def _check_semantics(config: SearchConfig) -> None:
             ("evaluator.latency_repeats", evaluator.latency_repeats >= 1, "at least 1"),
             ("evaluator.max_retries", evaluator.max_retries >= 0, ">= 0"),
             ("evaluator.timeout_s", evaluator.timeout_s > 0, "> 0 seconds"),
+            ("evaluator.start_timeout_s", evaluator.start_timeout_s >= 0, ">= 0 seconds"),
             ("space.max_spread", config.space.max_spread >= 0, ">= 0"),
             (
                 "data.image_size",

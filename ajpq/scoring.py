@@ -201,6 +201,4 @@ def chaos_scorer(
         os._exit(17)
     if draw < death_rate + error_rate:
         raise RuntimeError("injected fault (chaos_scorer)")
-    return sleep_scorer(
-        model, policy, graph, splits, settings, device, min_s=min_s, max_s=max_s
-    )
+    return sleep_scorer(model, policy, graph, splits, settings, device, min_s=min_s, max_s=max_s)

@@ -136,17 +136,27 @@ def _check_writable(folder: Path) -> None:
 
 
 def _check_resources(config: SearchConfig) -> None:
-    """On a Ray of our own (no autoscaler), evaluators that ask for more GPUs than the machine
-    has would wait forever: say so now."""
-    if config.ray_address is not None:
-        return
+    """Some node must be able to host one evaluator. On a Ray of our own that is known now; on
+    a cluster an autoscaler may still add nodes, so wait ``evaluator.start_timeout_s`` first.
+    Otherwise the evaluators would wait forever: say what is missing instead."""
     ev = config.evaluator
-    gpus = float(ray.cluster_resources().get("GPU", 0.0))
-    if ev.num_gpus > 0 and gpus < ev.num_gpus:
-        raise ValueError(
-            f"evaluator.num_gpus={ev.num_gpus:g} but this machine's Ray has {gpus:g} GPUs; "
-            "set evaluator.num_gpus=0 or run on a cluster with ray_address"
-        )
+    need = {"CPU": ev.num_cpus, "GPU": ev.num_gpus}
+    wait_s = 0.0 if config.ray_address is None else ev.start_timeout_s
+    deadline = time.time() + wait_s
+    while True:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        if any(all(r.get(k, 0.0) >= v for k, v in need.items() if v > 0) for r in nodes):
+            return
+        if time.time() >= deadline:
+            break
+        time.sleep(2.0)
+    largest = {k: max((r.get(k, 0.0) for r in nodes), default=0.0) for k in need}
+    waited = f" (waited {wait_s:.0f} s for nodes to join)" if wait_s else ""
+    raise ValueError(
+        f"no node can host an evaluator with evaluator.num_cpus={ev.num_cpus:g}, "
+        f"evaluator.num_gpus={ev.num_gpus:g}: the largest node has {largest['CPU']:g} CPUs and "
+        f"{largest['GPU']:g} GPUs{waited}; lower the request or add such nodes"
+    )
 
 
 def _ddpg_config(config: SearchConfig, env_config: dict[str, Any]) -> DDPGConfig:
@@ -433,6 +443,7 @@ RESUME_MAY_CHANGE = {
     "evaluator.torch_threads",
     "evaluator.max_retries",
     "evaluator.timeout_s",
+    "evaluator.start_timeout_s",
     "evaluator.latency_repeats",
     "tracking.uri",
     "tracking.run_name",

@@ -95,7 +95,7 @@ def test_export_without_a_search_says_to_run_it_first(search_config_file, capsys
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("evaluator.num_gpus=1", "evaluator.num_gpus=1 but this machine's Ray has 0 GPUs"),
+        ("evaluator.num_gpus=1", "evaluator.num_gpus=1: the largest node has 4 CPUs and 0 GPUs"),
         ("tracking.uri=http://127.0.0.1:9", "tracking URI http://127.0.0.1:9 does not answer"),
         ("evaluator.scorer=nosuchpkg.mod:score", "evaluator.scorer: cannot import 'nosuchpkg.mod'"),
         ("evaluator.scorer=ajpq.scoring", "is not of the form package.module:function"),
