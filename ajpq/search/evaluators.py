@@ -233,12 +233,12 @@ class EvaluatorPool:
         self.journal = Journal(journal_path) if journal_path else None
         if self.tracker is not None:
             self.records = self.tracker.existing_records(parent_run_id)
-        if self.journal is not None:
-            self.records.update(self.journal.records())
             here = ray.get_runtime_context().get_node_id()
             self.record_writer = RecordWriter.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
             ).remote(self.config.tracking.uri, self.config.tracking.experiment)
+        if self.journal is not None:
+            self.records.update(self.journal.records())
         self.episode = max((r.episode for r in self.records.values()), default=0)
         self.best: PolicyRecord | None = None
         for record in self.records.values():
@@ -247,6 +247,7 @@ class EvaluatorPool:
         self.free: asyncio.Queue | None = None
         self.inflight: dict[str, asyncio.Future] = {}
         self.pending: asyncio.Queue | None = None
+        self.unwritten = 0  # records handed to the MLflow writer and not written yet
         self.writer: asyncio.Task | None = None
         self.stats = {
             "scored": 0,
@@ -273,6 +274,7 @@ class EvaluatorPool:
                 # journaled records that never reached MLflow (a crash, an outage) go first
                 for record, policy_json in self.journal.unwritten() if self.journal else []:
                     self.pending.put_nowait((policy_json, record, None, True))
+                    self.unwritten += 1
                 self.writer = asyncio.get_running_loop().create_task(self._write_records())
 
     async def _write_records(self) -> None:
@@ -300,6 +302,7 @@ class EvaluatorPool:
                     check_existing = True
             if self.journal is not None:
                 self.journal.mark_written(record.policy_key, record.run_id)
+            self.unwritten -= 1
             self.pending.task_done()
 
     async def flush(self, timeout_s: float | None = None) -> int:
@@ -315,7 +318,7 @@ class EvaluatorPool:
             return 0
         if self.journal is not None:
             return self.journal.waiting()
-        return self.pending.qsize() if self.pending is not None else 0
+        return self.unwritten
 
     def best_policy(self) -> str | None:
         """The best policy's JSON (from memory or the journal)."""
@@ -371,6 +374,7 @@ class EvaluatorPool:
             if self.tracker is not None:
                 best = dataclasses.replace(self.best) if self.best is not None else None
                 self.pending.put_nowait((policy_json, record, best, False))
+                self.unwritten += 1
             self.records[key] = record
             self.policies[key] = policy_json
             future.set_result(record)
