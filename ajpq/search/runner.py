@@ -426,10 +426,10 @@ def _resume_run(config: SearchConfig) -> _OpenRun:
     run_dir = Path(state["run_dir"])
     if not (run_dir / "context" / "context.json").exists():
         raise ResumeError(f"{run_dir} holds no prepared search to resume")
+    context = SearchContext.load(run_dir / "context")
+    _check_same_search(context.config, config, run_dir)  # before touching anything
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     tracker.set_status(state["parent_run_id"], "RUNNING")
-    context = SearchContext.load(run_dir / "context")
-    _check_same_search(context.config, config, run_dir)
     return _OpenRun(run_dir, state["parent_run_id"], context, tracker, context.load_data())
 
 
@@ -445,8 +445,6 @@ RESUME_MAY_CHANGE = {
     "evaluator.timeout_s",
     "evaluator.start_timeout_s",
     "evaluator.latency_repeats",
-    "tracking.uri",
-    "tracking.run_name",
     "output_dir",
     "ray_address",
     "ray_num_cpus",
