@@ -1,7 +1,10 @@
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from ajpq.cli import main
 from ajpq.config import ConfigError, SearchConfig, load_config
@@ -237,5 +240,10 @@ def test_resume_with_another_config_is_refused(ray_session, search_config_file, 
     assert code == 2
     assert "was started with agent.hiddens=[32, 32], not [64, 64]" in err
     assert len(err.strip().splitlines()) == 1
+    # refused before touching anything: the parent run is still FINISHED
+    config = load_config(path)
+    latest = Path(config.output_dir) / "digits_cnn-digits-size0.1-s0" / "latest.json"
+    parent = json.loads(latest.read_text())["parent_run_id"]
+    assert MlflowClient(config.tracking.uri).get_run(parent).info.status == "FINISHED"
     # more episodes is a legitimate resume
     assert main(["search", "--config", path, "--resume", "--set", "agent.episodes=4"]) == 0
