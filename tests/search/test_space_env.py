@@ -82,3 +82,29 @@ def test_latency_budget_is_observed_as_the_macs_fraction_it_allows(
     assert expected == pytest.approx(0.4)
     assert obs[-5] == pytest.approx(min(max(expected, 0.0), 1.0), rel=1e-5)
     assert obs[-6] == pytest.approx(1.0, rel=1e-5)  # nothing decided: all MACs still held
+
+
+def test_large_datasets_are_read_on_each_node_and_a_missing_path_names_node_and_path(
+    tmp_path, model_cache, monkeypatch
+):
+    import socket
+
+    from ajpq.data import DataConfig, DatasetName
+    from ajpq.search.context import NodeLocalData, ShippedData, UriSource, data_source_for
+
+    monkeypatch.setenv("AJPQ_CACHE", str(model_cache))
+    config = SearchConfig.from_dict({"output_dir": str(tmp_path)})
+    context, splits = prepare_context(config)
+    shipped = data_source_for(config, splits)
+    assert isinstance(shipped, ShippedData) and shipped.load() is splits
+    missing = NodeLocalData(DataConfig(DatasetName.IMAGEFOLDER, path=str(tmp_path / "imagenet")))
+    with pytest.raises(FileNotFoundError, match=f"node {socket.gethostname()}: data.path"):
+        missing.load()
+    # the shared-storage variant round-trips the context and data through a file
+    source = UriSource.write(str(tmp_path / "shared" / "context.pt"), context, shipped)
+    again = source.context()
+    assert again.graph.signature == context.graph.signature
+    assert again.fp32_val_accuracy == context.fp32_val_accuracy
+    assert len(source.data().load().train) == len(splits.train)
+    with pytest.raises(FileNotFoundError, match="context_uri must be storage"):
+        UriSource(str(tmp_path / "nowhere.pt")).context()
