@@ -233,10 +233,7 @@ class EvaluatorPool:
         self.journal = Journal(journal_path) if journal_path else None
         if self.tracker is not None:
             self.records = self.tracker.existing_records(parent_run_id)
-            here = ray.get_runtime_context().get_node_id()
-            self.record_writer = RecordWriter.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
-            ).remote(self.config.tracking.uri, self.config.tracking.experiment)
+            self.record_writer = self._new_record_writer()
         if self.journal is not None:
             self.records.update(self.journal.records())
         self.episode = max((r.episode for r in self.records.values()), default=0)
@@ -257,6 +254,12 @@ class EvaluatorPool:
             "failed": 0,
             "mlflow_retries": 0,
         }
+
+    def _new_record_writer(self) -> Any:
+        here = ray.get_runtime_context().get_node_id()
+        return RecordWriter.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
+        ).remote(self.config.tracking.uri, self.config.tracking.experiment)
 
     def _new_worker(self) -> Any:
         ev = self.config.evaluator
@@ -291,6 +294,8 @@ class EvaluatorPool:
                     break
                 except Exception as error:  # noqa: BLE001 - MLflow down: wait and retry
                     self.stats["mlflow_retries"] += 1
+                    if isinstance(error, RayActorError):  # the writer process itself died
+                        self.record_writer = self._new_record_writer()
                     logger.warning(
                         "MLflow write of episode %d failed (%s); retrying in %.0f s",
                         record.episode,
