@@ -74,7 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from ajpq.config import ConfigError
     from ajpq.search.sync import sync_run
 
     _configure_logging()

@@ -78,7 +78,8 @@ class DDPG(DQN):
         self.episodes_done = 0
         self.reward_baseline: float | None = None
         self.updates_done = 0
-        # async sampling: env runner id -> weights version it holds; runners with an episode out
+        # async sampling: requests in flight per env runner, the weights version (updates done)
+        # each runner was last sent, finished episodes not yet handed to the learner
         self._in_flight: collections.Counter[int] = collections.Counter()
         self._runner_version: dict[int, int] = {}
         self._pending_episodes: list = []

@@ -249,8 +249,17 @@ class UriSource:
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
+        self._payload: dict | None = None  # read once per process, never shipped
+
+    def __getstate__(self) -> dict:
+        return {"uri": self.uri, "_payload": None}
 
     def _load(self) -> dict:
+        if self._payload is None:
+            self._payload = self._read()
+        return self._payload
+
+    def _read(self) -> dict:
         from pyarrow import fs
 
         filesystem, path = fs.FileSystem.from_uri(self.uri)
