@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ajpq.configtypes import Rate, config_type
 from ajpq.cost import CostModel, measure_latency
 from ajpq.graph import ModelGraph
 from ajpq.policy import CompressionPolicy, LayerPolicy
@@ -45,18 +46,18 @@ class BudgetKind(str, enum.Enum):
     LATENCY = "latency"  # ceiling in milliseconds
 
 
-@dataclass(frozen=True)
+@config_type
 class Budget:
-    kind: BudgetKind
-    value: float
+    """What the compressed network must meet (``budget:``): a ratio of the fp32 network's size
+    or BitOps in (0, 1], or a latency ceiling in milliseconds."""
+
+    kind: BudgetKind = BudgetKind.SIZE
+    value: Rate = 0.1
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", BudgetKind(self.kind))
-        if self.value <= 0:
-            raise ValueError(f"budget value {self.value} must be > 0")
         if self.kind is not BudgetKind.LATENCY and self.value > 1:
             raise ValueError(
-                f"{self.kind.value} budget {self.value} is a ratio of fp32 and must be <= 1"
+                f"value: {self.value} must be in (0, 1] for a {self.kind.value} ratio of fp32"
             )
 
     def to_dict(self) -> dict[str, object]:

@@ -15,11 +15,15 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from ajpq.configtypes import Count, Flag, NonNegativeInt, OpenFraction, Text, config_type
 
 __all__ = [
     "DatasetName",
@@ -44,25 +48,23 @@ class DatasetName(str, enum.Enum):
     RANDOM = "random"
 
 
-@dataclass(frozen=True)
+@config_type
 class DataConfig:
-    """Which data, where it lives, and how the reward validation split is carved."""
+    """Which data, where it lives, and how the reward validation split is carved (``data:``)."""
 
     name: DatasetName = DatasetName.DIGITS
-    path: str | None = None
-    image_size: int | None = None  # None: the dataset's own (digits: 16)
-    val_fraction: float = 0.1
-    seed: int = 0
-    download: bool = False
-    random_samples: int = 512
-    random_classes: int = 10
-    random_shape: tuple[int, int, int] = (3, 32, 32)
+    path: Text | None = None
+    image_size: Annotated[int, Field(strict=True, ge=8)] | None = None  # None: the dataset's own
+    val_fraction: OpenFraction = 0.1
+    seed: NonNegativeInt = 0  # the train/val split (not the agent's seed)
+    download: Flag = False
+    random_samples: Count = 512
+    random_classes: Annotated[int, Field(strict=True, ge=2)] = 10
+    random_shape: tuple[Count, Count, Count] = (3, 32, 32)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "name", DatasetName(self.name))
-        object.__setattr__(self, "random_shape", tuple(self.random_shape))
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction {self.val_fraction} must lie in (0, 1)")
+        if self.name in (DatasetName.CIFAR10, DatasetName.IMAGEFOLDER) and not self.path:
+            raise ValueError(f"path: dataset {self.name.value} needs a local path")
 
 
 @dataclass

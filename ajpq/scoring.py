@@ -16,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ajpq.apply import apply_policy
+from ajpq.configtypes import Count, config_type
 from ajpq.cost import CostModel, measure_latency
 from ajpq.data import DataSplits
 from ajpq.graph import ModelGraph
@@ -42,12 +44,15 @@ DEFAULT_SCORER = "ajpq.scoring:score_policy"
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@config_type
 class ScoreSettings:
-    finetune: FinetuneConfig
-    val_samples: int | None = None
-    latency_batch_size: int = 1
-    latency_repeats: int = 10
+    """Everything that changes a policy's score (``scoring:``): the finetune, how much of the
+    validation split is used (None: all of it), and how latency is measured."""
+
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    val_samples: Count | None = None
+    latency_batch_size: Count = 1
+    latency_repeats: Count = 10
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from ajpq.configtypes import Count, Flag, Fraction, NonNegative, NonNegativeInt, Rate, config_type
 from ajpq.data import batches
 
 __all__ = [
@@ -31,25 +32,18 @@ class OptimizerName(str, enum.Enum):
     ADAM = "adam"
 
 
-@dataclass(frozen=True)
+@config_type
 class FinetuneConfig:
-    steps: int = 100
-    lr: float = 0.01
-    optimizer: OptimizerName = OptimizerName.SGD
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    seed: int = 0
-    cosine: bool = True
+    """How a compressed network is finetuned (``scoring.finetune:``)."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))
-        if self.steps < 0:
-            raise ValueError(f"finetune steps {self.steps} must be >= 0")
-        if self.lr <= 0:
-            raise ValueError(f"finetune lr {self.lr} must be > 0")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size {self.batch_size} must be >= 1")
+    steps: NonNegativeInt = 100
+    lr: Rate = 0.01
+    optimizer: OptimizerName = OptimizerName.SGD
+    momentum: Fraction = 0.9
+    weight_decay: NonNegative = 0.0
+    batch_size: Count = 64
+    seed: NonNegativeInt = 0
+    cosine: Flag = True
 
 
 @dataclass(frozen=True)

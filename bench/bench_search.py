@@ -44,11 +44,8 @@ def random_policies(context, count: int, seed: int) -> list[str]:
 def measure(root: Path, evaluators: int, policies: list[str], steps: int) -> dict[str, float]:
     config = SearchConfig.from_dict(
         {
-            "evaluator": {
-                "num_evaluators": evaluators,
-                "finetune_steps": steps,
-                "latency_repeats": 5,
-            },
+            "evaluator": {"num_evaluators": evaluators},
+            "scoring": {"finetune": {"steps": steps}, "latency_repeats": 5},
             "tracking": {"uri": f"sqlite:///{root}/mlflow-{evaluators}.db", "experiment": "bench"},
             "output_dir": str(root),
         }

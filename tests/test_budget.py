@@ -65,7 +65,7 @@ def test_unreachable_budget_names_smallest_value(setup):
     model, graph, costs, importance = setup
     with pytest.raises(ValueError, match=r"smallest reachable value [0-9.e-]+ of fp32"):
         enforce_budget(uniform_policy(graph, 8, 8), Budget("size", 1e-5), costs, importance)
-    with pytest.raises(ValueError, match="must be <= 1"):
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\] for a size ratio"):
         Budget("size", 1.5)
 
 

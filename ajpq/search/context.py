@@ -40,7 +40,6 @@ __all__ = [
     "ShippedData",
     "NodeLocalData",
     "prepare_context",
-    "data_config_of",
     "data_source_for",
     "ContextSource",
     "ObjectStoreSource",
@@ -49,18 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def data_config_of(config: SearchConfig) -> DataConfig:
-    data = config.data
-    return DataConfig(
-        name=data.name,
-        path=data.path,
-        image_size=data.image_size,
-        val_fraction=data.val_fraction,
-        seed=config.agent.seed,
-        download=data.download,
-    )
 
 
 @dataclass
@@ -128,7 +115,7 @@ class SearchContext:
 
     def load_data(self) -> DataSplits:
         """The data, read here (driver-side reports and export)."""
-        return load_dataset(data_config_of(self.config))
+        return load_dataset(self.config.data)
 
 
 def _assemble(
@@ -191,15 +178,14 @@ class NodeLocalData:
 def data_source_for(config: SearchConfig, splits: DataSplits) -> DataSource:
     """Ship tensors when they are in memory; an ImageFolder stays on each node's disk."""
     if config.data.name is DatasetName.IMAGEFOLDER:
-        return NodeLocalData(data_config_of(config))
+        return NodeLocalData(config.data)
     return ShippedData(splits)
 
 
 def prepare_context(config: SearchConfig, device: str = "cpu") -> tuple[SearchContext, DataSplits]:
     """Load data, get the trained model (cache or train now), analyse it. Driver only."""
-    data_config = data_config_of(config)
-    splits = load_dataset(data_config)
-    pre = pretrained_model(config.model, data_config, splits, weights=config.weights, device=device)
+    splits = load_dataset(config.data)
+    pre = pretrained_model(config.model, config.data, splits, weights=config.weights, device=device)
     logger.info(
         "fp32 %s: val accuracy %.4f, test accuracy %.4f",
         config.model.value,

@@ -20,7 +20,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from ajpq.budget import Budget, BudgetKind, enforce_budget
+from ajpq.budget import BudgetKind, enforce_budget
 from ajpq.builder import LayerKnobs, build_policy
 from ajpq.cost import CostModel
 from ajpq.policy import CompressionPolicy
@@ -46,7 +46,7 @@ class CompressionEnv(gym.Env):
         self.evaluate = evaluate
         config = self.context.config
         self.space = config.space
-        self.budget = Budget(config.budget.kind, config.budget.value)
+        self.budget = config.budget
         self.graph = self.context.graph
         self.costs = CostModel(self.graph)
         self.order = group_order(self.graph)

@@ -39,6 +39,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ajpq.budget import LatencyModel, fit_latency_model
 from ajpq.config import RewardKind, SearchConfig
+from ajpq.configtypes import to_plain
 from ajpq.cost import CostModel
 from ajpq.policy import CompressionPolicy
 from ajpq.scoring import ScoreSettings, load_scorer
@@ -46,12 +47,10 @@ from ajpq.search.context import ContextSource, SearchContext
 from ajpq.search.journal import Journal
 from ajpq.search.record import PolicyRecord
 from ajpq.search.tracking import Tracker
-from ajpq.train import FinetuneConfig
 
 __all__ = [
     "Evaluator",
     "EvaluatorPool",
-    "score_settings",
     "policy_key",
     "compute_reward",
     "assigned_device",
@@ -61,27 +60,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def score_settings(config: SearchConfig) -> ScoreSettings:
-    ev = config.evaluator
-    return ScoreSettings(
-        finetune=FinetuneConfig(
-            steps=ev.finetune_steps,
-            lr=ev.finetune_lr,
-            optimizer=ev.optimizer,
-            batch_size=ev.batch_size,
-            seed=config.agent.seed,
-        ),
-        val_samples=ev.val_samples,
-        latency_batch_size=ev.latency_batch_size,
-        latency_repeats=ev.latency_repeats,
-    )
-
-
 def policy_key(policy_json: str, settings: ScoreSettings) -> str:
     """Cache key: canonical policy JSON + everything that changes the score."""
     canonical = CompressionPolicy.from_json(policy_json).to_json()
     fingerprint = json.dumps(
-        {"finetune": settings.finetune.__dict__, "val": settings.val_samples},
+        {"finetune": to_plain(settings.finetune), "val": settings.val_samples},
         sort_keys=True,
         default=str,
     )
@@ -120,7 +103,7 @@ def _fit_latency(context: SearchContext, threads: int) -> tuple[LatencyModel, st
     device, label = assigned_device()
     model = context.model.to(device)
     fitted = fit_latency_model(
-        model, context.graph, context.config.evaluator.latency_batch_size, device
+        model, context.graph, context.config.scoring.latency_batch_size, device
     )
     return fitted, label
 
@@ -143,7 +126,7 @@ class Evaluator:
         context = source.context()
         self.context = context
         self.splits = source.data().load()
-        self.settings = score_settings(context.config)
+        self.settings = context.config.scoring
         self.scorer = load_scorer(context.config.evaluator.scorer)
         self.scorer_args = dict(context.config.evaluator.scorer_args)
         self.model = context.model.to(self.device)
@@ -217,7 +200,7 @@ class EvaluatorPool:
         self.source = source
         self.context: SearchContext = source.context()
         self.config = self.context.config
-        self.settings = score_settings(self.config)
+        self.settings = self.config.scoring
         self.costs = CostModel(self.context.graph)
         self.parent_run_id = parent_run_id
         self.tracker = (

@@ -20,7 +20,6 @@ from ajpq.config import SearchConfig
 from ajpq.export import export_compressed, load_compressed
 from ajpq.policy import CompressionPolicy
 from ajpq.search.context import SearchContext
-from ajpq.search.evaluators import score_settings
 from ajpq.search.runner import runs_folder
 from ajpq.search.tracking import Tracker
 from ajpq.train import evaluate, finetune
@@ -54,7 +53,7 @@ def export_best(
         )
     context = SearchContext.load(run_dir / "context")
     policy = CompressionPolicy.load(policy_path)
-    settings = score_settings(context.config)
+    settings = context.config.scoring
     steps = (
         EXPORT_STEPS_FACTOR * settings.finetune.steps if finetune_steps is None else finetune_steps
     )

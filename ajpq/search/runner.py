@@ -24,7 +24,7 @@ import yaml
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ajpq.agent import DDPG, DDPGConfig
-from ajpq.budget import Budget, BudgetKind, enforce_budget
+from ajpq.budget import BudgetKind, enforce_budget
 from ajpq.builder import uniform_policy
 from ajpq.config import SearchConfig
 from ajpq.cost import CostModel
@@ -38,7 +38,7 @@ from ajpq.search.context import (
     prepare_context,
     publish_context,
 )
-from ajpq.search.evaluators import EvaluatorPool, fit_latency_remote, score_settings
+from ajpq.search.evaluators import EvaluatorPool, fit_latency_remote
 from ajpq.search.journal import JOURNAL_FILE
 from ajpq.search.record import PolicyRecord
 from ajpq.search.tracking import Tracker, redact_uri
@@ -186,7 +186,7 @@ def _ddpg_config(config: SearchConfig, env_config: dict[str, Any]) -> DDPGConfig
             noise_sigma=agent.noise_sigma,
             noise_decay=agent.noise_decay,
             baseline_decay=agent.baseline_decay,
-            credit_assignment=agent.credit_assignment,
+            credit_assignment=agent.credit_assignment.value,
             # env runners never wait for each other: learn from whichever episodes finished
             async_sampling=True,
             max_episodes=agent.episodes,
@@ -296,7 +296,7 @@ def _check_budget(context: SearchContext) -> None:
     config = context.config
     enforce_budget(
         uniform_policy(context.graph, 8, 8, config.model.value),
-        Budget(config.budget.kind, config.budget.value),
+        config.budget,
         CostModel(context.graph),
         context.importance,
         context.latency_model,
@@ -444,7 +444,7 @@ RESUME_MAY_CHANGE = {
     "evaluator.max_retries",
     "evaluator.timeout_s",
     "evaluator.start_timeout_s",
-    "evaluator.latency_repeats",
+    "scoring.latency_repeats",
     "output_dir",
     "ray_address",
     "ray_num_cpus",
@@ -571,7 +571,7 @@ def _report(
 def _test_accuracy(context: SearchContext, splits: DataSplits, policy: CompressionPolicy) -> float:
     """Final report: the best policy scored by the search's own scorer (seeded finetune as in
     the search) on the test split in place of the validation split."""
-    settings = dataclasses.replace(score_settings(context.config), val_samples=None)
+    settings = dataclasses.replace(context.config.scoring, val_samples=None)
     ev = context.config.evaluator
     on_test = dataclasses.replace(splits, val=splits.test)
     scorer = load_scorer(ev.scorer)

@@ -27,12 +27,8 @@ def search_config_file(tmp_path: Path, model_cache: Path, monkeypatch: pytest.Mo
                 "batch_size": 16,
                 "seed": 0,
             },
-            "evaluator": {
-                "num_evaluators": 2,
-                "num_cpus": 1,
-                "finetune_steps": 5,
-                "latency_repeats": 3,
-            },
+            "evaluator": {"num_evaluators": 2, "num_cpus": 1},
+            "scoring": {"finetune": {"steps": 5}, "latency_repeats": 3},
             "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "test"},
             "output_dir": str(tmp_path / "runs"),
         }

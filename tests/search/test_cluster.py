@@ -132,7 +132,7 @@ def test_search_py_the_way_ray_submit_runs_it(cluster, model_cache, tmp_path):
             "--set",
             "agent.warmup_episodes=4",
             "--set",
-            "evaluator.finetune_steps=5",
+            "scoring.finetune.steps=5",
             "--set",
             f"context_uri={shared}",
         ],

@@ -14,9 +14,9 @@ from ajpq.config import ConfigError, SearchConfig, load_config
     ("override", "message"),
     [
         ("agent.episodez=3", "unknown key agent.episodez"),
-        ("agent.episodes=three", "agent.episodes: expected an integer"),
-        ("model=resnet9", "model: unknown model 'resnet9'"),
-        ("data.name=mnist", "data.name: unknown dataset 'mnist'"),
+        ("agent.episodes=three", "agent.episodes: must be a valid integer, got 'three'"),
+        ("model=resnet9", "model: unknown value 'resnet9'; use one of"),
+        ("data.name=mnist", "data.name: unknown value 'mnist'"),
         ("data.path=/nonexistent/fmnist", "data.path: /nonexistent/fmnist does not exist"),
         ("budget.value=1.5", "budget.value"),
     ],
@@ -120,37 +120,44 @@ def test_environment_problems_fail_fast_and_leave_nothing(
 
 
 BAD_OVERRIDES = [
-    ("agent.episodes=0", "agent.episodes: must be at least 1"),
-    ("agent.actor_lr=0", "agent.actor_lr: must be > 0"),
-    ("agent.critic_lr=-1", "agent.critic_lr: must be > 0"),
-    ("agent.tau=2", "agent.tau: must be in (0, 1]"),
-    ("agent.hiddens=[]", "agent.hiddens: must be sizes >= 1"),
-    ("agent.batch_size=0", "agent.batch_size: must be at least 1"),
-    ("agent.noise_decay=0", "agent.noise_decay: must be in (0, 1]"),
-    ("agent.credit_assignment=mc", "agent.credit_assignment: unknown 'mc'"),
-    ("agent.reward=other", "agent.reward: unknown agent.reward 'other'"),
-    ("agent.seed=-1", "agent.seed: must be >= 0"),
-    ("evaluator.finetune_lr=0", "evaluator.finetune_lr: must be > 0"),
-    ("evaluator.finetune_lr=.nan", "evaluator.finetune_lr: expected a finite number"),
-    ("evaluator.batch_size=-1", "evaluator.batch_size: must be at least 1"),
-    ("evaluator.finetune_steps=-1", "evaluator.finetune_steps: must be >= 0"),
-    ("evaluator.timeout_s=0", "evaluator.timeout_s: must be > 0 seconds"),
-    ("evaluator.max_retries=-1", "evaluator.max_retries: must be >= 0"),
-    ("evaluator.num_evaluators=0", "evaluator.num_evaluators: must be at least 1"),
-    ("evaluator.num_cpus=0", "evaluator.num_cpus: must be > 0"),
-    ("evaluator.torch_threads=0", "evaluator.torch_threads: must be at least 1"),
-    ("evaluator.val_samples=0", "evaluator.val_samples: must be at least 1"),
-    ("evaluator.optimizer=rmsprop", "evaluator.optimizer: unknown"),
-    ("evaluator.scorer_args={a: x}", "evaluator.scorer_args.a: expected a number"),
-    ("budget.value=.nan", "budget.value: expected a finite number"),
-    ("budget.value=0", "budget.value: 0.0 must be in (0, 1]"),
-    ("budget.kind=flops", "budget.kind: unknown"),
-    ("space.min_weight_bits=9", "space.min_weight_bits/max_weight_bits"),
-    ("space.max_sparsity=1", "space.max_sparsity: must lie in [0, 1)"),
-    ("data.val_fraction=0", "data.val_fraction: must lie in (0, 1)"),
-    ("data.image_size=2", "data.image_size: must be at least 8"),
+    ("agent.episodes=0", "agent.episodes: must be greater than or equal to 1, got 0"),
+    ("agent.episodes=true", "agent.episodes: must be a valid integer, got True"),
+    ("agent.actor_lr=0", "agent.actor_lr: must be greater than 0"),
+    ("agent.critic_lr=-1", "agent.critic_lr: must be greater than 0"),
+    ("agent.tau=2", "agent.tau: must be less than or equal to 1"),
+    ("agent.hiddens=[]", "agent.hiddens: must have at least 1 item"),
+    ("agent.hiddens=[64, 0]", "agent.hiddens[1]: must be greater than or equal to 1"),
+    ("agent.batch_size=0", "agent.batch_size: must be greater than or equal to 1"),
+    ("agent.noise_decay=0", "agent.noise_decay: must be greater than 0"),
+    ("agent.credit_assignment=mc", "agent.credit_assignment: unknown value 'mc'; use one of"),
+    ("agent.reward=other", "agent.reward: unknown value 'other'"),
+    ("agent.seed=-1", "agent.seed: must be greater than or equal to 0"),
+    ("scoring.finetune.lr=0", "scoring.finetune.lr: must be greater than 0"),
+    ("scoring.finetune.lr=.nan", "scoring.finetune.lr: must be a finite number"),
+    ("scoring.finetune.batch_size=-1", "scoring.finetune.batch_size: must be greater than or"),
+    ("scoring.finetune.steps=-1", "scoring.finetune.steps: must be greater than or equal to 0"),
+    ("scoring.finetune.optimizer=rmsprop", "scoring.finetune.optimizer: unknown value 'rmsprop'"),
+    ("scoring.finetune.stepz=3", "unknown key scoring.finetune.stepz; known keys here: batch"),
+    ("scoring.val_samples=0", "scoring.val_samples: must be greater than or equal to 1"),
+    ("evaluator.timeout_s=0", "evaluator.timeout_s: must be greater than 0"),
+    ("evaluator.max_retries=-1", "evaluator.max_retries: must be greater than or equal to 0"),
+    ("evaluator.num_evaluators=0", "evaluator.num_evaluators: must be greater than or equal"),
+    ("evaluator.num_cpus=0", "evaluator.num_cpus: must be greater than 0"),
+    ("evaluator.torch_threads=0", "evaluator.torch_threads: must be greater than or equal"),
+    ("evaluator.finetune_steps=5", "unknown key evaluator.finetune_steps; known keys here"),
+    ("evaluator.scorer_args={a: x}", "evaluator.scorer_args.a: must be a valid number"),
+    ("budget.value=.nan", "budget.value: must be a finite number"),
+    ("budget.value=0", "budget.value: must be greater than 0"),
+    ("budget.value=5", "budget.value: 5.0 must be in (0, 1] for a size ratio of fp32"),
+    ("budget.kind=flops", "budget.kind: unknown value 'flops'"),
+    ("space.min_weight_bits=9", "space.min_weight_bits: must be less than or equal to 8"),
+    ("space.min_act_bits=1", "space.min_act_bits: must be greater than or equal to 2"),
+    ("space.max_sparsity=1", "space.max_sparsity: must be less than 1"),
+    ("data.val_fraction=0", "data.val_fraction: must be greater than 0"),
+    ("data.image_size=2", "data.image_size: must be greater than or equal to 8"),
+    ("data.name=cifar10", "data.path: dataset cifar10 needs a local path"),
     ("tracking.uri=ftp://host/x", "tracking.uri: unknown scheme 'ftp'"),
-    ("ray_num_cpus=0", "ray_num_cpus: must be at least 1"),
+    ("ray_num_cpus=0", "ray_num_cpus: must be greater than or equal to 1"),
     ("weights=/nonexistent/w.pt", "weights: /nonexistent/w.pt does not exist"),
     ("agent=3", "agent: expected a mapping"),
     ("agent.episodes", "--set 'agent.episodes': expected key=value"),
@@ -216,9 +223,9 @@ def test_output_dir_that_is_a_file_and_nothing_to_resume(search_config_file, tmp
 
 def test_credit_assignment_values_match_the_agent():
     from ajpq.agent import CreditAssignment
-    from ajpq.config import CREDIT_ASSIGNMENTS
+    from ajpq.config import CreditKind
 
-    assert set(CREDIT_ASSIGNMENTS) == {c.value for c in CreditAssignment}
+    assert {c.value for c in CreditKind} == {c.value for c in CreditAssignment}
 
 
 @pytest.mark.ray
@@ -247,3 +254,27 @@ def test_resume_with_another_config_is_refused(ray_session, search_config_file, 
     assert MlflowClient(config.tracking.uri).get_run(parent).info.status == "FINISHED"
     # more episodes is a legitimate resume
     assert main(["search", "--config", path, "--resume", "--set", "agent.episodes=4"]) == 0
+
+
+def test_each_section_is_the_core_type_and_validates_the_same_way(search_config_file):
+    """One type per concept: the YAML section is the object the library uses, and building
+    that object in a notebook checks the same ranges as loading a config."""
+    from ajpq.budget import Budget
+    from ajpq.data import DataConfig
+    from ajpq.scoring import ScoreSettings
+    from ajpq.train import FinetuneConfig
+
+    config = load_config(search_config_file(), ["scoring.finetune.lr=0.02", "data.seed=3"])
+    assert isinstance(config.data, DataConfig) and config.data.seed == 3
+    assert isinstance(config.budget, Budget)
+    assert isinstance(config.scoring, ScoreSettings)
+    assert config.scoring.finetune == FinetuneConfig(steps=5, lr=0.02)
+    for build in (
+        lambda: FinetuneConfig(steps=-1),
+        lambda: FinetuneConfig(lr=float("nan")),
+        lambda: DataConfig("cifar10"),
+        lambda: Budget("size", 1.5),
+        lambda: ScoreSettings(val_samples=0),
+    ):
+        with pytest.raises(ValueError):
+            build()

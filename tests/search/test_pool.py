@@ -26,7 +26,7 @@ def test_pool_caches_identical_policies_and_records_divergence(
 ):
     config = load_config(
         search_config_file(
-            evaluator={"num_evaluators": 1, "finetune_lr": 1.0e6, "finetune_steps": 5}
+            evaluator={"num_evaluators": 1}, scoring={"finetune": {"lr": 1.0e6, "steps": 5}}
         ),
         ["agent.failed_reward=-2.0", "agent.reward_scale=0.5"],
     )

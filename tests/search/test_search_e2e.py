@@ -99,7 +99,7 @@ def test_search_records_every_policy_in_budget_and_in_parallel(ray_session, sear
 def test_killed_evaluator_is_replaced_and_nothing_is_lost(ray_session, search_config_file):
     config = load_config(
         search_config_file(
-            agent={"episodes": 8, "env_runners": 2}, evaluator={"finetune_steps": 40}
+            agent={"episodes": 8, "env_runners": 2}, scoring={"finetune": {"steps": 40}}
         )
     )
     result = {}
@@ -142,7 +142,8 @@ def test_resume_after_interrupt_scores_nothing_twice(search_config_file, tmp_pat
     journal: no policy scored twice, no duplicate child run, no more than N policies."""
     path = search_config_file(
         agent={"episodes": 10, "env_runners": 1},
-        evaluator={"num_evaluators": 1, "finetune_steps": 20},
+        evaluator={"num_evaluators": 1},
+        scoring={"finetune": {"steps": 20}},
     )
     config = load_config(path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
