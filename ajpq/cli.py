@@ -1,6 +1,6 @@
 """Command line: ``ajpq search --config tune_configs/<name>.yaml [--set key=value ...] [--resume]``,
 ``ajpq export --config tune_configs/<name>.yaml [--steps N] [--out PATH]`` and
-``ajpq sync <run dir>``."""
+``ajpq sync <run dir>`` and ``ajpq sweep --config tune_configs/<sweep>.yaml [--resume]``."""
 
 from __future__ import annotations
 
@@ -49,6 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow tracking URI (default: tracking.uri, else $MLFLOW_TRACKING_URI, "
         "else sqlite:///mlflow.db in the working directory)",
     )
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a Ray Tune sweep whose trials are whole searches",
+        description="Run a sweep: a search config plus a sweep: section (grid/random values "
+        "for any config key); one MLflow sweep run, one search run per trial, a Pareto front.",
+    )
+    sweep.add_argument("--config", required=True, help="e.g. tune_configs/sweep_demo.yaml")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sweep.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the last sweep of this config: finished trials are not rerun",
+    )
+    sweep.add_argument("--tracking-uri", help="MLflow tracking URI (as for ajpq search)")
     export = commands.add_parser(
         "export",
         help="finetune the best policy of a search longer and write the compressed model",
@@ -115,6 +129,58 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from ajpq.config import load_sweep
+
+    try:
+        overrides = list(args.overrides)
+        if args.tracking_uri:
+            overrides.append(f"tracking.uri={args.tracking_uri}")
+        config = load_sweep(args.config, overrides)
+    except ConfigError as error:
+        print(f"ajpq: config error: {error}", file=sys.stderr)
+        return 2
+    _configure_logging()
+    from ajpq.search.sweep import run_sweep
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        outcome = run_sweep(config, resume=args.resume)
+    except KeyboardInterrupt:
+        print("ajpq: sweep interrupted; continue it with --resume", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError) as error:
+        print(f"ajpq: error: {error}", file=sys.stderr)
+        return 2
+    log = logging.getLogger("ajpq")
+    keys = sorted(set(config.sweep.grid) | set(config.sweep.random))
+    log.info("")
+    log.info("best policy of each trial:")
+    log.info("  %s", " | ".join([*keys, "val acc", "ratio", "BitOps", "episode"]))
+    for trial in outcome.trials:
+        log.info(
+            "  %s",
+            " | ".join(
+                [
+                    *(str(trial.get(k, "")) for k in keys),
+                    f"{trial['accuracy']:.4f}",
+                    f"{trial['compression_ratio']:.1f}x",
+                    f"{trial['bitops_ratio']:.4f}",
+                    str(trial["episode"]),
+                ]
+            ),
+        )
+    log.info("Pareto front (accuracy vs compression ratio): %d policies", len(outcome.front))
+    for name, path in outcome.files.items():
+        log.info("  %s: %s", name, path)
+    log.info("  MLflow: sweep run %s in %s", outcome.sweep_run_id, outcome.tracking_uri)
+    if outcome.errors:
+        log.info("  %d trials failed; see %s", outcome.errors, outcome.sweep_dir)
+        return 1
+    return 0
+
+
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -135,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args)
     if args.command == "sync":
         return _sync(args)
+    if args.command == "sweep":
+        return _sweep(args)
     try:
         overrides = list(args.overrides)
         if args.tracking_uri:

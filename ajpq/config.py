@@ -10,6 +10,7 @@ the key (``ConfigError``); the CLI prints them without a traceback.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,6 +44,11 @@ __all__ = [
     "RewardKind",
     "CreditKind",
     "load_config",
+    "load_sweep",
+    "SweepSection",
+    "SweepConfig",
+    "set_key",
+    "with_values",
     "find_config",
     "apply_overrides",
 ]
@@ -138,6 +144,10 @@ class TrackingSection:
     uri: Text | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: Text = "ajpq"
     run_name: Text | None = None
+    # extra tags on the search run and on every policy run (a sweep sets its id and the
+    # trial's swept keys here), and the run to nest the search under (a sweep's run)
+    tags: dict[str, str] = Field(default_factory=dict)
+    parent_run_id: Text | None = None
 
     def __post_init__(self) -> None:
         uri = self.uri
@@ -197,23 +207,37 @@ def _check_environment(config: SearchConfig) -> None:
         raise ConfigError(f"weights: {config.weights} does not exist")
 
 
+def set_key(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of the raw config mapping ``data`` with dotted ``key`` (``budget.value``) set."""
+    data = dict(data)
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        child = dict(child) if isinstance(child, dict) else {}
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+    return data
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config mapping."""
-    data = dict(data)
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"--set {override!r}: expected key=value, e.g. agent.episodes=10")
         key, raw = override.split("=", 1)
         value = yaml.safe_load(raw) if raw != "" else None
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            child = dict(child) if isinstance(child, dict) else {}
-            node[part] = child
-            node = child
-        node[parts[-1]] = value
-    return data
+        for section in ("sweep.grid.", "sweep.random."):  # the rest is one (dotted) key
+            if key.startswith(section):
+                name = section.split(".")[1]
+                sweep = dict(data.get("sweep") or {})
+                sweep[name] = {**(sweep.get(name) or {}), key[len(section) :]: value}
+                data = {**data, "sweep": sweep}
+                break
+        else:
+            data = set_key(data, key, value)
+    return dict(data)
 
 
 def find_config(path: str | Path) -> Path:
@@ -228,8 +252,7 @@ def find_config(path: str | Path) -> Path:
     raise ConfigError(f"config file {path} does not exist")
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> SearchConfig:
-    """Read a YAML config, apply overrides, validate. Raises ConfigError with a clear message."""
+def _read_mapping(path: str | Path) -> tuple[Path, dict[str, Any]]:
     path = find_config(path)
     if path.is_dir():
         raise ConfigError(f"config file {path} is a folder; give a YAML file in it")
@@ -241,4 +264,102 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SearchC
         raise ConfigError(f"{path} is empty; start from tune_configs/digits_demo.yaml")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    return path, raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> SearchConfig:
+    """Read a YAML config, apply overrides, validate. Raises ConfigError with a clear message."""
+    path, raw = _read_mapping(path)
+    if "sweep" in raw:
+        raise ConfigError(f"{path} is a sweep (it has a sweep: section); run it with ajpq sweep")
     return SearchConfig.from_dict(apply_overrides(raw, overrides or []))
+
+
+DISTRIBUTIONS = ("uniform", "loguniform", "randint")
+
+
+@config_type
+class SweepSection:
+    """What a sweep varies: ``grid`` (every combination) and ``random`` (``num_samples`` draws
+    per grid point: a list of values, or ``{uniform|loguniform|randint: [low, high]}``) over
+    any dotted config key; how many searches run at once; the driver CPUs of each."""
+
+    name: Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9_.-]+$")] = "sweep"
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
+    random: dict[str, Any] = Field(default_factory=dict)
+    num_samples: Count = 1
+    max_concurrent_trials: Count = 1
+    trial_cpus: Rate = 1.0  # each search's own process: the agent learns there
+
+    def __post_init__(self) -> None:
+        both = sorted(set(self.grid) & set(self.random))
+        if both:
+            raise ValueError(f"random: {both[0]} is in grid too; sweep a key one way")
+        for key, spec in self.random.items():
+            if isinstance(spec, list) and spec:
+                continue
+            if isinstance(spec, dict) and len(spec) == 1:
+                ((kind, bounds),) = spec.items()
+                if (
+                    kind in DISTRIBUTIONS
+                    and isinstance(bounds, list)
+                    and len(bounds) == 2
+                    and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+                    and bounds[0] < bounds[1]
+                ):
+                    continue
+            raise ValueError(
+                f"random.{key}: give a list of values or one of "
+                "{uniform|loguniform|randint: [low, high]} with numbers low < high"
+            )
+
+
+def with_values(config: SearchConfig, values: dict[str, Any]) -> SearchConfig:
+    """``config`` with dotted keys set (``{"budget.value": 0.125}``), validated again."""
+    data = config.to_dict()
+    for key, value in values.items():
+        data = set_key(data, key, value)
+    return SearchConfig.from_dict(data)
+
+
+@config_type
+class _SweepPart:  # so errors name sweep.<key>
+    sweep: SweepSection
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A base search (every trial starts from it) and what the sweep varies."""
+
+    base: SearchConfig
+    sweep: SweepSection
+
+    def trial_config(self, params: dict[str, Any]) -> SearchConfig:
+        return with_values(self.base, params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.base.to_dict(), "sweep": to_plain(self.sweep)}
+
+
+def _check_sweep_values(config: SweepConfig) -> None:
+    """Every value a trial may get makes a valid search: fail now, not in trial 7."""
+    for section in ("grid", "random"):
+        for key, spec in getattr(config.sweep, section).items():
+            values = spec if isinstance(spec, list) else next(iter(spec.values()))
+            for index, value in enumerate(values):
+                try:
+                    config.trial_config({key: value})
+                except ConfigError as error:
+                    raise ConfigError(f"sweep.{section}.{key}[{index}]: {error}") from None
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+    """Read a sweep file: a search config plus a ``sweep:`` section (see SweepSection)."""
+    path, raw = _read_mapping(path)
+    raw = apply_overrides(raw, overrides or [])
+    if "sweep" not in raw:
+        raise ConfigError(f"{path} has no sweep: section; run it with ajpq search")
+    sweep = parse(_SweepPart, {"sweep": raw.pop("sweep") or {}}).sweep
+    config = SweepConfig(SearchConfig.from_dict(raw), sweep)
+    _check_sweep_values(config)
+    return config

@@ -35,7 +35,11 @@ from ray.exceptions import (
     RayActorError,
     RayTaskError,
 )
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util.placement_group import PlacementGroup
+from ray.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
 
 from ajpq.budget import LatencyModel, fit_latency_model
 from ajpq.config import RewardKind, SearchConfig
@@ -58,6 +62,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# in a placement group laid out by ajpq.search.runner.search_bundles: bundle 0 is the search's
+# driver (a sweep's trial), then one bundle per evaluator, then one per env runner
+FIRST_EVALUATOR_BUNDLE = 1
 
 
 def policy_key(policy_json: str, settings: ScoreSettings) -> str:
@@ -164,12 +172,12 @@ class RecordWriter:
     """Writes the pool's records to MLflow in its own process, so MLflow's client work (SQL,
     HTTP, artifacts) never holds the pool's event loop or its GIL."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, tags: dict[str, str]) -> None:
         # fail a call within seconds when the server is down (MLflow's own default retries
         # for minutes): the pool retries with backoff, and the journal keeps the record
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-        self.tracker = Tracker(uri, experiment)
+        self.tracker = Tracker(uri, experiment, tags)
 
     def write(
         self,
@@ -193,21 +201,22 @@ class EvaluatorPool:
     """The search's single door to evaluation and to MLflow (see module docstring)."""
 
     def __init__(
-        self, source: ContextSource, parent_run_id: str | None, journal_path: str | None = None
+        self,
+        source: ContextSource,
+        parent_run_id: str | None,
+        journal_path: str | None = None,
+        placement_group: PlacementGroup | None = None,
     ) -> None:
         # the pool keeps the source to give to every evaluator it starts (replacements too)
         # and to env runners
         self.source = source
+        self.placement_group = placement_group  # a sweep trial's: evaluators go into it
         self.context: SearchContext = source.context()
         self.config = self.context.config
         self.settings = self.config.scoring
         self.costs = CostModel(self.context.graph)
         self.parent_run_id = parent_run_id
-        self.tracker = (
-            Tracker(self.config.tracking.uri, self.config.tracking.experiment)
-            if parent_run_id
-            else None
-        )
+        self.tracker = Tracker.for_search(self.config) if parent_run_id else None
         self.records: dict[str, PolicyRecord] = {}
         self.policies: dict[str, str] = {}
         self.record_writer = None
@@ -223,7 +232,7 @@ class EvaluatorPool:
         self.best: PolicyRecord | None = None
         for record in self.records.values():
             self._update_best(record)
-        self.workers = [self._new_worker() for _ in range(self.config.evaluator.num_evaluators)]
+        self.workers = [self._new_worker(i) for i in range(self.config.evaluator.num_evaluators)]
         self.free: asyncio.Queue | None = None
         self.inflight: dict[str, asyncio.Future] = {}
         self.pending: asyncio.Queue | None = None
@@ -242,13 +251,22 @@ class EvaluatorPool:
         here = ray.get_runtime_context().get_node_id()
         return RecordWriter.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
-        ).remote(self.config.tracking.uri, self.config.tracking.experiment)
+        ).remote(self.tracker.uri, self.config.tracking.experiment, self.tracker.tags)
 
-    def _new_worker(self) -> Any:
+    def _new_worker(self, index: int) -> Any:
         ev = self.config.evaluator
-        return Evaluator.options(num_cpus=ev.num_cpus, num_gpus=ev.num_gpus).remote(
-            self.source, ev.torch_threads
+        strategy = (
+            # evaluator i has its own bundle (see ajpq.search.runner.search_bundles), so an env
+            # runner never takes the room an evaluator (or its replacement) needs
+            PlacementGroupSchedulingStrategy(
+                self.placement_group, placement_group_bundle_index=FIRST_EVALUATOR_BUNDLE + index
+            )
+            if self.placement_group is not None
+            else None
         )
+        return Evaluator.options(
+            num_cpus=ev.num_cpus, num_gpus=ev.num_gpus, scheduling_strategy=strategy
+        ).remote(self.source, ev.torch_threads)
 
     def _setup(self) -> None:
         if self.free is None:
@@ -404,7 +422,7 @@ class EvaluatorPool:
                 )
                 with contextlib.suppress(Exception):  # it may be gone already
                     ray.kill(worker, no_restart=True)
-                self.workers[index] = self._new_worker()
+                self.workers[index] = self._new_worker(index)
                 self.stats["replaced"] += 1
                 self.stats["retries"] += 1
                 self.free.put_nowait(index)

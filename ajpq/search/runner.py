@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ __all__ = [
     "runs_folder",
     "ResumeError",
     "load_best_policy",
+    "search_bundles",
     "resolve_locations",
     "DEFAULT_TRACKING_URI",
 ]
@@ -198,6 +200,18 @@ def _ddpg_config(config: SearchConfig, env_config: dict[str, Any]) -> DDPGConfig
 ENV_RUNNER_CPUS = 0.05
 
 
+def search_bundles(config: SearchConfig, driver_cpus: float = 1.0) -> list[dict[str, float]]:
+    """The resources of one search as placement-group bundles: its driver (the agent learns
+    there), each evaluator, each env runner (evaluators.FIRST_EVALUATOR_BUNDLE's layout)."""
+    ev = config.evaluator
+    evaluator = {"CPU": ev.num_cpus, **({"GPU": ev.num_gpus} if ev.num_gpus else {})}
+    return [
+        {"CPU": driver_cpus},
+        *[dict(evaluator) for _ in range(ev.num_evaluators)],
+        *[{"CPU": ENV_RUNNER_CPUS} for _ in range(config.agent.env_runners)],
+    ]
+
+
 def local_num_cpus(config: SearchConfig) -> int:
     """Logical CPUs for a local Ray: at least the cores, and enough that every evaluator and env
     runner can be scheduled (env runners mostly wait on evaluators, so they reserve little)."""
@@ -303,10 +317,19 @@ def _check_budget(context: SearchContext) -> None:
     )
 
 
+Progress = Callable[[dict[str, float]], None]
+
+
 def run_search(
-    config: SearchConfig, resume: bool = False, config_path: str | None = None
+    config: SearchConfig,
+    resume: bool = False,
+    config_path: str | None = None,
+    on_progress: Progress | None = None,
 ) -> SearchOutcome:
-    """Run (or continue, with ``resume``) one search described by ``config``."""
+    """Run (or continue, with ``resume``) one search described by ``config``. ``on_progress``
+    gets the episode count and the best policy's metrics as they change (a sweep's trial
+    reports them to Tune). Inside a placement group (a Tune trial) the evaluators are
+    scheduled in it too."""
     config = resolve_locations(config)
     check_tracking_uri(config.tracking.uri)
     _check_writable(Path(config.output_dir))
@@ -335,7 +358,12 @@ def run_search(
         namespace=namespace,
         # the only MLflow writer stays on the driver's node, next to the run folder
         scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False),
-    ).remote(source, run.parent_run_id, str(run.run_dir / JOURNAL_FILE))
+    ).remote(
+        source,
+        run.parent_run_id,
+        str(run.run_dir / JOURNAL_FILE),
+        ray.util.get_current_placement_group(),
+    )
     where = ray.get(pool.wait_ready.remote())
     logger.info(
         "%d evaluators ready on %d node(s), devices: %s",
@@ -358,7 +386,7 @@ def run_search(
 
     interrupted = False
     try:
-        _train(algo, pool, run, config.agent.episodes)
+        _train(algo, pool, run, config.agent.episodes, on_progress)
     except KeyboardInterrupt:
         interrupted = True
         logger.warning("interrupted: resume with the same command plus --resume")
@@ -391,7 +419,7 @@ def _new_run(config: SearchConfig, config_path: str | None) -> _OpenRun:
         _check_budget(context)
     run_dir.mkdir(parents=True, exist_ok=True)
     context.save(run_dir / "context")
-    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+    tracker = Tracker.for_search(config)
     params = {
         "model": config.model.value,
         "dataset": config.data.name.value,
@@ -400,10 +428,12 @@ def _new_run(config: SearchConfig, config_path: str | None) -> _OpenRun:
         "fp32_val_accuracy": round(context.fp32_val_accuracy, 6),
         "fp32_test_accuracy": round(context.fp32_test_accuracy, 6),
     }
-    for section in ("agent", "evaluator", "space"):
-        for key, value in config.to_dict()[section].items():
-            params[f"{section}.{key}"] = value
+    plain = config.to_dict()
+    for section in ("data", "space", "agent", "scoring", "evaluator"):
+        params.update(_flatten(plain[section], f"{section}."))
     tags = {"ajpq.run_dir": str(run_dir)}
+    if config.tracking.parent_run_id:  # one trial of a sweep: nested under the sweep's run
+        tags["mlflow.parentRunId"] = config.tracking.parent_run_id
     if config_path:
         tags["ajpq.config_path"] = str(config_path)
     parent_run_id = tracker.start_search(run_base_name(config), params, tags)
@@ -428,7 +458,7 @@ def _resume_run(config: SearchConfig) -> _OpenRun:
         raise ResumeError(f"{run_dir} holds no prepared search to resume")
     context = SearchContext.load(run_dir / "context")
     _check_same_search(context.config, config, run_dir)  # before touching anything
-    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+    tracker = Tracker.for_search(config)
     tracker.set_status(state["parent_run_id"], "RUNNING")
     return _OpenRun(run_dir, state["parent_run_id"], context, tracker, context.load_data())
 
@@ -478,7 +508,9 @@ PROGRESS_EVERY_S = 1.0
 FINAL_FLUSH_S = 120.0
 
 
-def _train(algo: DDPG, pool: Any, run: _OpenRun, target: int) -> None:
+def _train(
+    algo: DDPG, pool: Any, run: _OpenRun, target: int, on_progress: Progress | None = None
+) -> None:
     """Train until ``target`` episodes. Each iteration learns from the episodes that finished
     while the others keep running. The agent is checkpointed every ``CHECKPOINT_EVERY_S``, at
     the end and on Ctrl-C / SIGTERM; records need no flush first (the pool journals each one
@@ -494,18 +526,34 @@ def _train(algo: DDPG, pool: Any, run: _OpenRun, target: int) -> None:
                 _save_checkpoint(algo, run.run_dir)
                 last_checkpoint = time.time()
             if algo.episodes_done != logged and (done or now - last_log >= PROGRESS_EVERY_S):
-                _log_progress(algo, pool, run, target, started)
+                best = _log_progress(algo, pool, run, target, started)
                 logged, last_log = algo.episodes_done, now
+                if on_progress is not None:
+                    on_progress(_progress_metrics(algo.episodes_done, best))
     except KeyboardInterrupt:
         _save_checkpoint(algo, run.run_dir)
         raise
 
 
-def _log_progress(algo: DDPG, pool: Any, run: _OpenRun, target: int, started: float) -> None:
+def _progress_metrics(episodes: int, best: PolicyRecord | None) -> dict[str, float]:
+    metrics = {"episodes": float(episodes)}
+    if best is not None:
+        metrics.update(
+            best_accuracy=best.accuracy,
+            best_compression_ratio=best.compression_ratio,
+            best_bitops_ratio=best.bitops_ratio,
+            best_reward=best.reward,
+        )
+    return metrics
+
+
+def _log_progress(
+    algo: DDPG, pool: Any, run: _OpenRun, target: int, started: float
+) -> PolicyRecord | None:
     best = ray.get(pool.summary.remote())["best"]
     if best is None:
         logger.info("episode %d/%d | no successful evaluation yet", algo.episodes_done, target)
-        return
+        return None
     logger.info(
         "episode %d/%d | best val acc %.4f (fp32 %.4f) at %.1fx smaller, %.3f BitOps | %.2f s/episode",
         algo.episodes_done,
@@ -516,6 +564,7 @@ def _log_progress(algo: DDPG, pool: Any, run: _OpenRun, target: int, started: fl
         best.bitops_ratio,
         (time.time() - started) / max(1, algo.episodes_done),
     )
+    return best
 
 
 def _report(

@@ -32,7 +32,7 @@ def sync_run(run_dir: str | Path) -> tuple[int, int]:
     parent_run_id = json.loads((run_dir / "run.json").read_text())["parent_run_id"]
     config = SearchConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     check_tracking_uri(config.tracking.uri)
-    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+    tracker = Tracker.for_search(config)
     journal = Journal(journal_path)
     pushed = 0
     try:

@@ -17,10 +17,11 @@ from typing import Any
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from ajpq.config import SearchConfig
 from ajpq.policy import CompressionPolicy
 from ajpq.search.record import METRIC_FIELDS, POLICY_METRICS, TAG_FIELDS, PolicyRecord
 
-__all__ = ["Tracker", "POLICY_METRICS", "artifact_root_for", "redact_uri"]
+__all__ = ["Tracker", "POLICY_METRICS", "artifact_root_for", "redact_uri", "search_tags"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +41,24 @@ def artifact_root_for(uri: str) -> str | None:
     return None
 
 
+def search_tags(config: SearchConfig) -> dict[str, str]:
+    """Tags on a search run and on each of its policy runs, so the MLflow UI's search box and
+    compare view work across searches and sweeps (``tags.budget_value = '0.125'``)."""
+    return {
+        "model": config.model.value,
+        "dataset": config.data.name.value,
+        "budget_kind": config.budget.kind.value,
+        "budget_value": f"{config.budget.value:g}",
+        "seed": str(config.agent.seed),
+        "method": "ddpg",
+        **config.tracking.tags,
+    }
+
+
 class Tracker:
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, tags: dict[str, str] | None = None) -> None:
         self.uri = uri
+        self.tags = dict(tags or {})  # added to every run this tracker creates
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
@@ -52,10 +68,16 @@ class Tracker:
         else:
             self.experiment_id = found.experiment_id
 
+    @classmethod
+    def for_search(cls, config: SearchConfig) -> Tracker:
+        return cls(config.tracking.uri, config.tracking.experiment, search_tags(config))
+
     # -- parent -----------------------------------------------------------------------------
     def start_search(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         run = self.client.create_run(
-            self.experiment_id, run_name=run_name, tags={"ajpq.role": "search", **tags}
+            self.experiment_id,
+            run_name=run_name,
+            tags={**self.tags, "ajpq.role": "search", **tags},
         )
         items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
         for start in range(0, len(items), 100):
@@ -91,6 +113,7 @@ class Tracker:
             self.experiment_id,
             run_name=f"episode-{record.episode:04d}",
             tags={
+                **self.tags,
                 "ajpq.role": "policy",
                 "mlflow.parentRunId": parent_id,
                 "ajpq.policy_key": record.policy_key,
@@ -112,6 +135,10 @@ class Tracker:
                 continue
             value = float(value)
             metrics.append(Metric(name, value if math.isfinite(value) else -1.0, now, 0))
+        for index, lp in enumerate(policy.layers):  # numeric: plots in the compare view
+            metrics.append(Metric(f"L{index:03d}.sparsity", float(lp.sparsity), now, 0))
+            metrics.append(Metric(f"L{index:03d}.wbits", float(lp.mean_bits), now, 0))
+            metrics.append(Metric(f"L{index:03d}.abits", float(lp.act_bits), now, 0))
         params = [
             Param(
                 f"L{index:03d}.{lp.name}"[:250],
@@ -125,7 +152,9 @@ class Tracker:
                 f"{sum(lp.sparsity for lp in policy.layers) / len(policy.layers):.4f}",
             )
         )
-        self.client.log_batch(run_id, metrics=metrics, params=params[:100])
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        self.client.log_batch(run_id, params=params[:100])
         for start in range(100, len(params), 100):
             self.client.log_batch(run_id, params=params[start : start + 100])
         self.client.log_text(run_id, policy.to_json(indent=2), "policy.json")
