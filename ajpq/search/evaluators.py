@@ -63,9 +63,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# in a placement group laid out by ajpq.search.runner.search_bundles: bundle 0 is the search's
-# driver (a sweep's trial), then one bundle per evaluator, then one per env runner
-FIRST_EVALUATOR_BUNDLE = 1
+
+def evaluator_bundle(config: SearchConfig, index: int) -> int:
+    """Evaluator ``index``'s bundle in a placement group laid out by
+    ``ajpq.search.runner.search_bundles``: bundle 0 is the search's driver (a sweep's trial),
+    1..R the env runners (where RLlib puts env runner i), then one per evaluator."""
+    return 1 + config.agent.env_runners + index
 
 
 def policy_key(policy_json: str, settings: ScoreSettings) -> str:
@@ -256,10 +259,11 @@ class EvaluatorPool:
     def _new_worker(self, index: int) -> Any:
         ev = self.config.evaluator
         strategy = (
-            # evaluator i has its own bundle (see ajpq.search.runner.search_bundles), so an env
-            # runner never takes the room an evaluator (or its replacement) needs
+            # evaluator i has its own bundle, so an env runner never takes the room an
+            # evaluator (or its replacement) needs
             PlacementGroupSchedulingStrategy(
-                self.placement_group, placement_group_bundle_index=FIRST_EVALUATOR_BUNDLE + index
+                self.placement_group,
+                placement_group_bundle_index=evaluator_bundle(self.config, index),
             )
             if self.placement_group is not None
             else None

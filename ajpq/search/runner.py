@@ -202,13 +202,14 @@ ENV_RUNNER_CPUS = 0.05
 
 def search_bundles(config: SearchConfig, driver_cpus: float = 1.0) -> list[dict[str, float]]:
     """The resources of one search as placement-group bundles: its driver (the agent learns
-    there), each evaluator, each env runner (evaluators.FIRST_EVALUATOR_BUNDLE's layout)."""
+    there), each env runner (RLlib puts env runner i in bundle i), each evaluator
+    (``evaluators.evaluator_bundle``)."""
     ev = config.evaluator
     evaluator = {"CPU": ev.num_cpus, **({"GPU": ev.num_gpus} if ev.num_gpus else {})}
     return [
         {"CPU": driver_cpus},
-        *[dict(evaluator) for _ in range(ev.num_evaluators)],
         *[{"CPU": ENV_RUNNER_CPUS} for _ in range(config.agent.env_runners)],
+        *[dict(evaluator) for _ in range(ev.num_evaluators)],
     ]
 
 
