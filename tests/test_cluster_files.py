@@ -44,6 +44,9 @@ def _validate_launcher(config: dict) -> None:
 
 LAUNCHER = sorted(p for p in CLUSTER.glob("*.yaml") if not _is_kubernetes(p))
 MANIFESTS = sorted(p for p in CLUSTER.glob("*.yaml") if _is_kubernetes(p))
+RAY_MANIFESTS = [
+    p for p in MANIFESTS if any(d.get("apiVersion") == "ray.io/v1" for d in _documents(p))
+]
 
 
 def test_cluster_folder_has_launcher_files_and_kuberay_manifests():
@@ -68,7 +71,7 @@ def test_launcher_file_validates_with_rays_schema(path: Path):
         _validate_launcher(broken)
 
 
-@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", RAY_MANIFESTS, ids=lambda p: p.name)
 def test_kuberay_manifest_validates_against_the_crd(path: Path):
     checked = 0
     for doc in _documents(path):
@@ -82,8 +85,26 @@ def test_kuberay_manifest_validates_against_the_crd(path: Path):
         spec = broken["spec"]
         if doc["kind"] == "RayCluster":
             spec["headGroupSpec"]["rayStartParams"] = "not a mapping"
+        elif doc["kind"] == "RayCronJob":
+            spec["jobTemplate"]["entrypoint"] = 42
         else:
             spec["entrypoint"] = 42
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(broken, schema)
     assert checked
+
+
+def test_scheduled_sweeps_run_ajpq_sweep_against_a_standing_tracking_server():
+    """The RayJob runs one sweep on a short-lived cluster, the RayCronJob runs it nightly;
+    both send records to the standing MLflow service that kuberay-mlflow.yaml defines."""
+    docs = {doc["kind"]: doc for p in MANIFESTS for doc in _documents(p)}
+    assert {"RayJob", "RayCronJob", "Service"} <= set(docs)
+    service = docs["Service"]["metadata"]["name"]
+    cron = docs["RayCronJob"]["spec"]
+    assert len(cron["schedule"].split()) == 5
+    for job in (docs["RayJob"]["spec"], cron["jobTemplate"]):
+        assert job["entrypoint"].startswith("ajpq sweep --config ")
+        assert job["shutdownAfterJobFinishes"] is True
+        assert f"http://{service}:5000" in job["runtimeEnvYAML"]
+        config = job["entrypoint"].split("--config ")[1].split()[0]
+        assert (REPO / config.replace("/home/ray/ajpq/", "")).exists()
