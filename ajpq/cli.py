@@ -1,6 +1,7 @@
 """Command line: ``ajpq search --config tune_configs/<name>.yaml [--set key=value ...] [--resume]``,
 ``ajpq export --config tune_configs/<name>.yaml [--steps N] [--out PATH]`` and
-``ajpq sync <run dir>`` and ``ajpq sweep --config tune_configs/<sweep>.yaml [--resume]``."""
+``ajpq sync <run dir>``, ``ajpq sweep --config tune_configs/<sweep>.yaml [--resume]`` and
+``ajpq submit --address http://head:8265 --config <search or sweep>.yaml [--wait]``."""
 
 from __future__ import annotations
 
@@ -63,6 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the last sweep of this config: finished trials are not rerun",
     )
     sweep.add_argument("--tracking-uri", help="MLflow tracking URI (as for ajpq search)")
+    submit = commands.add_parser(
+        "submit",
+        help="send a search or sweep to a running Ray cluster (Ray Jobs API)",
+        description="Submit a search or sweep config as a Ray job: the job carries the "
+        "project's code and the config; it connects to the cluster (ray_address=auto) and "
+        "writes runs to ~/ajpq_runs on the head.",
+    )
+    submit.add_argument(
+        "--address",
+        default=os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"),
+        help="the head's dashboard (default $RAY_API_SERVER_ADDRESS, else http://127.0.0.1:8265)",
+    )
+    submit.add_argument("--config", required=True, help="a search or sweep YAML")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--tracking-uri", help="MLflow tracking URI as the cluster sees it")
+    submit.add_argument("--wait", action="store_true", help="wait for the job and print its logs")
     export = commands.add_parser(
         "export",
         help="finetune the best policy of a search longer and write the compressed model",
@@ -181,6 +198,29 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _submit(args: argparse.Namespace) -> int:
+    from ajpq.search.submit import submit_job
+
+    _configure_logging()
+    overrides = list(args.overrides)
+    if args.tracking_uri:
+        overrides.append(f"tracking.uri={args.tracking_uri}")
+    try:
+        job = submit_job(args.address, args.config, overrides, wait=args.wait)
+    except (ConfigError, ValueError) as error:
+        print(f"ajpq: error: {error}", file=sys.stderr)
+        return 2
+    if not args.wait:
+        print(
+            f"submitted {job.job_id}; follow it with: ray job logs {job.job_id} --follow "
+            f"--address {job.address}"
+        )
+        return 0
+    print(job.logs)
+    print(f"job {job.job_id}: {job.status}")
+    return 0 if job.status == "SUCCEEDED" else 1
+
+
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -203,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         return _sync(args)
     if args.command == "sweep":
         return _sweep(args)
+    if args.command == "submit":
+        return _submit(args)
     try:
         overrides = list(args.overrides)
         if args.tracking_uri:

@@ -48,6 +48,7 @@ __all__ = [
     "SweepSection",
     "SweepConfig",
     "set_key",
+    "parse_sweep_section",
     "with_values",
     "find_config",
     "apply_overrides",
@@ -327,6 +328,11 @@ class _SweepPart:  # so errors name sweep.<key>
     sweep: SweepSection
 
 
+def parse_sweep_section(raw: Any) -> SweepSection:
+    """A file's ``sweep:`` section, errors named ``sweep.<key>``."""
+    return parse(_SweepPart, {"sweep": raw or {}}).sweep
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """A base search (every trial starts from it) and what the sweep varies."""
@@ -359,7 +365,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepCon
     raw = apply_overrides(raw, overrides or [])
     if "sweep" not in raw:
         raise ConfigError(f"{path} has no sweep: section; run it with ajpq search")
-    sweep = parse(_SweepPart, {"sweep": raw.pop("sweep") or {}}).sweep
+    sweep = parse_sweep_section(raw.pop("sweep"))
     config = SweepConfig(SearchConfig.from_dict(raw), sweep)
     _check_sweep_values(config)
     return config

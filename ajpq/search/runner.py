@@ -100,13 +100,13 @@ def resolve_locations(config: SearchConfig) -> SearchConfig:
     here, on the driver, so the database never lands on whichever node an actor runs on."""
     uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).expanduser().resolve())
     elif "://" not in uri:  # a plain folder: MLflow's file store
         uri = str(Path(uri).resolve())
     return dataclasses.replace(
         config,
         tracking=dataclasses.replace(config.tracking, uri=uri),
-        output_dir=str(Path(config.output_dir).resolve()),
+        output_dir=str(Path(config.output_dir).expanduser().resolve()),
     )
 
 
