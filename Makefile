@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= tune_configs/digits_demo.yaml
+SWEEP ?= tune_configs/sweep_demo.yaml
 
-.PHONY: install test test-slow test-all lint format search bench bench-ddpg bench-search bench-scale mlflow-ui clean
+.PHONY: install test test-slow test-all lint format search sweep bench bench-ddpg bench-search bench-scale bench-sweep mlflow-ui clean
 
 install: $(STAMP)
 
@@ -36,6 +37,9 @@ search: install
 	$(BIN)/ajpq search --config $(CONFIG)
 	$(BIN)/ajpq export --config $(CONFIG)
 
+sweep: install
+	$(BIN)/ajpq sweep --config $(SWEEP)
+
 bench: install
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_export.py
@@ -48,6 +52,9 @@ bench-search: install
 
 bench-scale: install
 	$(BIN)/python bench/bench_scale.py
+
+bench-sweep: install
+	$(BIN)/python bench/bench_sweep.py
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1

@@ -340,7 +340,11 @@ class EvaluatorPool:
     def _update_best(self, record: PolicyRecord) -> None:
         if record.failed:
             return
-        if self.best is None or record.reward > self.best.reward:
+        # the highest reward; among equals the smallest network (as the sweep summary ranks)
+        if self.best is None or (record.reward, record.compression_ratio) > (
+            self.best.reward,
+            self.best.compression_ratio,
+        ):
             self.best = record
 
     # -- the public API -----------------------------------------------------------------------
