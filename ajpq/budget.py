@@ -24,6 +24,7 @@ from ajpq.cost import CostModel, measure_latency
 from ajpq.graph import ModelGraph
 from ajpq.policy import CompressionPolicy, LayerPolicy
 from ajpq.quantize import FLOAT_BITS
+from ajpq.validation import validate_policy
 
 __all__ = [
     "BudgetKind",
@@ -324,6 +325,7 @@ def enforce_budget(
     Raises ValueError naming the smallest reachable value when no policy can meet the budget.
     """
     graph = costs.graph
+    validate_policy(policy, graph)
     if budget.kind is BudgetKind.SIZE:
         metric, target = "size", budget.value * costs.fp32_size_bits
     elif budget.kind is BudgetKind.BITOPS:

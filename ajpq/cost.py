@@ -19,6 +19,7 @@ from torch import nn
 from ajpq.graph import LayerKind, ModelGraph
 from ajpq.policy import CompressionPolicy
 from ajpq.quantize import FLOAT_BITS
+from ajpq.validation import validate_policy
 
 __all__ = ["PolicyCost", "CostModel", "measure_latency"]
 
@@ -125,11 +126,8 @@ class CostModel:
         return [int((bits[g.members[0]] == 0).sum()) for g in self.graph.groups]
 
     def cost(self, policy: CompressionPolicy) -> PolicyCost:
+        validate_policy(policy, self.graph)  # bits, layers, channels: one line naming the fix
         bits = [np.asarray(lp.weight_bits, dtype=np.int64) for lp in policy.layers]
-        if len(bits) != len(self.graph.layers):
-            raise ValueError(
-                f"policy has {len(bits)} layers, the model has {len(self.graph.layers)}"
-            )
         size, bitops, macs = self.cost_arrays(
             bits, [lp.act_bits for lp in policy.layers], self.pruned_per_group(bits)
         )

@@ -136,11 +136,38 @@ def _trace_shapes(
     try:
         with torch.no_grad():
             model(example_input)
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        raise ValueError(_input_mismatch(modules, example_input, error)) from None
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
     return shapes
+
+
+def _input_mismatch(
+    modules: dict[str, nn.Module], example_input: torch.Tensor, error: Exception
+) -> str:
+    """What is wrong with the example input, as far as the first layer tells."""
+    given = tuple(example_input.shape)
+    reason = str(error).splitlines()[0][:160]
+    first_name, first = next(iter(modules.items()))
+    if isinstance(first, nn.Conv2d):
+        expected = f"(N, {first.in_channels}, H, W)"
+        if example_input.dim() == 3 and given[0] == first.in_channels:
+            return (
+                f"example input of shape {given} has no batch dimension; the model expects "
+                f"{expected}: use example_input.unsqueeze(0)"
+            )
+        if example_input.dim() == 4 and given[1] != first.in_channels:
+            return (
+                f"example input of shape {given} has {given[1]} channels, the first layer "
+                f"{first_name} expects {first.in_channels}: give {expected}"
+            )
+        return (
+            f"the model cannot run on an example input of shape {given} ({reason}); give {expected}"
+        )
+    return f"the model cannot run on an example input of shape {given} ({reason})"
 
 
 def _layer_info(index: int, name: str, module: nn.Module, shapes: tuple) -> LayerInfo:
@@ -214,60 +241,43 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
         for i, name in enumerate(n for n in modules if n in shapes)
     )
     index_of = {modules[layer.name]: layer.index for layer in layers}
-    dep_graph = build_dependency_graph(model, example_input)
+    try:
+        dep_graph = build_dependency_graph(model, example_input)
+    except Exception as error:  # noqa: BLE001 - the analysis never fails: quantize, do not prune
+        logger.warning(
+            "channel coupling of this model could not be traced (%s: %s); every layer stays "
+            "quantizable, none is pruned",
+            type(error).__name__,
+            str(error).splitlines()[0][:160] if str(error) else "",
+        )
+        dep_graph = None
 
     groups: list[CouplingGroup] = []
     layer_group = [-1] * len(layers)
     for layer in layers:
         if layer_group[layer.index] >= 0:
             continue
-        module = modules[layer.name]
-        out_fn = dep_graph.get_pruner_of_module(module).prune_out_channels
-        channels = layer.out_channels
-        tp_group = dep_graph.get_pruning_group(module, out_fn, list(range(channels)))
-        members: list[int] = []
-        consumer_idx: dict[int, list[list[int]]] = {}
-        for item in tp_group.items:
-            target = item.dep.target.module
-            if target not in index_of:
-                continue
-            idx = index_of[target]
-            if dep_graph.is_out_channel_pruning_fn(item.dep.handler):
-                if idx not in members:
-                    members.append(idx)
-                continue
-            per_channel = consumer_idx.setdefault(idx, [[] for _ in range(channels)])
-            for idx_in, root in zip(item.idxs, item.root_idxs):
-                per_channel[int(root)].append(int(idx_in))
-        if layer.index not in members:
-            members.insert(0, layer.index)
-        consumers = {}
-        for idx, per_channel in consumer_idx.items():
-            if layers[idx].kind == LayerKind.DEPTHWISE_CONV:
-                if idx not in members:
-                    members.append(idx)
-                continue
-            width = {len(c) for c in per_channel}
-            if len(width) != 1:
-                raise ValueError(f"irregular channel coupling into layer {layers[idx].name}")
-            consumers[idx] = np.array([sorted(set(c)) for c in per_channel], dtype=np.int64)
-        members_sorted = tuple(sorted(set(members)))
-        prunable = (
-            bool(consumers)
-            and all(
-                layers[m].kind is not LayerKind.GROUPED_CONV and layers[m].out_channels == channels
-                for m in members_sorted
+        group = None
+        if dep_graph is not None:
+            try:
+                group = _coupling_group(dep_graph, layers, modules, index_of, layer, len(groups))
+            except Exception as error:  # noqa: BLE001 - this group only: quantize, do not prune
+                logger.warning(
+                    "layer %s: its channel coupling cannot be handled (%s: %s); it stays "
+                    "quantizable and is not pruned",
+                    layer.name,
+                    type(error).__name__,
+                    str(error).splitlines()[0][:160] if str(error) else "",
+                )
+        if group is not None and any(layer_group[m] >= 0 for m in group.members):
+            logger.warning(
+                "layer %s: coupled with layers analysed before it in another way; not pruned",
+                layer.name,
             )
-            and all(layers[c].kind is not LayerKind.GROUPED_CONV for c in consumers)
-        )
-        group = CouplingGroup(
-            index=len(groups),
-            members=members_sorted,
-            channels=channels,
-            prunable=prunable,
-            consumers=consumers,
-        )
-        for m in members_sorted:
+            group = None
+        if group is None:
+            group = CouplingGroup(len(groups), (layer.index,), layer.out_channels, False, {})
+        for m in group.members:
             layer_group[m] = group.index
         groups.append(group)
     return ModelGraph(
@@ -276,4 +286,88 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
         layer_group=tuple(layer_group),
         input_shape=tuple(example_input.shape[1:]),
         signature=_signature(layers),
+    )
+
+
+def _refuse_reshaped_channels(tp_group: tp.Group, layer: LayerInfo) -> None:
+    """Channels that pass a reshape on their way to a conv (a channel shuffle, a split into
+    heads) are permuted or mixed in ways the index maps do not follow: refuse to prune them.
+    A reshape that only feeds Linear layers (flatten before a classifier) is fine."""
+    edges: dict[int, list[tp.Node]] = {}
+    nodes: dict[int, tp.Node] = {}
+    for item in tp_group.items:
+        source, target = item.dep.source, item.dep.target
+        edges.setdefault(id(source), []).append(target)
+        nodes[id(source)], nodes[id(target)] = source, target
+    frontier = [n for n in nodes.values() if n.type == tp.ops.OPTYPE.RESHAPE]
+    seen: set[int] = set()
+    while frontier:
+        node = frontier.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.type in (tp.ops.OPTYPE.CONV, tp.ops.OPTYPE.DEPTHWISE_CONV):
+            raise ValueError(f"its channels are reshaped (e.g. shuffled) before {node.name}")
+        frontier.extend(edges.get(id(node), []))
+
+
+def _coupling_group(
+    dep_graph: tp.DependencyGraph,
+    layers: tuple[LayerInfo, ...],
+    modules: dict[str, nn.Module],
+    index_of: dict[nn.Module, int],
+    layer: LayerInfo,
+    group_index: int,
+) -> CouplingGroup:
+    """The group of layers pruned together with ``layer``'s output channels, and who consumes
+    them. Raises when Torch-Pruning cannot trace it or the coupling is irregular."""
+    module = modules[layer.name]
+    out_fn = dep_graph.get_pruner_of_module(module).prune_out_channels
+    channels = layer.out_channels
+    tp_group = dep_graph.get_pruning_group(module, out_fn, list(range(channels)))
+    members: list[int] = []
+    consumer_idx: dict[int, list[list[int]]] = {}
+    for item in tp_group.items:
+        target = item.dep.target.module
+        if target not in index_of:
+            continue
+        idx = index_of[target]
+        if dep_graph.is_out_channel_pruning_fn(item.dep.handler):
+            if idx not in members:
+                members.append(idx)
+            continue
+        per_channel = consumer_idx.setdefault(idx, [[] for _ in range(channels)])
+        for idx_in, root in zip(item.idxs, item.root_idxs):
+            per_channel[int(root)].append(int(idx_in))
+    _refuse_reshaped_channels(tp_group, layer)
+    if layer.index not in members:
+        members.insert(0, layer.index)
+    consumers = {}
+    for idx, per_channel in consumer_idx.items():
+        if layers[idx].kind == LayerKind.DEPTHWISE_CONV:
+            if idx not in members:
+                members.append(idx)
+            continue
+        width = {len(c) for c in per_channel}
+        if len(width) != 1:
+            raise ValueError(f"irregular channel coupling into layer {layers[idx].name}")
+        consumers[idx] = np.array([sorted(set(c)) for c in per_channel], dtype=np.int64)
+    members_sorted = tuple(sorted(set(members)))
+    widths = {layers[m].name: layers[m].out_channels for m in members_sorted}
+    if len(set(widths.values())) > 1:  # e.g. a split whose halves are concatenated again
+        raise ValueError(f"coupled layers of different widths {widths} (a channel split + concat)")
+    prunable = (
+        bool(consumers)
+        and all(
+            layers[m].kind is not LayerKind.GROUPED_CONV and layers[m].out_channels == channels
+            for m in members_sorted
+        )
+        and all(layers[c].kind is not LayerKind.GROUPED_CONV for c in consumers)
+    )
+    return CouplingGroup(
+        index=group_index,
+        members=members_sorted,
+        channels=channels,
+        prunable=prunable,
+        consumers=consumers,
     )

@@ -77,5 +77,11 @@ def layer_importance(
 
 
 def group_importance(graph: ModelGraph, per_layer: list[np.ndarray]) -> list[np.ndarray]:
-    """Per coupling group, the mean of its members' normalised channel scores."""
-    return [np.mean([per_layer[m] for m in group.members], axis=0) for group in graph.groups]
+    """Per coupling group, the mean of its members' normalised channel scores (members of
+    another width, in a group that is therefore not prunable, do not count)."""
+    return [
+        np.mean(
+            [per_layer[m] for m in group.members if len(per_layer[m]) == group.channels], axis=0
+        )
+        for group in graph.groups
+    ]

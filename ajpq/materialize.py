@@ -56,6 +56,10 @@ def materialize(
         if module.act.bits < FLOAT_BITS:
             quantizers[name] = module.act
         set_submodule(plain, name, module.layer)
+    if not any(0 in lp.weight_bits for lp in policy.layers):  # nothing to remove
+        for name, quantizer in quantizers.items():
+            set_submodule(plain, name, QuantizedInput(quantizer, plain.get_submodule(name)))
+        return plain
     example = example_input_for(plain, policy)
     dep_graph = build_dependency_graph(plain, example)
     done: set[int] = set()  # ids of modules whose output channels are already pruned

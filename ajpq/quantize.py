@@ -68,8 +68,10 @@ def fake_quantize_weight(
     if has_special:
         bits = bits.to(flat.dtype)
         column = bits.reshape(out, 1)
-        binary = torch.sign(flat) * flat.abs().mean(dim=1, keepdim=True)
-        binary = flat + (binary - flat).detach()
+        # +mean|w| where w > 0, else -mean|w| (an exported sign bit decodes the same); the
+        # value is exactly that (flat - flat.detach() is exactly 0), the gradient straight through
+        magnitude = flat.abs().mean(dim=1, keepdim=True)
+        binary = torch.where(flat > 0, magnitude, -magnitude).detach() + (flat - flat.detach())
         quant = torch.where(column == 1, binary, quant)
         quant = torch.where(column >= FLOAT_BITS, flat, quant)
         quant = torch.where(column <= 0, torch.zeros_like(flat), quant)

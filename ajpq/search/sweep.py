@@ -97,6 +97,8 @@ def sweep_trial(
     params: dict[str, Any], base: dict[str, Any], sweep_run_id: str, sweep_dir: str
 ) -> None:
     """One Tune trial: one search. A restored trial finds its run folder and resumes it."""
+    if not logging.getLogger().handlers:  # the trial's log (Tune keeps its output)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     trial_id = tune.get_context().get_trial_id()
     folder = str(Path(sweep_dir) / "trials" / trial_id)
     config = trial_config(SearchConfig.from_dict(base), params, sweep_run_id, folder)
@@ -176,13 +178,22 @@ def run_sweep(config: SweepConfig, resume: bool = False) -> SweepOutcome:
     tracker = Tracker(base.tracking.uri, base.tracking.experiment)
     sweep_dir, sweep_run_id = _open_sweep(config, tracker, resume)
     _ensure_ray(config)
+    # each trial's search driver runs on this node, so its run folder (journal, checkpoints)
+    # is on the sweep's disk and --resume finds it; evaluators and env runners go anywhere
+    node_id = ray.get_runtime_context().get_node_id()
+    ip = next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id)
+    here = f"node:{ip}"
+
+    def resources(params: dict[str, Any]) -> tune.PlacementGroupFactory:
+        bundles = search_bundles(config.trial_config(params), config.sweep.trial_cpus)
+        bundles[0][here] = 0.001
+        return tune.PlacementGroupFactory(bundles)
+
     trainable = tune.with_resources(
         tune.with_parameters(
             sweep_trial, base=base.to_dict(), sweep_run_id=sweep_run_id, sweep_dir=str(sweep_dir)
         ),
-        lambda params: tune.PlacementGroupFactory(
-            search_bundles(config.trial_config(params), config.sweep.trial_cpus)
-        ),
+        resources,
     )
     storage = str(sweep_dir.resolve())
     if resume and tune.Tuner.can_restore(os.path.join(storage, "tune")):
@@ -202,7 +213,9 @@ def run_sweep(config: SweepConfig, resume: bool = False) -> SweepOutcome:
     interrupted = False
     try:
         results = tuner.fit()
-        errors = len(results.errors)
+        errors = results.num_errors
+        # Tune catches Ctrl-C / SIGTERM itself, saves its state and returns early
+        interrupted = results.num_terminated + errors < len(results)
     except KeyboardInterrupt:
         interrupted, errors = True, 0
     outcome = summarize_sweep(tracker, sweep_run_id, sweep_dir)

@@ -1,0 +1,235 @@
+"""Awkward topologies never break the analysis, and the core checks its inputs.
+
+Channel split + concat (CSP/C2f), channel shuffle (ShuffleNet), squeeze-excitation and a grouped
+conv fed by a residual add: ``analyze`` succeeds; whatever it marks prunable really prunes
+(simulated = materialized outputs), everything else stays quantizable. Bad example inputs and
+policies that do not fit the graph give ValueErrors that say what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from ajpq import graph as graph_module
+from ajpq.apply import apply_policy
+from ajpq.budget import Budget, enforce_budget
+from ajpq.builder import LayerKnobs, build_policy, uniform_policy
+from ajpq.cost import CostModel
+from ajpq.graph import analyze
+from ajpq.importance import layer_importance
+from ajpq.materialize import materialize
+from ajpq.policy import CompressionPolicy, LayerPolicy
+
+
+class SplitConcat(nn.Module):
+    """A CSP/C2f-style block: split the channels, transform one half, concatenate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.branch = nn.Conv2d(8, 8, 3, padding=1)
+        self.fuse = nn.Conv2d(16, 12, 1)
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        left, right = x.chunk(2, dim=1)
+        x = torch.cat([left, torch.relu(self.branch(right))], dim=1)
+        x = torch.relu(self.fuse(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class Shuffle(nn.Module):
+    """A ShuffleNet-style channel shuffle between two convs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.a(x))
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        x = torch.relu(self.b(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.squeeze = nn.Conv2d(16, 4, 1)
+        self.excite = nn.Conv2d(4, 16, 1)
+        self.out = nn.Conv2d(16, 8, 1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x))
+        scale = torch.sigmoid(self.excite(torch.relu(self.squeeze(x.mean((2, 3), keepdim=True)))))
+        x = torch.relu(self.out(x * scale))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class GroupedAfterAdd(nn.Module):
+    """A grouped conv fed by a residual add (ResNeXt/RegNet)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.body = nn.Conv2d(16, 16, 3, padding=1)
+        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = x + torch.relu(self.body(x))
+        x = torch.relu(self.grouped(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+BLOCKS = {
+    "split_concat": SplitConcat,
+    "channel_shuffle": Shuffle,
+    "squeeze_excite": SqueezeExcite,
+    "grouped_after_add": GroupedAfterAdd,
+    "shufflenet_v2_x0_5": lambda: torchvision.models.shufflenet_v2_x0_5(num_classes=5),
+}
+
+
+def _random_policy(model: nn.Module, graph, seed: int) -> CompressionPolicy:
+    rng = np.random.default_rng(seed)
+    knobs = [
+        LayerKnobs(float(rng.uniform(0.2, 0.6)), 32, 32, 0.0) for _ in range(len(graph.layers))
+    ]
+    return build_policy(model, graph, knobs, model_name="custom")
+
+
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_awkward_blocks_analyze_and_what_is_prunable_really_prunes(name):
+    torch.manual_seed(0)
+    model = BLOCKS[name]().eval()
+    x = torch.randn(4, 3, 32, 32)
+    graph = analyze(model, x[:1])
+    # every layer in exactly one group
+    assert sorted(i for g in graph.groups for i in g.members) == list(range(len(graph.layers)))
+    assert all(graph.layer_group[i] == g.index for g in graph.groups for i in g.members)
+    policy = _random_policy(model, graph, seed=1)
+    simulated = apply_policy(model, policy, graph).eval()
+    small = materialize(simulated, policy).eval()
+    with torch.no_grad():
+        reference = simulated(x)
+        scale = reference.abs().max().item()
+        assert (small(x) - reference).abs().max().item() <= 1e-4 * max(scale, 1.0)
+    pruned = sum(lp.sparsity > 0 for lp in policy.layers)
+    prunable = sum(graph.groups[graph.layer_group[i]].prunable for i in range(len(graph.layers)))
+    assert (pruned > 0) == (prunable > 0)
+    if pruned:
+        assert sum(p.numel() for p in small.parameters()) < sum(
+            p.numel() for p in model.parameters()
+        )
+
+
+def test_a_dependency_graph_that_cannot_be_built_leaves_every_layer_quantizable(
+    monkeypatch, caplog
+):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(graph_module, "build_dependency_graph", broken)
+    model = SplitConcat().eval()
+    with caplog.at_level(logging.WARNING):
+        graph = analyze(model, torch.zeros(1, 3, 32, 32))
+    assert "none is pruned" in caplog.text
+    assert len(graph.groups) == len(graph.layers)
+    assert not any(group.prunable for group in graph.groups)
+    policy = uniform_policy(graph, 4, 8, "custom")
+    simulated = apply_policy(model, policy, graph)
+    with torch.no_grad():
+        assert simulated(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    with pytest.raises(ValueError, match="cannot be pruned"):
+        apply_policy(model, _pruned_everywhere(policy), graph)
+
+
+def _pruned_everywhere(policy: CompressionPolicy) -> CompressionPolicy:
+    layers = tuple(
+        LayerPolicy(lp.name, (0, *lp.weight_bits[1:]), lp.act_bits) for lp in policy.layers
+    )
+    return dataclasses.replace(policy, layers=layers)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    graph = analyze(model, torch.zeros(1, 3, 32, 32))
+    return model, graph, CostModel(graph), layer_importance(model, graph)
+
+
+def _with(policy: CompressionPolicy, index: int, **change) -> CompressionPolicy:
+    layers = list(policy.layers)
+    lp = layers[index]
+    layers[index] = LayerPolicy(
+        lp.name, change.get("weight_bits", lp.weight_bits), change.get("act_bits", lp.act_bits)
+    )
+    return dataclasses.replace(policy, layers=tuple(layers))
+
+
+BAD_POLICIES = {
+    "weight bits 9": (lambda p: _with(p, 3, weight_bits=(9,) * 64), "weight bits [9] not allowed"),
+    "weight bits -1": (
+        lambda p: _with(p, 3, weight_bits=(-1,) * 64),
+        "weight bits [-1] not allowed",
+    ),
+    "activation bits 9": (lambda p: _with(p, 3, act_bits=9), "activation bits 9 not allowed"),
+    "every channel pruned": (
+        lambda p: _with(p, 3, weight_bits=(0,) * 64),
+        "every output channel is pruned",
+    ),
+    "another head": (
+        lambda p: _with(p, len(p.layers) - 1, weight_bits=(8,) * 1000),
+        "policy gives bits for 1000 channels, the layer has 10",
+    ),
+    "a layer missing": (
+        lambda p: dataclasses.replace(p, layers=p.layers[:-1]),
+        "build the policy for this model",
+    ),
+    "another input": (
+        lambda p: dataclasses.replace(p, input_shape=(3, 64, 64)),
+        "built for input shape",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_POLICIES))
+def test_cost_budget_and_apply_refuse_policies_that_do_not_fit(resnet, case):
+    model, graph, costs, importance = resnet
+    make, message = BAD_POLICIES[case]
+    bad = make(uniform_policy(graph, 8, 8, "resnet18"))
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        costs.cost(bad)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        enforce_budget(bad, Budget("size", 0.1), costs, importance)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        apply_policy(model, bad, graph)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((3, 32, 32), r"has no batch dimension; the model expects \(N, 3, H, W\)"),
+        ((1, 1, 32, 32), r"has 1 channels, the first layer conv1 expects 3"),
+        ((1, 3), r"cannot run on an example input of shape \(1, 3\)"),
+    ],
+)
+def test_analyze_names_expected_and_given_input_shapes(resnet, shape, message):
+    model = resnet[0]
+    with pytest.raises(ValueError, match=message):
+        analyze(model, torch.zeros(*shape))
