@@ -39,6 +39,14 @@ class ModelName(str, enum.Enum):
     RESNET50 = "resnet50"
     MOBILENET_V2 = "mobilenet_v2"
     VGG11_BN = "vgg11_bn"
+    MOBILENET_V3_SMALL = "mobilenet_v3_small"
+    MOBILENET_V3_LARGE = "mobilenet_v3_large"
+    EFFICIENTNET_B0 = "efficientnet_b0"
+    SHUFFLENET_V2_X1_0 = "shufflenet_v2_x1_0"
+    RESNEXT50_32X4D = "resnext50_32x4d"
+    REGNET_X_400MF = "regnet_x_400mf"
+    DENSENET121 = "densenet121"
+    SQUEEZENET1_1 = "squeezenet1_1"
     DIGITS_CNN = "digits_cnn"
     FMNIST_CNN = "fmnist_cnn"
 
@@ -93,7 +101,7 @@ def _torchvision(
     enum_weights = None
     if weights and not Path(weights).exists():
         try:
-            enum_weights = torchvision.models.get_weight(f"{_weights_enum(name)}.{weights}")
+            enum_weights = getattr(torchvision.models.get_model_weights(name.value), weights)
         except (ValueError, KeyError, AttributeError) as error:
             raise ValueError(
                 f"weights {weights!r} is neither a file nor a torchvision weight of {name.value} "
@@ -113,21 +121,17 @@ def _torchvision(
     return model
 
 
-def _weights_enum(name: ModelName) -> str:
-    return {
-        ModelName.RESNET18: "ResNet18_Weights",
-        ModelName.RESNET50: "ResNet50_Weights",
-        ModelName.MOBILENET_V2: "MobileNet_V2_Weights",
-        ModelName.VGG11_BN: "VGG11_BN_Weights",
-    }[name]
-
-
 def _replace_head(model: nn.Module, num_classes: int) -> None:
+    """The last Linear (or, in SqueezeNet, the last 1x1 conv classifier) gets ``num_classes``."""
     for name, module in reversed(list(model.named_modules())):
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, nn.Linear(module.in_features, num_classes))
+            if isinstance(module, nn.Linear):
+                head: nn.Module = nn.Linear(module.in_features, num_classes)
+            else:
+                head = nn.Conv2d(module.in_channels, num_classes, module.kernel_size)
+            setattr(parent, child, head)
             return
 
 
