@@ -150,18 +150,14 @@ def _sweep(args: argparse.Namespace) -> int:
     from ajpq.config import load_sweep
 
     try:
-        overrides = list(args.overrides)
-        if args.tracking_uri:
-            overrides.append(f"tracking.uri={args.tracking_uri}")
-        config = load_sweep(args.config, overrides)
+        config = load_sweep(args.config, _overrides(args))
     except ConfigError as error:
         print(f"ajpq: config error: {error}", file=sys.stderr)
         return 2
     _configure_logging()
     from ajpq.search.sweep import run_sweep
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    _stop_cleanly_on_sigterm()
     try:
         outcome = run_sweep(config, resume=args.resume)
     except KeyboardInterrupt:
@@ -202,11 +198,8 @@ def _submit(args: argparse.Namespace) -> int:
     from ajpq.search.submit import submit_job
 
     _configure_logging()
-    overrides = list(args.overrides)
-    if args.tracking_uri:
-        overrides.append(f"tracking.uri={args.tracking_uri}")
     try:
-        job = submit_job(args.address, args.config, overrides, wait=args.wait)
+        job = submit_job(args.address, args.config, _overrides(args), wait=args.wait)
     except (ConfigError, ValueError) as error:
         print(f"ajpq: error: {error}", file=sys.stderr)
         return 2
@@ -223,6 +216,20 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _stop_cleanly_on_sigterm() -> None:
+    """SIGTERM (a job scheduler, `kill`) stops as cleanly as Ctrl-C: checkpoint, flush, KILLED."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` values, then ``--tracking-uri`` as ``tracking.uri``."""
+    overrides = list(args.overrides)
+    if args.tracking_uri:
+        overrides.append(f"tracking.uri={args.tracking_uri}")
+    return overrides
 
 
 def _configure_logging() -> None:
@@ -246,20 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "submit":
         return _submit(args)
     try:
-        overrides = list(args.overrides)
-        if args.tracking_uri:
-            overrides.append(f"tracking.uri={args.tracking_uri}")
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, _overrides(args))
     except ConfigError as error:
         print(f"ajpq: config error: {error}", file=sys.stderr)
         return 2
     _configure_logging()
     from ajpq.search.runner import ResumeError, run_search
 
-    # SIGTERM (a job scheduler, `kill`) stops as cleanly as Ctrl-C: checkpoint, flush, KILLED
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-
+    _stop_cleanly_on_sigterm()
     try:
         outcome = run_search(config, resume=args.resume, config_path=args.config)
     except (ResumeError, FileNotFoundError, ValueError) as error:

@@ -228,21 +228,10 @@ def run_sweep(config: SweepConfig, resume: bool = False) -> SweepOutcome:
 
 
 def _policy_runs(tracker: Tracker, sweep_run_id: str) -> list[Any]:
-    runs, token = [], None
-    while True:
-        page = tracker.client.search_runs(
-            [tracker.experiment_id],
-            filter_string=(
-                f"tags.`ajpq.sweep` = '{sweep_run_id}' and tags.`ajpq.role` = 'policy' "
-                "and tags.`ajpq.status` = 'ok'"
-            ),
-            max_results=1000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    return tracker.runs_where(
+        f"tags.`ajpq.sweep` = '{sweep_run_id}' and tags.`ajpq.role` = 'policy' "
+        "and tags.`ajpq.status` = 'ok'"
+    )
 
 
 def _swept_keys(tracker: Tracker, sweep_run_id: str) -> list[str]:

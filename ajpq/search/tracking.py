@@ -161,12 +161,13 @@ class Tracker:
         self.client.set_terminated(run_id, status="FAILED" if status == "failed" else "FINISHED")
         return run_id
 
-    def child_runs(self, parent_id: str) -> list[Any]:
+    def runs_where(self, filter_string: str) -> list[Any]:
+        """Every run of the experiment matching ``filter_string`` (all pages)."""
         runs, token = [], None
         while True:
             page = self.client.search_runs(
                 [self.experiment_id],
-                filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                filter_string=filter_string,
                 max_results=1000,
                 page_token=token,
             )
@@ -174,6 +175,9 @@ class Tracker:
             token = page.token
             if not token:
                 return runs
+
+    def child_runs(self, parent_id: str) -> list[Any]:
+        return self.runs_where(f"tags.mlflow.parentRunId = '{parent_id}'")
 
     def existing_records(self, parent_id: str) -> dict[str, PolicyRecord]:
         """Complete records already logged under ``parent_id``, by policy key (for --resume of
