@@ -176,7 +176,7 @@ def export_compressed(
         "index": index,
         "blob": blob,
     }
-    torch.save(artifact, path)
+    # everything that can fail happens before the file appears: a failed export leaves nothing
     # the fp32 reference: the same architecture's state dict, saved the same way
     skeleton = _skeleton(policy, num_classes)
     reference = io.BytesIO()
@@ -184,6 +184,12 @@ def export_compressed(
     if graph is None:
         graph = analyze(skeleton, torch.zeros(1, *policy.input_shape))
     size = CostModel(graph).cost(policy).size_bytes
+    partial = path.with_name(path.name + ".partial")
+    try:
+        torch.save(artifact, partial)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
     report = ExportReport(str(path), path.stat().st_size, reference.tell(), size)
     logger.info(
         "exported %s: %d bytes, %.1fx smaller than the fp32 state dict (%d bytes)",

@@ -98,3 +98,17 @@ def test_truncated_or_damaged_file_gives_one_clear_error(tmp_path):
         garbage = tmp_path / "garbage.pt"
         garbage.write_bytes(b"\x00" * 100)
         load_compressed(garbage)
+
+
+def test_a_failed_export_leaves_no_file(tmp_path, monkeypatch):
+    model = build_model("digits_cnn", 10, 1).eval()
+    graph = analyze(model, torch.zeros(1, 1, 16, 16))
+    policy = build_policy(model, graph, LayerKnobs(0.5, 4, 8), model_name="digits_cnn")
+
+    def unknown(*args, **kwargs):
+        raise ValueError("unknown model 'digits_cnn'")
+
+    monkeypatch.setattr("ajpq.export._skeleton", unknown)
+    with pytest.raises(ValueError, match="unknown model"):
+        export_compressed(model, policy, tmp_path / "out" / "m.pt", 10, graph)
+    assert not list((tmp_path / "out").iterdir())
