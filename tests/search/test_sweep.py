@@ -171,3 +171,43 @@ def test_sweep_killed_midway_resumes_without_rerunning_or_rescoring(search_confi
         children = [p for p in policies if p.data.tags["mlflow.parentRunId"] == run_id]
         assert len(children) == count
     assert client.get_run(sweep["sweep_run_id"]).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("sweep.grid.agent.seed=[0, -1]", "sweep.grid.agent.seed[1]: agent.seed: must be greater"),
+        ("sweep.grid.agent.sed=[0]", "sweep.grid.agent.sed[0]: unknown key agent.sed"),
+        ("sweep.grid.agent.seed=[]", "sweep.grid.agent.seed: must have at least 1 item"),
+        (
+            "sweep.random.agent.actor_lr={normal: [1, 2]}",
+            "sweep.random.agent.actor_lr: give a list",
+        ),
+        (
+            "sweep.random.agent.actor_lr={loguniform: [0, 1.0e-3]}",
+            "agent.actor_lr: must be greater",
+        ),
+        ("sweep.random.agent.seed=[3]", "sweep.random: agent.seed is in grid too"),
+        ("sweep.bogus=1", "unknown key sweep.bogus; known keys here: grid"),
+        ("sweep.max_concurrent_trials=0", "sweep.max_concurrent_trials: must be greater than or"),
+    ],
+)
+def test_bad_sweep_files_fail_before_anything_starts(
+    search_config_file, tmp_path, capsys, override, message
+):
+    from ajpq.cli import main
+
+    path = _sweep_file(search_config_file, tmp_path, episodes=2)
+    assert main(["sweep", "--config", str(path), "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_sweep_file_is_not_a_search_and_back(search_config_file, tmp_path, capsys):
+    from ajpq.cli import main
+
+    assert main(["search", "--config", str(_sweep_file(search_config_file, tmp_path, 2))]) == 2
+    assert "is a sweep" in capsys.readouterr().err
+    assert main(["sweep", "--config", str(search_config_file())]) == 2
+    assert "has no sweep: section" in capsys.readouterr().err
