@@ -31,7 +31,7 @@ from ajpq.configtypes import (
     to_plain,
 )
 from ajpq.data import DataConfig
-from ajpq.models import ModelName
+from ajpq.models import ModelName, check_model_name, is_user_model, load_factory
 from ajpq.scoring import DEFAULT_SCORER, ScoreSettings
 
 __all__ = [
@@ -161,7 +161,8 @@ class TrackingSection:
 
 @config_type
 class SearchConfig:
-    model: ModelName = ModelName.DIGITS_CNN
+    # a zoo model (ajpq.models.ModelName) or your own as package.module:factory
+    model: Text = ModelName.DIGITS_CNN.value
     weights: Text | None = None
     data: DataConfig = Field(default_factory=DataConfig)
     budget: Budget = Field(default_factory=Budget)
@@ -176,6 +177,12 @@ class SearchConfig:
     # shared storage every node reads (s3://..., gs://..., a mounted path) for the search
     # context; None: Ray's object store
     context_uri: Text | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            check_model_name(self.model)
+        except ValueError as error:
+            raise ValueError(f"model: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -200,10 +207,16 @@ def _check_environment(config: SearchConfig) -> None:
         load_scorer(config.evaluator.scorer)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    own = is_user_model(config.model)
+    if own:
+        try:
+            load_factory(config.model)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     if (
         config.weights
         and not Path(config.weights).exists()
-        and config.model in (ModelName.DIGITS_CNN, ModelName.FMNIST_CNN)
+        and (own or config.model in (ModelName.DIGITS_CNN, ModelName.FMNIST_CNN))
     ):
         raise ConfigError(f"weights: {config.weights} does not exist")
 

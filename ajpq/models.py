@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import importlib
+import inspect
 import json
 import logging
 import os
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +28,9 @@ from ajpq.train import FinetuneConfig, evaluate, finetune
 __all__ = [
     "ModelName",
     "SmallResNet",
+    "is_user_model",
+    "load_factory",
+    "check_model_name",
     "build_model",
     "pretrained_model",
     "default_cache_dir",
@@ -49,6 +56,57 @@ class ModelName(str, enum.Enum):
     SQUEEZENET1_1 = "squeezenet1_1"
     DIGITS_CNN = "digits_cnn"
     FMNIST_CNN = "fmnist_cnn"
+
+
+USER_MODEL = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def is_user_model(name: ModelName | str) -> bool:
+    """``package.module:factory`` names a user's model; anything else a zoo model."""
+    return not isinstance(name, ModelName) and bool(USER_MODEL.match(str(name)))
+
+
+def check_model_name(name: str) -> str:
+    """``name`` when it is a zoo model or ``package.module:factory``; else a ValueError."""
+    if is_user_model(name):
+        return name
+    try:
+        return ModelName(name).value
+    except ValueError:
+        options = ", ".join(m.value for m in ModelName)
+        raise ValueError(
+            f"unknown model {name!r}; use one of {options}, or package.module:factory for your own"
+        ) from None
+
+
+def load_factory(spec: str) -> Callable[..., nn.Module]:
+    """The function ``package.module:factory`` names (importable where the model is built)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(
+            f"model {spec!r}: cannot import {module_name!r} ({error}); install it or put it on "
+            "PYTHONPATH (on a cluster: on every node)"
+        ) from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"model {spec!r}: {module_name} has no function {attr!r}")
+    return factory
+
+
+def _user_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
+    """Call the factory with the keyword arguments it accepts (``num_classes``, ``in_channels``)."""
+    factory = load_factory(spec)
+    accepted = inspect.signature(factory).parameters
+    offered = {"num_classes": num_classes, "in_channels": in_channels}
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    model = factory(**{k: v for k, v in offered.items() if takes_all or k in accepted})
+    if not isinstance(model, nn.Module):
+        raise ValueError(
+            f"model {spec!r}: the factory returned {type(model).__name__}, not a module"
+        )
+    return model
 
 
 class _Block(nn.Module):
@@ -155,7 +213,14 @@ def _replace_stem(model: nn.Module, in_channels: int) -> None:
 def build_model(
     name: ModelName | str, num_classes: int = 10, in_channels: int = 3, weights: str | None = None
 ) -> nn.Module:
-    """A model by name; ``weights`` is a local state-dict file or a torchvision weight name."""
+    """A model by name; ``weights`` is a local state-dict file or a torchvision weight name.
+    ``package.module:factory`` calls your factory (with ``num_classes``/``in_channels`` when it
+    takes them); its ``weights`` is a state-dict file."""
+    if is_user_model(name):
+        model = _user_model(str(name), num_classes, in_channels)
+        if weights:
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return model
     try:
         name = ModelName(name)
     except ValueError:
@@ -174,7 +239,7 @@ def build_model(
 
 def default_recipe(name: ModelName | str) -> FinetuneConfig:
     """Pretraining recipe of a model trained on the spot (torchvision models: a short generic one)."""
-    if ModelName(name) is ModelName.FMNIST_CNN:
+    if not is_user_model(name) and ModelName(name) is ModelName.FMNIST_CNN:
         return FinetuneConfig(steps=2000, lr=0.05, weight_decay=5e-4, batch_size=128)
     return FinetuneConfig(steps=600, lr=0.05, weight_decay=5e-4, batch_size=64)
 
@@ -210,8 +275,9 @@ def pretrained_model(
             model, evaluate(model, splits.test, device).top1, val, Path(weights), True
         )
     recipe = recipe or default_recipe(name)
+    label = str(name) if is_user_model(name) else ModelName(name).value
     key_data = {
-        "model": ModelName(name).value,
+        "model": label,
         "data": {
             k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(data_config).items()
         },
@@ -224,16 +290,16 @@ def pretrained_model(
         :16
     ]
     cache_dir = Path(cache_dir or default_cache_dir())
-    path = cache_dir / f"{ModelName(name).value}-{data_config.name.value}-{key}.pt"
+    path = cache_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '-', label)}-{data_config.name.value}-{key}.pt"
     model = build_model(name, splits.num_classes, in_channels)
     cached = path.exists()
     if cached:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        logger.info("loaded cached %s from %s", ModelName(name).value, path)
+        logger.info("loaded cached %s from %s", label, path)
     else:
         logger.info(
             "training %s on %s for %d steps (cached afterwards)",
-            ModelName(name).value,
+            label,
             data_config.name.value,
             recipe.steps,
         )

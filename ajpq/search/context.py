@@ -188,7 +188,7 @@ def prepare_context(config: SearchConfig, device: str = "cpu") -> tuple[SearchCo
     pre = pretrained_model(config.model, config.data, splits, weights=config.weights, device=device)
     logger.info(
         "fp32 %s: val accuracy %.4f, test accuracy %.4f",
-        config.model.value,
+        config.model,
         pre.val_top1,
         pre.test_top1,
     )

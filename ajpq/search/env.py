@@ -74,7 +74,7 @@ class CompressionEnv(gym.Env):
             self.graph,
             per_layer,
             importance=self.context.importance,
-            model_name=self.context.config.model.value,
+            model_name=self.context.config.model,
         )
 
     def _budget_fraction(self) -> float:

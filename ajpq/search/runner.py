@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -84,7 +85,8 @@ class SearchOutcome:
 def run_base_name(config: SearchConfig) -> str:
     if config.tracking.run_name:
         return config.tracking.run_name
-    return f"{config.model.value}-{config.data.name.value}-{config.budget.kind.value}{config.budget.value:g}-s{config.agent.seed}"
+    model = re.sub(r"[^A-Za-z0-9_.-]", "-", config.model)  # package.module:factory too
+    return f"{model}-{config.data.name.value}-{config.budget.kind.value}{config.budget.value:g}-s{config.agent.seed}"
 
 
 def runs_folder(config: SearchConfig) -> Path:
@@ -310,7 +312,7 @@ def _check_budget(context: SearchContext) -> None:
     """An unreachable budget raises ValueError naming the smallest reachable value."""
     config = context.config
     enforce_budget(
-        uniform_policy(context.graph, 8, 8, config.model.value),
+        uniform_policy(context.graph, 8, 8, config.model),
         config.budget,
         CostModel(context.graph),
         context.importance,
@@ -422,7 +424,7 @@ def _new_run(config: SearchConfig, config_path: str | None) -> _OpenRun:
     context.save(run_dir / "context")
     tracker = Tracker.for_search(config)
     params = {
-        "model": config.model.value,
+        "model": config.model,
         "dataset": config.data.name.value,
         "budget_kind": config.budget.kind.value,
         "budget_value": config.budget.value,

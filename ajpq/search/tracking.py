@@ -45,7 +45,7 @@ def search_tags(config: SearchConfig) -> dict[str, str]:
     """Tags on a search run and on each of its policy runs, so the MLflow UI's search box and
     compare view work across searches and sweeps (``tags.budget_value = '0.125'``)."""
     return {
-        "model": config.model.value,
+        "model": config.model,
         "dataset": config.data.name.value,
         "budget_kind": config.budget.kind.value,
         "budget_value": f"{config.budget.value:g}",

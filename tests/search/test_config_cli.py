@@ -15,7 +15,11 @@ from ajpq.config import ConfigError, SearchConfig, load_config
     [
         ("agent.episodez=3", "unknown key agent.episodez"),
         ("agent.episodes=three", "agent.episodes: must be a valid integer, got 'three'"),
-        ("model=resnet9", "model: unknown value 'resnet9'; use one of"),
+        ("model=resnet9", "model: unknown model 'resnet9'; use one of"),
+        (
+            "model=nosuchpkg.nets:build",
+            "model 'nosuchpkg.nets:build': cannot import 'nosuchpkg.nets'",
+        ),
         ("data.name=mnist", "data.name: unknown value 'mnist'"),
         ("data.path=/nonexistent/fmnist", "data.path: /nonexistent/fmnist does not exist"),
         ("budget.value=1.5", "budget.value"),
@@ -98,7 +102,8 @@ def test_export_without_a_search_says_to_run_it_first(search_config_file, capsys
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("evaluator.num_gpus=1", "evaluator.num_gpus=1: the largest node has 4 CPUs and 0 GPUs"),
+        # the local Ray's CPU count depends on which test started it; the GPUs do not
+        ("evaluator.num_gpus=1", "CPUs and 0 GPUs; lower the request or add such nodes"),
         ("tracking.uri=http://127.0.0.1:9", "tracking URI http://127.0.0.1:9 does not answer"),
         ("evaluator.scorer=nosuchpkg.mod:score", "evaluator.scorer: cannot import 'nosuchpkg.mod'"),
         ("evaluator.scorer=ajpq.scoring", "is not of the form package.module:function"),
