@@ -153,7 +153,7 @@ def _open_sweep(config: SweepConfig, tracker: Tracker, resume: bool) -> tuple[Pa
     params.update(
         num_samples=config.sweep.num_samples,
         max_concurrent_trials=config.sweep.max_concurrent_trials,
-        model=config.base.model.value,
+        model=config.base.model,
         dataset=config.base.data.name.value,
     )
     run = tracker.client.create_run(
