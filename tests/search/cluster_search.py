@@ -21,13 +21,19 @@ from ajpq.config import load_config
 from ajpq.search.runner import run_search
 
 
-def _kill_one_evaluator(killed: dict, stop: threading.Event) -> None:
+def _kill_one_evaluator(killed: dict, stop: threading.Event, episodes: int) -> None:
+    """Kill while work remains (2 <= records <= episodes - 6), so the pool must use the dead
+    evaluator again and replace it; a watcher that wakes too late kills nothing (the test
+    then says so) instead of killing an idle evaluator at the end."""
     head = ray.get_runtime_context().get_node_id()
     while not stop.is_set():
         pools = [a for a in ray.util.list_named_actors(True) if a["name"].startswith("ajpq-pool")]
         if pools:
             pool = ray.get_actor(pools[0]["name"], namespace=pools[0]["namespace"])
-            if ray.get(pool.summary.remote())["records"] >= 2:
+            records = ray.get(pool.summary.remote())["records"]
+            if records > episodes - 6:
+                return
+            if records >= 2:
                 for where in ray.get(pool.wait_ready.remote()):
                     if where["node_id"] != head:
                         os.kill(where["pid"], signal.SIGKILL)
@@ -47,7 +53,9 @@ def main(config_path: str, out_path: str, address: str) -> None:
     killed: dict = {}
     stop = threading.Event()
     ray.init(address=address, namespace="ajpq", log_to_driver=False)
-    watcher = threading.Thread(target=_kill_one_evaluator, args=(killed, stop), daemon=True)
+    watcher = threading.Thread(
+        target=_kill_one_evaluator, args=(killed, stop, config.agent.episodes), daemon=True
+    )
     watcher.start()
     try:
         outcome = run_search(config)
