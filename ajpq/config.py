@@ -48,6 +48,7 @@ __all__ = [
     "SweepSection",
     "SweepConfig",
     "set_key",
+    "read_mapping",
     "parse_sweep_section",
     "with_values",
     "find_config",
@@ -266,7 +267,8 @@ def find_config(path: str | Path) -> Path:
     raise ConfigError(f"config file {path} does not exist")
 
 
-def _read_mapping(path: str | Path) -> tuple[Path, dict[str, Any]]:
+def read_mapping(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The config file (found as :func:`find_config` does) and its top-level mapping."""
     path = find_config(path)
     if path.is_dir():
         raise ConfigError(f"config file {path} is a folder; give a YAML file in it")
@@ -283,7 +285,7 @@ def _read_mapping(path: str | Path) -> tuple[Path, dict[str, Any]]:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> SearchConfig:
     """Read a YAML config, apply overrides, validate. Raises ConfigError with a clear message."""
-    path, raw = _read_mapping(path)
+    path, raw = read_mapping(path)
     if "sweep" in raw:
         raise ConfigError(f"{path} is a sweep (it has a sweep: section); run it with ajpq sweep")
     return SearchConfig.from_dict(apply_overrides(raw, overrides or []))
@@ -374,7 +376,7 @@ def _check_sweep_values(config: SweepConfig) -> None:
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
     """Read a sweep file: a search config plus a ``sweep:`` section (see SweepSection)."""
-    path, raw = _read_mapping(path)
+    path, raw = read_mapping(path)
     raw = apply_overrides(raw, overrides or [])
     if "sweep" not in raw:
         raise ConfigError(f"{path} has no sweep: section; run it with ajpq search")

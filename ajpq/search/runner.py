@@ -53,6 +53,7 @@ __all__ = [
     "ResumeError",
     "load_best_policy",
     "search_bundles",
+    "ensure_ray",
     "resolve_locations",
     "DEFAULT_TRACKING_URI",
 ]
@@ -225,13 +226,16 @@ def local_num_cpus(config: SearchConfig) -> int:
     return max(os.cpu_count() or 1, math.ceil(needed + 0.5))
 
 
-def _ensure_ray(config: SearchConfig) -> None:
+def ensure_ray(config: SearchConfig, local_cpus: int | None = None) -> None:
+    """Connect to ``ray_address``, or start a Ray of our own with ``ray_num_cpus``, else
+    ``local_cpus``, else what one search needs (:func:`local_num_cpus`)."""
     if not ray.is_initialized():
         local = config.ray_address is None
+        cpus = config.ray_num_cpus or local_cpus or local_num_cpus(config)
         ray.init(
             # without ray_address: always a Ray of our own, even when another one runs here
             address="local" if local else config.ray_address,
-            num_cpus=(config.ray_num_cpus or local_num_cpus(config)) if local else None,
+            num_cpus=cpus if local else None,
             include_dashboard=False,
             log_to_driver=False,
             namespace="ajpq",
@@ -337,7 +341,7 @@ def run_search(
     check_tracking_uri(config.tracking.uri)
     _check_writable(Path(config.output_dir))
     run = _resume_run(config) if resume else None
-    _ensure_ray(config)
+    ensure_ray(config)
     _check_resources(config)
     if run is None:
         run = _new_run(config, config_path)

@@ -18,11 +18,11 @@ from pathlib import Path
 import yaml
 
 from ajpq.config import (
-    ConfigError,
     SearchConfig,
     apply_overrides,
     find_config,
     parse_sweep_section,
+    read_mapping,
 )
 from ajpq.configtypes import parse
 
@@ -85,14 +85,7 @@ def _submission_error(address: str, error: Exception) -> str:
 def _check_schema(config_path: Path, overrides: list[str]) -> None:
     """Keys, types and ranges are checked here, before anything is sent; what the config
     names on disk (data, weights) is checked on the cluster, where it must exist."""
-    if config_path.is_dir():
-        raise ConfigError(f"config file {config_path} is a folder; give a YAML file in it")
-    try:
-        raw = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{config_path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{config_path}: expected a mapping at the top level")
+    _, raw = read_mapping(config_path)
     raw = apply_overrides(raw, overrides)
     sweep = raw.pop("sweep", None)
     parse(SearchConfig, raw)

@@ -30,6 +30,7 @@ from ajpq.config import SearchConfig, SweepConfig, with_values
 from ajpq.search.pareto import pareto_front
 from ajpq.search.runner import (
     check_tracking_uri,
+    ensure_ray,
     local_num_cpus,
     resolve_locations,
     run_search,
@@ -115,26 +116,11 @@ def sweep_trial(
 
 
 def _ensure_ray(config: SweepConfig) -> None:
-    if ray.is_initialized():
-        return
+    """A local Ray gets room for ``max_concurrent_trials`` searches at once."""
     base = config.base
     per_trial = sum(b.get("CPU", 0.0) for b in search_bundles(base, config.sweep.trial_cpus))
-    local = base.ray_address is None
-    ray.init(
-        address="local" if local else base.ray_address,
-        num_cpus=(
-            base.ray_num_cpus
-            or max(
-                local_num_cpus(base),
-                math.ceil(per_trial * config.sweep.max_concurrent_trials + 0.5),
-            )
-        )
-        if local
-        else None,
-        include_dashboard=False,
-        log_to_driver=False,
-        namespace="ajpq",
-    )
+    concurrent = math.ceil(per_trial * config.sweep.max_concurrent_trials + 0.5)
+    ensure_ray(base, max(local_num_cpus(base), concurrent))
 
 
 def _open_sweep(config: SweepConfig, tracker: Tracker, resume: bool) -> tuple[Path, str]:
