@@ -45,6 +45,8 @@ class FakeQuantLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.layer = layer
+        # the BatchNorm that folds into this layer when it is materialized (ajpq.graph)
+        self.fold_bn: str | None = None
         device = layer.weight.device
         self.register_buffer("weight_bits", weight_bits.to(device=device, dtype=torch.float32))
         self.register_buffer("input_mask", None if input_mask is None else input_mask.to(device))
@@ -135,5 +137,6 @@ def apply_policy(
             layer_policy.act_bits,
             None if mask is None else torch.from_numpy(mask.astype(np.float32)),
         )
+        wrapped.fold_bn = layer.bn
         set_submodule(simulated, layer.name, wrapped)
     return simulated

@@ -28,11 +28,14 @@ from ajpq.validation import validate_policy
 
 __all__ = [
     "BudgetKind",
+    "Precision",
+    "WallRules",
     "Budget",
     "LatencyModel",
     "fit_latency_model",
     "enforce_budget",
     "budget_value",
+    "check_precision",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,24 @@ class BudgetKind(str, enum.Enum):
     SIZE = "size"  # ratio of fp32 size
     BITOPS = "bitops"  # ratio of fp32 BitOps
     LATENCY = "latency"  # ceiling in milliseconds
+
+
+class Precision(str, enum.Enum):
+    """How bit widths may vary (``space.precision``); the budget wall keeps the mode."""
+
+    MIXED = "mixed"  # per channel, by importance rank (the paper's channel controller)
+    LAYER = "layer"  # one weight bit width per layer (HAQ)
+    FIXED = "fixed"  # one weight and one activation bit width for the whole network
+
+
+@dataclass(frozen=True)
+class WallRules:
+    """Which moves the budget wall may make: lower bits in the ``precision`` mode's unit (a
+    channel, a layer, the network), prune channels, lower activation bits."""
+
+    precision: Precision = Precision.MIXED
+    prune: bool = True
+    bits: bool = True
 
 
 @config_type
@@ -123,15 +144,23 @@ def _next_act(bits: int) -> int | None:
 
 
 class _Squeezer:
-    """Mutable policy state plus the greedy move queue."""
+    """Mutable policy state plus the greedy move queue. Moves follow ``rules``: a bit move
+    lowers one channel (mixed), every kept channel of a layer (layer) or of the network
+    (fixed); an activation move lowers one layer (the whole network when fixed)."""
 
     def __init__(
-        self, policy: CompressionPolicy, costs: CostModel, importance: list[np.ndarray], metric: str
+        self,
+        policy: CompressionPolicy,
+        costs: CostModel,
+        importance: list[np.ndarray],
+        metric: str,
+        rules: WallRules,
     ) -> None:
         self.graph = costs.graph
         self.costs = costs
         self.importance = importance
         self.metric = metric
+        self.rules = rules
         self.bits = [np.array(lp.weight_bits, dtype=np.int64) for lp in policy.layers]
         self.act = [lp.act_bits for lp in policy.layers]
         self.pruned = costs.pruned_per_group(self.bits)
@@ -146,9 +175,7 @@ class _Squeezer:
     def _channel_cost(self, index: int, bits: int, wpc: int) -> float:
         layer = self.graph.layers[index]
         if self.metric == "size":
-            scale = 32 if 0 < bits < FLOAT_BITS else 0
-            bias = 32 if (layer.has_bias and bits > 0) else 0
-            return bits * wpc + scale + bias
+            return self.costs.channel_size_bits(index, bits, wpc)
         macs = wpc * layer.output_positions
         if self.metric == "bitops":
             return bits * macs * self.act[index]
@@ -165,22 +192,69 @@ class _Squeezer:
             return float(bits.sum()) * macs * self.act[index]
         return float((bits > 0).sum()) * macs
 
+    def _lower_channels(self, index: int, channels: np.ndarray) -> tuple[float, float] | None:
+        """(damage, saving) of one bit fewer for ``channels`` of layer ``index``."""
+        wpc = self.costs.weights_per_channel(index, self.pruned)
+        damage = saving = 0.0
+        for channel in channels:
+            current = int(self.bits[index][channel])
+            target = _next_bits(current)
+            if target is None:
+                return None
+            saving += self._channel_cost(index, current, wpc) - self._channel_cost(
+                index, target, wpc
+            )
+            damage += self.importance[index][channel] * (_error(target) - _error(current))
+        return damage, saving
+
+    def _lower_act(self, index: int) -> tuple[float, float] | None:
+        current = self.act[index]
+        target = _next_act(current)
+        if target is None:
+            return None
+        layer = self.graph.layers[index]
+        wpc = self.costs.weights_per_channel(index, self.pruned)
+        bits = self.bits[index]
+        saving = float(bits.sum()) * wpc * layer.output_positions * (current - target)
+        kept = bits > 0
+        damage = float(self.importance[index][kept].sum()) * (_error(target) - _error(current))
+        return damage, saving
+
+    @staticmethod
+    def _add(parts: list[tuple[float, float] | None]) -> tuple[float, float] | None:
+        if not parts or any(p is None for p in parts):
+            return None
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+    def _kept(self, index: int) -> np.ndarray:
+        return np.flatnonzero(self.bits[index] > 0)
+
     # --- moves -----------------------------------------------------------------------------
     def _evaluate(self, move: tuple) -> tuple[float, float] | None:
         """(damage, saving) of a move in the current state, or None when no longer possible."""
         kind = move[0]
         if kind == "bit":
             _, index, channel, expected = move
-            current = int(self.bits[index][channel])
-            target = _next_bits(current)
-            if current != expected or target is None:
+            if int(self.bits[index][channel]) != expected:
                 return None
-            wpc = self.costs.weights_per_channel(index, self.pruned)
-            saving = self._channel_cost(index, current, wpc) - self._channel_cost(
-                index, target, wpc
+            return self._lower_channels(index, np.array([channel]))
+        if kind == "layerbit":
+            _, index, expected = move
+            kept = self._kept(index)
+            if int(self.bits[index][kept[0]]) != expected:
+                return None
+            return self._lower_channels(index, kept)
+        if kind == "netbit":
+            return self._add(
+                [
+                    self._lower_channels(layer.index, self._kept(layer.index))
+                    for layer in self.graph.layers
+                ]
             )
-            damage = self.importance[index][channel] * (_error(target) - _error(current))
-            return damage, saving
+        if kind == "netact":
+            if self.metric != "bitops":
+                return None
+            return self._add([self._lower_act(layer.index) for layer in self.graph.layers])
         if kind == "prune":
             _, group_index, channel = move
             group = self.graph.groups[group_index]
@@ -196,19 +270,13 @@ class _Squeezer:
                 damage += self.importance[m][channel] * (1.0 - _error(current))
             for consumer, index_map in group.consumers.items():
                 saving += self._input_channel_cost(consumer, index_map.shape[1])
+            if self.metric == "size":
+                saving += self.costs.passenger_bits(group_index)
             return damage, saving
         _, index, expected = move
-        current = self.act[index]
-        target = _next_act(current)
-        if current != expected or target is None or self.metric != "bitops":
+        if self.act[index] != expected or self.metric != "bitops":
             return None
-        layer = self.graph.layers[index]
-        wpc = self.costs.weights_per_channel(index, self.pruned)
-        bits = self.bits[index]
-        saving = float(bits.sum()) * wpc * layer.output_positions * (current - target)
-        kept = bits > 0
-        damage = float(self.importance[index][kept].sum()) * (_error(target) - _error(current))
-        return damage, saving
+        return self._lower_act(index)
 
     def push(self, move: tuple) -> None:
         evaluated = self._evaluate(move)
@@ -220,16 +288,32 @@ class _Squeezer:
         self.counter += 1
         heapq.heappush(self.heap, (damage / saving, self.counter, move))
 
+    def _lower(self, index: int, channels: np.ndarray) -> None:
+        for channel in channels:
+            self.bits[index][channel] = _next_bits(int(self.bits[index][channel]))
+
     def _apply(self, move: tuple) -> None:
         kind = move[0]
         if kind == "bit":
             _, index, channel, current = move
-            target = _next_bits(current)
-            self.bits[index][channel] = target
-            self.push(("bit", index, channel, target))
+            self._lower(index, np.array([channel]))
+            self.push(("bit", index, channel, int(self.bits[index][channel])))
             group = self.graph.layer_group[index]
-            if self.graph.groups[group].prunable:
+            if self.rules.prune and self.graph.groups[group].prunable:
                 self.push(("prune", group, channel))
+        elif kind == "layerbit":
+            _, index, _ = move
+            kept = self._kept(index)
+            self._lower(index, kept)
+            self.push(("layerbit", index, int(self.bits[index][kept[0]])))
+        elif kind == "netbit":
+            for layer in self.graph.layers:
+                self._lower(layer.index, self._kept(layer.index))
+            self.push(("netbit",))
+        elif kind == "netact":
+            for layer in self.graph.layers:
+                self.act[layer.index] = _next_act(self.act[layer.index])
+            self.push(("netact",))
         elif kind == "prune":
             _, group_index, channel = move
             for m in self.graph.groups[group_index].members:
@@ -237,19 +321,37 @@ class _Squeezer:
             self.pruned[group_index] += 1
         else:
             _, index, current = move
-            target = _next_act(current)
-            self.act[index] = target
-            self.push(("act", index, target))
+            self.act[index] = _next_act(current)
+            self.push(("act", index, self.act[index]))
+
+    def _initial_moves(self) -> None:
+        precision = self.rules.precision
+        if self.rules.bits:
+            if precision is Precision.FIXED:
+                self.push(("netbit",))
+                self.push(("netact",))
+            for layer in self.graph.layers:
+                if precision is Precision.MIXED:
+                    for channel, bits in enumerate(self.bits[layer.index]):
+                        self.push(("bit", layer.index, channel, int(bits)))
+                elif precision is Precision.LAYER:
+                    self.push(
+                        (
+                            "layerbit",
+                            layer.index,
+                            int(self.bits[layer.index][self._kept(layer.index)[0]]),
+                        )
+                    )
+                if precision is not Precision.FIXED:
+                    self.push(("act", layer.index, self.act[layer.index]))
+        if self.rules.prune:
+            for group in self.graph.groups:
+                if group.prunable:
+                    for channel in range(group.channels):
+                        self.push(("prune", group.index, channel))
 
     def squeeze(self, target: float) -> float:
-        for layer in self.graph.layers:
-            for channel, bits in enumerate(self.bits[layer.index]):
-                self.push(("bit", layer.index, channel, int(bits)))
-            self.push(("act", layer.index, self.act[layer.index]))
-        for group in self.graph.groups:
-            if group.prunable:
-                for channel in range(group.channels):
-                    self.push(("prune", group.index, channel))
+        self._initial_moves()
         total = self.total()
         while total > target and self.heap:
             ratio, _, move = heapq.heappop(self.heap)
@@ -263,8 +365,8 @@ class _Squeezer:
                 continue
             self._apply(move)
             total -= evaluated[1]
-            if move[0] == "prune":
-                total = self.total()  # pruning changes consumers' widths: recount exactly
+            if move[0] in ("prune", "netbit", "netact"):
+                total = self.total()  # many widths changed: recount exactly
         return self.total()
 
     def policy(self, like: CompressionPolicy) -> CompressionPolicy:
@@ -276,23 +378,56 @@ class _Squeezer:
 
 
 def _floor_policy(
-    policy: CompressionPolicy, graph: ModelGraph, importance: list[np.ndarray]
+    policy: CompressionPolicy,
+    graph: ModelGraph,
+    importance: list[np.ndarray],
+    rules: WallRules = WallRules(),
 ) -> CompressionPolicy:
-    """The cheapest policy reachable: 1 channel per prunable group, 1-bit weights, 2-bit inputs."""
+    """The cheapest policy the wall can reach from ``policy``: with pruning, one channel per
+    prunable group; with bit moves, 1-bit weights and 2-bit inputs."""
     layers = []
     group_keep = {}
-    for group in graph.groups:
-        if group.prunable:
-            score = np.mean([importance[m] for m in group.members], axis=0)
-            group_keep[group.index] = int(np.argmax(score))
+    if rules.prune:
+        for group in graph.groups:
+            if group.prunable:
+                score = np.mean([importance[m] for m in group.members], axis=0)
+                kept = np.array(policy.layers[group.members[0]].weight_bits) > 0
+                group_keep[group.index] = int(np.argmax(np.where(kept, score, -np.inf)))
     for layer, lp in zip(graph.layers, policy.layers):
-        bits = np.ones(layer.out_channels, dtype=np.int64)
+        bits = np.array(lp.weight_bits, dtype=np.int64)
+        act = lp.act_bits
+        if rules.bits:
+            bits[bits > 0] = 1
+            act = MIN_ACT_BITS
         group = graph.layer_group[layer.index]
         if group in group_keep:
+            keep = group_keep[group]
+            value = bits[keep]
             bits[:] = 0
-            bits[group_keep[group]] = 1
-        layers.append(LayerPolicy(lp.name, tuple(int(b) for b in bits), MIN_ACT_BITS))
+            bits[keep] = value
+        layers.append(LayerPolicy(lp.name, tuple(int(b) for b in bits), act))
     return policy.replace_layers(layers)
+
+
+def check_precision(policy: CompressionPolicy, precision: Precision) -> None:
+    """Raise ValueError when ``policy`` varies bits more finely than ``precision`` allows."""
+    if precision is Precision.MIXED:
+        return
+    per_layer = [{b for b in lp.weight_bits if b > 0} for lp in policy.layers]
+    for lp, widths in zip(policy.layers, per_layer):
+        if len(widths) > 1:
+            raise ValueError(
+                f"layer {lp.name}: kept channels have bits {sorted(widths)}; {precision.value} "
+                "precision gives every kept channel of a layer one bit width"
+            )
+    if precision is Precision.FIXED:
+        widths = set().union(*per_layer)
+        acts = {lp.act_bits for lp in policy.layers}
+        if len(widths) > 1 or len(acts) > 1:
+            raise ValueError(
+                f"weight bits {sorted(widths)} / activation bits {sorted(acts)} in one policy; "
+                "fixed precision uses one of each for the whole network"
+            )
 
 
 def budget_value(
@@ -318,14 +453,18 @@ def enforce_budget(
     costs: CostModel,
     importance: list[np.ndarray],
     latency_model: LatencyModel | None = None,
+    rules: WallRules = WallRules(),
 ) -> CompressionPolicy:
     """Return ``policy`` unchanged if it meets ``budget``, else the cheapest-damage squeeze of it.
 
     ``importance`` is the per-layer channel importance (see :func:`ajpq.importance.layer_importance`).
-    Raises ValueError naming the smallest reachable value when no policy can meet the budget.
+    ``rules`` says which moves the wall may make; the squeezed policy keeps ``rules.precision``
+    (``policy`` must already keep it). Raises ValueError naming the smallest reachable value
+    when no policy can meet the budget.
     """
     graph = costs.graph
     validate_policy(policy, graph)
+    check_precision(policy, rules.precision)
     if budget.kind is BudgetKind.SIZE:
         metric, target = "size", budget.value * costs.fp32_size_bits
     elif budget.kind is BudgetKind.BITOPS:
@@ -339,16 +478,23 @@ def enforce_budget(
         target = (budget.value - latency_model.intercept_ms) / latency_model.ms_per_mac
     if budget_value(policy, budget, costs, latency_model) <= budget.value:
         return policy
-    floor = _floor_policy(policy, graph, importance)
+    floor = _floor_policy(policy, graph, importance, rules)
     smallest = budget_value(floor, budget, costs, latency_model)
     if smallest > budget.value:
         unit = "ms (predicted)" if budget.kind is BudgetKind.LATENCY else "of fp32"
+        how = ", ".join(
+            part
+            for part, allowed in (
+                ("every layer at 1-bit weights, 2-bit activations", rules.bits),
+                ("one channel per prunable group", rules.prune),
+            )
+            if allowed
+        )
         raise ValueError(
             f"{budget.kind.value} budget {budget.value:g} is below the smallest reachable value "
-            f"{smallest:.4g} {unit} (every layer at 1-bit weights, 2-bit activations, one channel "
-            "per prunable group); raise the budget"
+            f"{smallest:.4g} {unit} ({how or 'no move allowed'}); raise the budget"
         )
-    squeezer = _Squeezer(policy, costs, importance, metric)
+    squeezer = _Squeezer(policy, costs, importance, metric, rules)
     final = squeezer.squeeze(target)
     result = squeezer.policy(policy)
     if final > target * (1 + 1e-9):

@@ -1,9 +1,12 @@
 """Costs of a policy: compressed size, BitOps, MACs, and measured latency.
 
-Size counts the compressible layers (Conv2d / Linear) as they would be stored: every kept
-channel's weights at its bit width, one fp32 scale per quantized channel, fp32 biases of kept
-channels. Input channels removed by upstream pruning are not counted. BitOps = MACs x weight bits
-x activation bits, per channel. BatchNorm is excluded (it folds into the preceding conv).
+Size is what :func:`ajpq.export.export_compressed` writes: every kept channel's weights at its
+bit width (input channels removed by upstream pruning are not counted), one fp32 scale per
+quantized channel, an fp32 bias per kept channel where the layer has one or a BatchNorm folds
+into it, the state of other modules pruned with the channels (an unfolded BatchNorm), the state
+nothing prunes, the activation quantizers, and the file format's own bytes. The reference is
+the fp32 model's state dict as torch.save writes it. BitOps = MACs x weight bits x activation
+bits, per channel.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ __all__ = ["PolicyCost", "CostModel", "measure_latency"]
 
 SCALE_BITS = 32
 BIAS_BITS = 32
+ACT_STATE_BITS = 48  # an activation quantizer's max |x| (fp32) and two flags
+# the compressed file's format: torch.save's zip entries and the zlib-compressed header (policy,
+# index, shapes); measured on the zoo by bench/bench_export.py, which prints file vs size
+FORMAT_BASE_BYTES = 850
+FORMAT_PER_LAYER_BYTES = 220
 
 
 @dataclass(frozen=True)
@@ -70,9 +78,13 @@ class CostModel:
         for group in graph.groups:
             for consumer, index_map in group.consumers.items():
                 self.inputs_from[consumer].append((group.index, int(index_map.shape[1])))
+        self.format_bits = 8.0 * (FORMAT_BASE_BYTES + FORMAT_PER_LAYER_BYTES * len(graph.layers))
+        self.fixed_bits = 8.0 * graph.fixed_state_bytes + self.format_bits
         full = [np.full(layer.out_channels, FLOAT_BITS) for layer in graph.layers]
         fp32 = self.cost_arrays(full, [FLOAT_BITS] * len(graph.layers), [0] * len(graph.groups))
         self.fp32_size_bits, self.fp32_bitops, self.fp32_macs = fp32
+        if graph.fp32_file_bytes:  # the file a user compares with
+            self.fp32_size_bits = 8.0 * graph.fp32_file_bytes
 
     def kept_inputs(self, layer_index: int, pruned_per_group: list[int]) -> int:
         layer = self.graph.layers[layer_index]
@@ -90,8 +102,20 @@ class CostModel:
         layer = self.graph.layers[index]
         kept = bits > 0
         quantized = kept & (bits < FLOAT_BITS)
-        bias = BIAS_BITS * int(kept.sum()) if layer.has_bias else 0
+        bias = BIAS_BITS * int(kept.sum()) if layer.stores_bias else 0
         return float(bits.sum() * wpc + SCALE_BITS * quantized.sum() + bias)
+
+    def channel_size_bits(self, index: int, bits: int, wpc: int) -> float:
+        """Stored bits of one output channel of layer ``index`` at ``bits`` (0: pruned)."""
+        if bits <= 0:
+            return 0.0
+        scale = SCALE_BITS if bits < FLOAT_BITS else 0
+        bias = BIAS_BITS if self.graph.layers[index].stores_bias else 0
+        return float(bits * wpc + scale + bias)
+
+    def passenger_bits(self, group_index: int) -> float:
+        """Bits other modules store per channel of the group (removed when it is pruned)."""
+        return 8.0 * self.graph.groups[group_index].passenger_bytes
 
     def layer_cost_arrays(
         self, bits: list[np.ndarray], act_bits: list[int], pruned_per_group: list[int]
@@ -102,18 +126,22 @@ class CostModel:
             b = bits[layer.index]
             wpc = self.weights_per_channel(layer.index, pruned_per_group)
             per_channel_macs = wpc * layer.output_positions
+            act_state = ACT_STATE_BITS if act_bits[layer.index] < FLOAT_BITS else 0
             table[layer.index] = (
-                self.layer_size_bits(layer.index, b, wpc),
+                self.layer_size_bits(layer.index, b, wpc) + act_state,
                 float(b.sum()) * per_channel_macs * act_bits[layer.index],
                 float((b > 0).sum()) * per_channel_macs,
             )
+        for group, pruned in zip(self.graph.groups, pruned_per_group):
+            kept = group.channels - pruned
+            table[group.members[0], 0] += self.passenger_bits(group.index) * kept
         return table
 
     def cost_arrays(
         self, bits: list[np.ndarray], act_bits: list[int], pruned_per_group: list[int]
     ) -> tuple[float, float, float]:
         size, bitops, macs = self.layer_cost_arrays(bits, act_bits, pruned_per_group).sum(axis=0)
-        return float(size), float(bitops), float(macs)
+        return float(size) + self.fixed_bits, float(bitops), float(macs)
 
     def layer_costs(self, policy: CompressionPolicy) -> np.ndarray:
         """Per layer (size bits, BitOps, MACs) of ``policy``, shape (layers, 3)."""

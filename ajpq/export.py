@@ -3,8 +3,10 @@
 :func:`export_compressed` materializes a (finetuned) simulated model and writes one file in
 which every compressible layer's weight is bit-packed channel by channel: a channel at b bits
 (2..8) stores b-bit integer codes and one fp32 scale, a binary channel one sign bit per weight
-and its mean magnitude, a float channel its fp32 values. Everything else (BatchNorm, biases,
-the calibrated activation quantizers) stays fp32. :func:`load_compressed` rebuilds the
+and its mean magnitude, a float channel its fp32 values. A BatchNorm right after a conv is
+folded into those scales and an fp32 bias; everything else (other BatchNorms, biases, the
+calibrated activation quantizers) stays fp32. The policy, shapes and index travel as one
+zlib-compressed JSON header. The file's size is what :class:`ajpq.cost.CostModel` reports. :func:`load_compressed` rebuilds the
 architecture from the model zoo, prunes it by the policy and unpacks the weights: the loaded
 model computes exactly what :func:`ajpq.materialize.materialize` returns.
 """
@@ -12,7 +14,9 @@ model computes exactly what :func:`ajpq.materialize.materialize` returns.
 from __future__ import annotations
 
 import io
+import json
 import logging
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,16 +27,16 @@ from torch import nn
 from ajpq.apply import FakeQuantLayer, apply_policy
 from ajpq.cost import CostModel
 from ajpq.graph import ModelGraph, analyze
-from ajpq.materialize import QuantizedInput, materialize
+from ajpq.materialize import QuantizedInput, materialize, materialize_with_scales
 from ajpq.models import build_model
 from ajpq.policy import CompressionPolicy
-from ajpq.quantize import FLOAT_BITS, weight_scales
+from ajpq.quantize import FLOAT_BITS
 
 __all__ = ["ExportReport", "export_compressed", "load_compressed", "FORMAT"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "ajpq-compressed-v1"
+FORMAT = "ajpq-compressed-v2"
 
 
 @dataclass(frozen=True)
@@ -56,22 +60,23 @@ def _weight_key(model: nn.Module, name: str) -> str:
 
 
 def _pack(weight: torch.Tensor, bits: np.ndarray, scales: np.ndarray) -> dict[str, object]:
+    """Codes of the kept channels of one layer, grouped by bit width; one fp32 scale per
+    quantized channel (the bits themselves are in the policy)."""
     rows = weight.detach().reshape(weight.shape[0], -1).float().numpy()
+    quantized = (bits > 0) & (bits < FLOAT_BITS)
     packed: dict[str, object] = {
         "shape": list(weight.shape),
-        "bits": torch.from_numpy(bits.astype(np.uint8)),
-        "scale": torch.from_numpy(scales.astype(np.float32)),
+        "scale": torch.from_numpy(scales[quantized].astype(np.float32)),
     }
     for width in sorted(set(bits.tolist())):
         chosen = rows[bits == width]
         if width >= FLOAT_BITS:
             packed[f"w{width}"] = torch.from_numpy(chosen.astype(np.float32).copy())
             continue
-        scale = scales[bits == width][:, None]
+        scale = scales[bits == width][:, None].astype(np.float32)
         if width == 1:
-            # one sign bit; a weight of exactly 0 (kept at 0 by the simulation, decoded as
-            # -scale here) does not occur in a trained layer
-            codes = (chosen > 0).astype(np.uint8)
+            # one sign bit relative to the scale (a folded BatchNorm may make it negative)
+            codes = (chosen / scale > 0).astype(np.uint8)
         else:
             qmax = 2 ** (width - 1) - 1
             codes = (np.rint(chosen / scale) + qmax).clip(0, 2 * qmax).astype(np.uint8)
@@ -86,7 +91,8 @@ def _to_blob(tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[list[
     tensor (torch.save's per-entry headers and alignment cost ~300 bytes each)."""
     index, chunks, offset = [], [], 0
     for key, tensor in tensors.items():
-        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        data = data.view(torch.uint8) if data.numel() else torch.zeros(0, dtype=torch.uint8)
         index.append([key, str(tensor.dtype).removeprefix("torch."), list(tensor.shape), offset])
         chunks.append(data)
         offset += data.numel()
@@ -104,10 +110,11 @@ def _from_blob(blob: torch.Tensor, index: list[list[object]]) -> dict[str, torch
     return tensors
 
 
-def _unpack(packed: dict[str, object]) -> torch.Tensor:
+def _unpack(packed: dict[str, object], bits: np.ndarray) -> torch.Tensor:
     shape = list(packed["shape"])
-    bits = packed["bits"].numpy().astype(np.int64)
-    scales = packed["scale"].numpy()
+    quantized = (bits > 0) & (bits < FLOAT_BITS)
+    scales = np.zeros(len(bits), dtype=np.float32)
+    scales[quantized] = packed["scale"].numpy()
     per_row = int(np.prod(shape[1:]))
     rows = np.zeros((shape[0], per_row), dtype=np.float32)
     for width in sorted(set(bits.tolist())):
@@ -140,13 +147,10 @@ def export_compressed(
     simulated = model
     if not any(isinstance(m, FakeQuantLayer) for m in model.modules()):
         simulated = apply_policy(model, policy, graph)
-    # the scales the simulation used, over full rows (inputs pruned upstream included)
-    scales = {
-        name: weight_scales(module.layer.weight, module.weight_bits).cpu().numpy()
-        for name, module in simulated.named_modules()
-        if isinstance(module, FakeQuantLayer)
-    }
-    small = materialize(simulated, policy).cpu().eval()  # a copy: the caller's model stays put
+    # a copy (the caller's model stays put) and the scales its codes are multiplied by
+    small, layer_scales = materialize_with_scales(simulated, policy)
+    small = small.cpu().eval()
+    scales = {name: scale.detach().cpu().numpy() for name, scale in layer_scales.items()}
     state = small.state_dict()
     packed = {}
     for layer_policy in policy.layers:
@@ -168,14 +172,13 @@ def export_compressed(
         layouts[key] = fields.pop("shape")
         flat.update({f"packed/{key}/{name}": tensor for name, tensor in fields.items()})
     blob, index = _to_blob(flat)
-    artifact = {
-        "format": FORMAT,
-        "policy": policy.to_json(),
+    header = {
+        "policy": policy.to_dict(),
         "num_classes": int(num_classes),
         "shapes": layouts,
         "index": index,
-        "blob": blob,
     }
+    artifact = {"format": FORMAT, "header": _compress(header), "blob": blob}
     # everything that can fail happens before the file appears: a failed export leaves nothing
     # the fp32 reference: the same architecture's state dict, saved the same way
     skeleton = _skeleton(policy, num_classes)
@@ -223,22 +226,37 @@ def load_compressed(path: str | Path) -> nn.Module:
     if not isinstance(artifact, dict) or artifact.get("format") != FORMAT:
         raise ValueError(f"{path} is not an ajpq compressed model ({FORMAT})")
     try:
-        return _rebuild(artifact)
-    except (KeyError, RuntimeError, ValueError) as error:
+        return _rebuild(_decompress(artifact["header"]), artifact["blob"])
+    except (KeyError, RuntimeError, ValueError, zlib.error) as error:
         raise ValueError(
             f"{path} is damaged: its contents do not fit together ({type(error).__name__}: "
             f"{str(error).splitlines()[0][:120]}); export it again with ajpq export"
         ) from None
 
 
-def _rebuild(artifact: dict) -> nn.Module:
-    policy = CompressionPolicy.from_json(artifact["policy"])
-    small = materialize(_skeleton(policy, artifact["num_classes"]), policy)
-    tensors = _from_blob(artifact["blob"], artifact["index"])
+def _compress(header: dict) -> torch.Tensor:
+    """The header as zlib-compressed JSON in a byte tensor (a per-channel bit list compresses
+    to almost nothing; pickled lists would not)."""
+    raw = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+
+
+def _decompress(data: torch.Tensor) -> dict:
+    return json.loads(zlib.decompress(data.numpy().tobytes()).decode())
+
+
+def _rebuild(header: dict, blob: torch.Tensor) -> nn.Module:
+    policy = CompressionPolicy.from_dict(header["policy"])
+    small = materialize(_skeleton(policy, header["num_classes"]), policy)
+    tensors = _from_blob(blob, header["index"])
     state = {k[len("state/") :]: v for k, v in tensors.items() if k.startswith("state/")}
-    for key, shape in artifact["shapes"].items():
+    bits_of = {}
+    for layer_policy in policy.layers:
+        bits = np.asarray(layer_policy.weight_bits)
+        bits_of[_weight_key(small, layer_policy.name)] = bits[bits > 0]
+    for key, shape in header["shapes"].items():
         prefix = f"packed/{key}/"
         fields = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        state[key] = _unpack({**fields, "shape": shape})
+        state[key] = _unpack({**fields, "shape": shape}, bits_of[key])
     small.load_state_dict(state)
     return small.eval()

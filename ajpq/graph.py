@@ -9,8 +9,10 @@ budgets, physical pruning) reads this table instead of re-tracing the model.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
+import io
 import logging
 from dataclasses import dataclass
 
@@ -55,6 +57,13 @@ class LayerInfo:
     output_positions: int
     macs: int
     has_bias: bool
+    # the BatchNorm that directly follows this conv and folds into its weights and bias
+    bn: str | None = None
+
+    @property
+    def stores_bias(self) -> bool:
+        """A bias per kept channel is stored: its own, or the one a folded BatchNorm leaves."""
+        return self.has_bias or self.bn is not None
 
     @property
     def weights_per_channel(self) -> int:
@@ -74,6 +83,9 @@ class CouplingGroup:
     channels: int
     prunable: bool
     consumers: dict[int, np.ndarray]
+    # bytes of other state (an unfolded BatchNorm's weight, bias and statistics, ...) stored
+    # per channel of this group, pruned with it
+    passenger_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,10 @@ class ModelGraph:
     layer_group: tuple[int, ...]
     input_shape: tuple[int, ...]
     signature: str
+    # state outside the compressible layers stored whatever is pruned (bytes), and the fp32
+    # model's state dict as torch.save writes it (the reference for size ratios)
+    fixed_state_bytes: int = 0
+    fp32_file_bytes: int = 0
 
     def layer_by_name(self, name: str) -> LayerInfo:
         for layer in self.layers:
@@ -252,6 +268,9 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
         )
         dep_graph = None
 
+    folds = _foldable_batchnorms(model, dep_graph, layers, modules) if dep_graph else {}
+    layers = tuple(dataclasses.replace(lay, bn=folds.get(lay.index)) for lay in layers)
+    folded = {model.get_submodule(name) for name in folds.values()}
     groups: list[CouplingGroup] = []
     layer_group = [-1] * len(layers)
     for layer in layers:
@@ -260,7 +279,9 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
         group = None
         if dep_graph is not None:
             try:
-                group = _coupling_group(dep_graph, layers, modules, index_of, layer, len(groups))
+                group = _coupling_group(
+                    dep_graph, layers, modules, index_of, layer, len(groups), folded
+                )
             except Exception as error:  # noqa: BLE001 - this group only: quantize, do not prune
                 logger.warning(
                     "layer %s: its channel coupling cannot be handled (%s: %s); it stays "
@@ -280,13 +301,67 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
         for m in group.members:
             layer_group[m] = group.index
         groups.append(group)
+    other = sum(_state_bytes(m) for m in model.modules() if m not in index_of and m not in folded)
+    per_channel = sum(g.passenger_bytes * g.channels for g in groups)
+    reference = io.BytesIO()
+    torch.save(model.state_dict(), reference)
     return ModelGraph(
         layers=layers,
         groups=tuple(groups),
         layer_group=tuple(layer_group),
         input_shape=tuple(example_input.shape[1:]),
         signature=_signature(layers),
+        fixed_state_bytes=max(0, other - per_channel),
+        fp32_file_bytes=reference.tell(),
     )
+
+
+def _state_rows(module: nn.Module) -> list[torch.Tensor]:
+    """The module's own stored tensors (parameters and persistent buffers)."""
+    skip = getattr(module, "_non_persistent_buffers_set", set())
+    buffers = [b for n, b in module.named_buffers(recurse=False) if n not in skip]
+    return [*module.parameters(recurse=False), *buffers]
+
+
+def _state_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in _state_rows(module))
+
+
+def _bytes_per_channel(module: nn.Module, channels: int) -> int:
+    """Bytes the module stores per channel (its tensors whose first dimension is ``channels``)."""
+    return sum(
+        t.numel() // channels * t.element_size()
+        for t in _state_rows(module)
+        if t.dim() >= 1 and t.shape[0] == channels
+    )
+
+
+def _foldable_batchnorms(
+    model: nn.Module,
+    dep_graph: tp.DependencyGraph,
+    layers: tuple[LayerInfo, ...],
+    modules: dict[str, nn.Module],
+) -> dict[int, str]:
+    """Layer index -> name of the BatchNorm2d that is the conv's only consumer and has no other
+    input: it folds into the conv's per-channel scales and bias exactly (inference)."""
+    names = {module: name for name, module in model.named_modules()}
+    folds = {}
+    for layer in layers:
+        module = modules[layer.name]
+        node = dep_graph.module2node.get(module)
+        if not isinstance(module, nn.Conv2d) or node is None or len(node.outputs) != 1:
+            continue
+        after = node.outputs[0]
+        bn = after.module
+        if (
+            isinstance(bn, nn.BatchNorm2d)
+            and len(after.inputs) == 1
+            and bn.num_features == layer.out_channels
+            and bn.track_running_stats
+            and bn in names
+        ):
+            folds[layer.index] = names[bn]
+    return folds
 
 
 def _refuse_reshaped_channels(tp_group: tp.Group, layer: LayerInfo) -> None:
@@ -318,6 +393,7 @@ def _coupling_group(
     index_of: dict[nn.Module, int],
     layer: LayerInfo,
     group_index: int,
+    folded: set[nn.Module] = frozenset(),
 ) -> CouplingGroup:
     """The group of layers pruned together with ``layer``'s output channels, and who consumes
     them. Raises when Torch-Pruning cannot trace it or the coupling is irregular."""
@@ -327,9 +403,12 @@ def _coupling_group(
     tp_group = dep_graph.get_pruning_group(module, out_fn, list(range(channels)))
     members: list[int] = []
     consumer_idx: dict[int, list[list[int]]] = {}
+    passengers: dict[nn.Module, set[int]] = {}
     for item in tp_group.items:
         target = item.dep.target.module
         if target not in index_of:
+            if isinstance(target, nn.Module) and target not in folded:
+                passengers.setdefault(target, set()).update(int(i) for i in item.idxs)
             continue
         idx = index_of[target]
         if dep_graph.is_out_channel_pruning_fn(item.dep.handler):
@@ -364,10 +443,25 @@ def _coupling_group(
         )
         and all(layers[c].kind is not LayerKind.GROUPED_CONV for c in consumers)
     )
+    passenger_bytes = sum(
+        _bytes_per_channel(module, _channel_count(module)) * len(idxs) / channels
+        for module, idxs in passengers.items()
+        if _channel_count(module)
+    )
     return CouplingGroup(
         index=group_index,
         members=members_sorted,
         channels=channels,
         prunable=prunable,
         consumers=consumers,
+        passenger_bytes=int(round(passenger_bytes)),
     )
+
+
+def _channel_count(module: nn.Module) -> int:
+    """The channel count of a normalization-like module (0 when it has none)."""
+    for attr in ("num_features", "num_channels", "num_parameters"):
+        value = getattr(module, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 0

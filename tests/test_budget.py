@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from ajpq.budget import Budget, LatencyModel, budget_value, enforce_budget
+from ajpq.budget import (
+    Budget,
+    LatencyModel,
+    Precision,
+    WallRules,
+    budget_value,
+    check_precision,
+    enforce_budget,
+)
 from ajpq.builder import LayerKnobs, build_policy, uniform_policy
 from ajpq.cost import CostModel
 from ajpq.graph import analyze
@@ -34,7 +42,7 @@ def test_random_policies_always_meet_their_budget(setup):
         ]
         policy = build_policy(model, graph, knobs)
         kind = ("size", "bitops")[trial % 2]
-        budget = Budget(kind, float(rng.uniform(0.02, 0.3)))
+        budget = Budget(kind, float(rng.uniform(0.05, 0.3)))
         squeezed = enforce_budget(policy, budget, costs, importance)
         assert budget_value(squeezed, budget, costs) <= budget.value * (1 + 1e-9)
         validate_policy(squeezed, graph)
@@ -78,3 +86,51 @@ def test_latency_budget_uses_latency_model(setup):
     assert budget_value(squeezed, budget, costs, latency_model) <= budget.value
     with pytest.raises(ValueError, match="latency model"):
         enforce_budget(uniform_policy(graph, 8, 8), budget, costs, importance)
+
+
+@pytest.mark.parametrize("precision", [Precision.LAYER, Precision.FIXED])
+def test_the_wall_keeps_the_precision_mode(setup, precision):
+    model, graph, costs, importance = setup
+    rng = np.random.default_rng(1)
+    rules = WallRules(precision)
+    network_bits = int(rng.choice([4, 8, 32]))
+    for trial in range(30):
+        knobs = [
+            LayerKnobs(
+                float(rng.uniform(0, 0.6)),
+                network_bits if precision is Precision.FIXED else int(rng.choice([2, 4, 8, 32])),
+                8 if precision is Precision.FIXED else int(rng.choice([4, 8, 32])),
+                0.0,
+            )
+            for _ in graph.layers
+        ]
+        policy = build_policy(model, graph, knobs)
+        budget = Budget(("size", "bitops")[trial % 2], float(rng.uniform(0.05, 0.3)))
+        squeezed = enforce_budget(policy, budget, costs, importance, rules=rules)
+        assert budget_value(squeezed, budget, costs) <= budget.value * (1 + 1e-9)
+        check_precision(squeezed, precision)
+        widths = [{b for b in lp.weight_bits if b} for lp in squeezed.layers]
+        assert all(len(w) == 1 for w in widths)  # one bit width per layer
+        if precision is Precision.FIXED:  # and one for the network, activations too
+            assert len(set().union(*widths)) == 1
+            assert len({lp.act_bits for lp in squeezed.layers}) == 1
+    with pytest.raises(ValueError, match=f"{precision.value} precision|fixed precision uses"):
+        enforce_budget(
+            build_policy(model, graph, LayerKnobs(0.0, 4, 8, 2.0)),
+            budget,
+            costs,
+            importance,
+            rules=rules,
+        )
+
+
+def test_walls_that_only_prune_or_only_lower_bits(setup):
+    model, graph, costs, importance = setup
+    policy = uniform_policy(graph, 8, 8)
+    budget = Budget("size", 0.12)
+    pruned = enforce_budget(policy, budget, costs, importance, rules=WallRules(bits=False))
+    assert {b for lp in pruned.layers for b in lp.weight_bits} == {0, 8}
+    lowered = enforce_budget(policy, budget, costs, importance, rules=WallRules(prune=False))
+    assert 0 not in {b for lp in lowered.layers for b in lp.weight_bits}
+    with pytest.raises(ValueError, match=r"one channel per prunable group\); raise"):
+        enforce_budget(policy, Budget("size", 0.02), costs, importance, rules=WallRules(bits=False))

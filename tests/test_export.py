@@ -112,3 +112,35 @@ def test_a_failed_export_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown model"):
         export_compressed(model, policy, tmp_path / "out" / "m.pt", 10, graph)
     assert not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [("digits_cnn", (1, 16, 16)), ("resnet18", (3, 32, 32)), ("mobilenet_v2", (3, 32, 32))],
+)
+def test_the_reported_size_is_the_file(name, shape, tmp_path):
+    """size_bytes is what the export writes (BatchNorm folded or counted, the format's own
+    bytes included) and compression_ratio is fp32 file / compressed file."""
+    from ajpq.cost import CostModel
+
+    torch.manual_seed(0)
+    model = build_model(name, 10, shape[0]).eval()
+    graph = analyze(model, torch.zeros(1, *shape))
+    costs = CostModel(graph)
+    rng = np.random.default_rng(1)
+    for trial in range(2):
+        knobs = [
+            LayerKnobs(
+                float(rng.uniform(0, 0.7)),
+                int(rng.choice([1, 2, 3, 4, 6, 8, 32])),
+                int(rng.choice([4, 8, 32])),
+                float(rng.uniform(0, 2)),
+            )
+            for _ in graph.layers
+        ]
+        policy = build_policy(model, graph, knobs, model_name=name)
+        report = export_compressed(model, policy, tmp_path / f"{trial}.pt", 10, graph)
+        cost = costs.cost(policy)
+        assert abs(report.file_bytes - cost.size_bytes) <= 0.05 * cost.size_bytes + 4096
+        assert report.fp32_file_bytes == costs.fp32_size_bits / 8
+        assert cost.compression_ratio == pytest.approx(report.file_ratio, rel=0.05)
