@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import Field
 
-from ajpq.budget import Budget
+from ajpq.budget import Budget, Precision
 from ajpq.configtypes import (
     ConfigError,
     Count,
@@ -43,6 +43,7 @@ __all__ = [
     "SearchConfig",
     "RewardKind",
     "CreditKind",
+    "Method",
     "load_config",
     "load_sweep",
     "SweepSection",
@@ -59,6 +60,17 @@ __all__ = [
 class RewardKind(str, enum.Enum):
     ACCURACY_DELTA = "accuracy_delta"  # scale x (accuracy - fp32 accuracy)   (HAQ)
     RELATIVE = "relative"  # scale x (accuracy / fp32 accuracy - 1)
+
+
+class Method(str, enum.Enum):
+    """How policies are proposed (``method:``); every method uses the same env, evaluator pool,
+    budget wall and MLflow records, and the same number of episodes (``agent.episodes``)."""
+
+    DDPG = "ddpg"  # the joint search (the default)
+    RANDOM = "random"  # uniformly random actions
+    TPE = "tpe"  # Optuna's TPE sampler over the same per-group knobs (ask / tell)
+    UNIFORM = "uniform"  # one bit width everywhere (no pruning, then + one uniform sparsity)
+    STEPWISE = "stepwise"  # AMC-style pruning at 8 bits, then DDPG over bits on the best
 
 
 class CreditKind(str, enum.Enum):
@@ -83,6 +95,10 @@ class SpaceSection:
     min_act_bits: ActBits = 4
     max_act_bits: ActBits = 8
     max_spread: NonNegative = 2.0
+    # mixed: bits per channel by importance rank; layer: one per layer; fixed: one weight and
+    # one activation bit width for the whole network (the first group's choice), pruning per
+    # layer. The budget wall keeps the mode.
+    precision: Precision = Precision.MIXED
 
     def __post_init__(self) -> None:
         if self.min_weight_bits > self.max_weight_bits:
@@ -165,6 +181,7 @@ class SearchConfig:
     # a zoo model (ajpq.models.ModelName) or your own as package.module:factory
     model: Text = ModelName.DIGITS_CNN.value
     weights: Text | None = None
+    method: Method = Method.DDPG
     data: DataConfig = Field(default_factory=DataConfig)
     budget: Budget = Field(default_factory=Budget)
     space: SpaceSection = Field(default_factory=SpaceSection)
@@ -184,6 +201,11 @@ class SearchConfig:
             check_model_name(self.model)
         except ValueError as error:
             raise ValueError(f"model: {error}") from None
+        if self.method is Method.STEPWISE and self.budget.kind.value == "latency":
+            raise ValueError(
+                "method: stepwise splits a size or bitops budget between its stages; use "
+                "budget.kind size or bitops, or another method"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)

@@ -11,7 +11,7 @@ import ray
 
 from ajpq.policy import CompressionPolicy
 from ajpq.search.context import SearchContext
-from ajpq.search.env import ENV_NAME, CompressionEnv
+from ajpq.search.env import ENV_NAME, CompressionEnv, Stage
 
 __all__ = ["PoolClient", "make_env", "register", "env_config_for"]
 
@@ -36,13 +36,16 @@ class PoolClient:
         return ray.get(self._handle().evaluate.remote(policy.to_json()))
 
 
-def env_config_for(pool_name: str, namespace: str) -> dict[str, str]:
-    return {"pool_name": pool_name, "namespace": namespace}
+def env_config_for(pool_name: str, namespace: str, stage: Stage | None = None) -> dict[str, Any]:
+    config: dict[str, Any] = {"pool_name": pool_name, "namespace": namespace}
+    if stage is not None:
+        config["stage"] = stage.to_dict()
+    return config
 
 
 def make_env(env_config: Mapping[str, Any]) -> CompressionEnv:
     client = PoolClient(env_config["pool_name"], env_config["namespace"])
-    return CompressionEnv(client.context(), client)
+    return CompressionEnv(client.context(), client, Stage.from_dict(env_config.get("stage")))
 
 
 def register() -> str:

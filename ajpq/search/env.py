@@ -13,21 +13,23 @@ The env knows nothing of Ray: the orchestration floor (``ajpq.search.binding``) 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from ajpq.budget import BudgetKind, enforce_budget
+from ajpq.budget import Budget, BudgetKind, Precision, WallRules, enforce_budget
 from ajpq.builder import LayerKnobs, build_policy
 from ajpq.cost import CostModel
 from ajpq.policy import CompressionPolicy
 from ajpq.search.context import SearchContext
 from ajpq.search.space import ACTION_DIM, action_to_knobs, group_features, group_order
 
-__all__ = ["CompressionEnv", "ENV_NAME", "Evaluate"]
+__all__ = ["CompressionEnv", "ENV_NAME", "Evaluate", "Stage"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +40,52 @@ Evaluate = Callable[[CompressionPolicy], Mapping[str, Any]]
 """Scores one policy and returns its record (a mapping with at least ``reward``)."""
 
 
+@dataclass(frozen=True)
+class Stage:
+    """What one stage of a search decides (the stepwise method): ``prune`` only (bits held at
+    the space's top), or ``bits`` only on the pruning of ``base_policy`` (JSON); ``budget``
+    replaces the search's for this stage."""
+
+    prune: bool = True
+    bits: bool = True
+    budget: Budget | None = None
+    base_policy: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["budget"] = self.budget.to_dict() if self.budget else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Stage:
+        if not data:
+            return cls()
+        budget = data.get("budget")
+        return cls(
+            prune=bool(data.get("prune", True)),
+            bits=bool(data.get("bits", True)),
+            budget=Budget(BudgetKind(budget["kind"]), float(budget["value"])) if budget else None,
+            base_policy=data.get("base_policy"),
+        )
+
+
 class CompressionEnv(gym.Env):
     """One episode = one policy for ``context``'s model, scored by ``evaluate``."""
 
-    def __init__(self, context: SearchContext, evaluate: Evaluate) -> None:
+    def __init__(
+        self, context: SearchContext, evaluate: Evaluate, stage: Stage | None = None
+    ) -> None:
         self.context = context
         self.evaluate = evaluate
         config = self.context.config
         self.space = config.space
-        self.budget = config.budget
+        self.stage = stage or Stage()
+        self.budget = self.stage.budget or config.budget
+        self.rules = WallRules(self.space.precision, self.stage.prune, self.stage.bits)
+        self.base_pruned = None
+        if self.stage.base_policy is not None:
+            base = CompressionPolicy.from_json(self.stage.base_policy)
+            self.base_pruned = [np.asarray(lp.weight_bits) == 0 for lp in base.layers]
         self.graph = self.context.graph
         self.costs = CostModel(self.graph)
         self.order = group_order(self.graph)
@@ -63,6 +102,23 @@ class CompressionEnv(gym.Env):
         self.previous_action = np.zeros(ACTION_DIM, dtype=np.float32)
 
     # -- policy assembly --------------------------------------------------------------------
+    def _in_mode(self, knobs: LayerKnobs, first: LayerKnobs) -> LayerKnobs:
+        """The knobs the precision mode and the stage allow (``first``: the first group's)."""
+        precision = self.space.precision
+        if precision is not Precision.MIXED:
+            knobs = dataclasses.replace(knobs, spread=0.0)
+        if precision is Precision.FIXED:
+            knobs = dataclasses.replace(
+                knobs, weight_bits=first.weight_bits, act_bits=first.act_bits
+            )
+        if not self.stage.bits:  # bits held at the top of the space
+            knobs = LayerKnobs(
+                knobs.sparsity, self.space.max_weight_bits, self.space.max_act_bits, 0.0
+            )
+        if not self.stage.prune:
+            knobs = dataclasses.replace(knobs, sparsity=0.0)
+        return knobs
+
     def _policy_for(self, knobs_by_group: dict[int, LayerKnobs]):
         undecided = LayerKnobs(0.0, 32, 32)
         per_layer = [
@@ -111,14 +167,39 @@ class CompressionEnv(gym.Env):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         group = self.order[self.step_index]
-        self.knobs[group] = action_to_knobs(action, self.space)
+        knobs = action_to_knobs(action, self.space)
+        first = self.knobs.get(self.order[0], knobs)
+        self.knobs[group] = self._in_mode(knobs, first)
         self.previous_action = np.clip(np.asarray(action, dtype=np.float32).reshape(-1), 0, 1)
         self.step_index += 1
         if self.step_index < len(self.order):
             return self._observation(), 0.0, False, False, {}
-        policy = self._policy_for(self.knobs)
+        policy = self._on_base(self._policy_for(self.knobs))
         policy = enforce_budget(
-            policy, self.budget, self.costs, self.context.importance, self.context.latency_model
+            policy,
+            self.budget,
+            self.costs,
+            self.context.importance,
+            self.context.latency_model,
+            self.rules,
         )
         record = dict(self.evaluate(policy))
         return self._observation(), float(record["reward"]), True, False, record
+
+    def _on_base(self, policy: CompressionPolicy) -> CompressionPolicy:
+        """With a base policy, its pruned channels stay pruned (and only those)."""
+        if self.base_pruned is None:
+            return policy
+        layers = []
+        for lp, pruned in zip(policy.layers, self.base_pruned):
+            bits = np.where(pruned, 0, np.asarray(lp.weight_bits))
+            layers.append(dataclasses.replace(lp, weight_bits=tuple(int(b) for b in bits)))
+        return policy.replace_layers(layers)
+
+    def play(self, actions: np.ndarray) -> dict[str, Any]:
+        """One whole episode with one action per group (rows in step order); its record."""
+        self.reset()
+        info: dict[str, Any] = {}
+        for action in np.asarray(actions, dtype=np.float32).reshape(len(self.order), ACTION_DIM):
+            _, _, done, _, info = self.step(action)
+        return info

@@ -26,9 +26,9 @@ import yaml
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ajpq.agent import DDPG, DDPGConfig
-from ajpq.budget import BudgetKind, enforce_budget
+from ajpq.budget import Budget, BudgetKind, budget_value, enforce_budget
 from ajpq.builder import uniform_policy
-from ajpq.config import SearchConfig
+from ajpq.config import Method, SearchConfig
 from ajpq.cost import CostModel
 from ajpq.data import DataSplits
 from ajpq.policy import CompressionPolicy
@@ -40,8 +40,10 @@ from ajpq.search.context import (
     prepare_context,
     publish_context,
 )
+from ajpq.search.env import CompressionEnv, Stage
 from ajpq.search.evaluators import EvaluatorPool, fit_latency_remote
 from ajpq.search.journal import JOURNAL_FILE
+from ajpq.search.methods import make_proposer, run_proposals, uniform_candidates
 from ajpq.search.record import PolicyRecord
 from ajpq.search.tracking import Tracker, redact_uri
 
@@ -164,7 +166,9 @@ def _check_resources(config: SearchConfig) -> None:
     )
 
 
-def _ddpg_config(config: SearchConfig, env_config: dict[str, Any]) -> DDPGConfig:
+def _ddpg_config(
+    config: SearchConfig, env_config: dict[str, Any], episodes: int | None = None
+) -> DDPGConfig:
     agent, ev = config.agent, config.evaluator
     # an env runner mostly waits on the pool: it reserves little so evaluators can be scheduled;
     # a sample must never be dropped for being slow: allow every retry of an evaluation
@@ -194,7 +198,7 @@ def _ddpg_config(config: SearchConfig, env_config: dict[str, Any]) -> DDPGConfig
             credit_assignment=agent.credit_assignment.value,
             # env runners never wait for each other: learn from whichever episodes finished
             async_sampling=True,
-            max_episodes=agent.episodes,
+            max_episodes=episodes or agent.episodes,
         )
         .debugging(seed=agent.seed)
     )
@@ -242,12 +246,12 @@ def ensure_ray(config: SearchConfig, local_cpus: int | None = None) -> None:
         )
 
 
-def _save_checkpoint(algo: DDPG, run_dir: Path) -> Path:
-    final = run_dir / "checkpoint"
-    tmp = run_dir / "checkpoint.tmp"
+def _save_checkpoint(algo: DDPG, run_dir: Path, name: str = "checkpoint") -> Path:
+    final = run_dir / name
+    tmp = run_dir / f"{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     algo.save_to_path(str(tmp))
-    old = run_dir / "checkpoint.old"
+    old = run_dir / f"{name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
@@ -379,26 +383,14 @@ def run_search(
         ", ".join(sorted({w["device"] for w in where})),
     )
     binding.register()
-    env_config = binding.env_config_for(pool_name, namespace)
-    algo = _ddpg_config(config, env_config).build_algo()
-    checkpoint = run.run_dir / "checkpoint"
-    if resume:
-        if checkpoint.exists():
-            algo.restore_from_path(str(checkpoint))
-        # policies scored after the last checkpoint (or before any) are in the journal: they
-        # count, and are never scored again, so an N-episode search ends with N policies
-        scored = ray.get(pool.summary.remote())["episodes"]
-        algo.episodes_done = max(algo.episodes_done, scored)
-        logger.info("resumed from %s at episode %d", run.run_dir, algo.episodes_done)
-
+    search = _Search(config, run, pool, pool_name, namespace, resume, on_progress)
     interrupted = False
     try:
-        _train(algo, pool, run, config.agent.episodes, on_progress)
+        search.run()
     except KeyboardInterrupt:
         interrupted = True
         logger.warning("interrupted: resume with the same command plus --resume")
     finally:
-        algo.stop()
         # every record is in the journal already; give MLflow a while to catch up
         waiting = ray.get(pool.flush.remote(FINAL_FLUSH_S))
         summary = ray.get(pool.summary.remote())
@@ -515,31 +507,196 @@ PROGRESS_EVERY_S = 1.0
 FINAL_FLUSH_S = 120.0
 
 
-def _train(
-    algo: DDPG, pool: Any, run: _OpenRun, target: int, on_progress: Progress | None = None
-) -> None:
-    """Train until ``target`` episodes. Each iteration learns from the episodes that finished
-    while the others keep running. The agent is checkpointed every ``CHECKPOINT_EVERY_S``, at
-    the end and on Ctrl-C / SIGTERM; records need no flush first (the pool journals each one
-    durably). Progress is logged at most every ``PROGRESS_EVERY_S``."""
-    started = last_checkpoint = last_log = time.time()
-    logged = -1
-    try:
-        while algo.episodes_done < target:
-            algo.train()
-            now = time.time()
-            done = algo.episodes_done >= target
-            if done or now - last_checkpoint >= CHECKPOINT_EVERY_S:
-                _save_checkpoint(algo, run.run_dir)
-                last_checkpoint = time.time()
-            if algo.episodes_done != logged and (done or now - last_log >= PROGRESS_EVERY_S):
-                best = _log_progress(algo, pool, run, target, started)
-                logged, last_log = algo.episodes_done, now
-                if on_progress is not None:
-                    on_progress(_progress_metrics(algo.episodes_done, best))
-    except KeyboardInterrupt:
-        _save_checkpoint(algo, run.run_dir)
-        raise
+STEPWISE_BASE = "stepwise_base.json"
+
+
+@dataclass
+class _Search:
+    """Runs ``config.method`` against the evaluator pool until ``agent.episodes`` episodes."""
+
+    config: SearchConfig
+    open_run: _OpenRun
+    pool: Any
+    pool_name: str
+    namespace: str
+    resume: bool
+    on_progress: Progress | None
+
+    def scored(self) -> int:
+        return int(ray.get(self.pool.summary.remote())["episodes"])
+
+    def run(self) -> None:
+        method = self.config.method
+        target = self.config.agent.episodes
+        if method is Method.DDPG:
+            self._ddpg(binding.env_config_for(self.pool_name, self.namespace), target, 0)
+        elif method is Method.STEPWISE:
+            self._stepwise(target)
+        elif method is Method.UNIFORM:
+            self._uniform(target)
+        else:
+            self._propose(method, target)
+
+    # -- DDPG (the joint search, and each stage of the stepwise one) -------------------------
+    def _ddpg(
+        self, env_config: dict[str, Any], target: int, offset: int, name: str = "checkpoint"
+    ) -> None:
+        """DDPG until ``target`` episodes of its own; ``offset`` episodes came before it."""
+        algo = _ddpg_config(self.config, env_config, target).build_algo()
+        try:
+            if self.resume:
+                checkpoint = self.open_run.run_dir / name
+                if checkpoint.exists():
+                    algo.restore_from_path(str(checkpoint))
+                # policies scored after the last checkpoint (or before any) are in the journal:
+                # they count, and are never scored again, so N episodes give N policies
+                algo.episodes_done = max(algo.episodes_done, self.scored() - offset)
+                logger.info(
+                    "resumed from %s at episode %d", self.open_run.run_dir, algo.episodes_done
+                )
+            self._train(algo, target, offset, name)
+        finally:
+            algo.stop()
+
+    def _train(self, algo: DDPG, target: int, offset: int, name: str) -> None:
+        """Each iteration learns from the episodes that finished while the others keep
+        running. The agent is checkpointed every ``CHECKPOINT_EVERY_S``, at the end and on
+        Ctrl-C / SIGTERM; records need no flush first (the pool journals each one durably)."""
+        progress = _ProgressLog(self, offset + target)
+        try:
+            while algo.episodes_done < target:
+                algo.train()
+                done = algo.episodes_done >= target
+                if done or progress.since_checkpoint() >= CHECKPOINT_EVERY_S:
+                    _save_checkpoint(algo, self.open_run.run_dir, name)
+                    progress.checkpointed()
+                progress.update(offset + algo.episodes_done, done)
+        except KeyboardInterrupt:
+            _save_checkpoint(algo, self.open_run.run_dir, name)
+            raise
+
+    def _stepwise(self, target: int) -> None:
+        """AMC, then HAQ: DDPG prunes at the space's top bits to a stage budget, then DDPG
+        searches bits (in ``space.precision``) on the best pruned network; half the episodes
+        each. The stage budget splits the squeeze geometrically: with f the budget value of the
+        unpruned network at the top bits, pruning goes to sqrt(budget x f) (at least budget)."""
+        first = max(1, target // 2)
+        base_file = self.open_run.run_dir / STEPWISE_BASE
+        if not base_file.exists():
+            context = self.open_run.context
+            top = uniform_policy(
+                context.graph,
+                self.config.space.max_weight_bits,
+                self.config.space.max_act_bits,
+                self.config.model,
+            )
+            budget = self.config.budget
+            at_top = budget_value(top, budget, CostModel(context.graph), context.latency_model)
+            stage_budget = Budget(
+                budget.kind, min(1.0, max(budget.value, (budget.value * at_top) ** 0.5))
+            )
+            logger.info(
+                "stepwise: pruning at %d bits to %s %.4g, then bits to %.4g",
+                self.config.space.max_weight_bits,
+                budget.kind.value,
+                stage_budget.value,
+                budget.value,
+            )
+            stage = Stage(bits=False, budget=stage_budget)
+            self._ddpg(
+                binding.env_config_for(self.pool_name, self.namespace, stage),
+                first,
+                0,
+                "checkpoint-prune",
+            )
+            best = ray.get(self.pool.best_policy.remote())
+            if best is None:
+                raise RuntimeError("stepwise: no pruned policy was scored; see the records")
+            base_file.write_text(best)
+        stage = Stage(prune=False, base_policy=base_file.read_text())
+        self._ddpg(
+            binding.env_config_for(self.pool_name, self.namespace, stage),
+            target - first,
+            first,
+            "checkpoint-bits",
+        )
+
+    # -- baselines ---------------------------------------------------------------------------
+    def _make_env(self) -> CompressionEnv:
+        return CompressionEnv(
+            self.open_run.context, binding.PoolClient(self.pool_name, self.namespace)
+        )
+
+    def _propose(self, method: Method, target: int) -> None:
+        done = self.scored() if self.resume else 0
+        if done and method is Method.TPE:
+            logger.warning(
+                "tpe: resumed at %d episodes with a fresh sampler (its history is not kept)", done
+            )
+        agent = self.config.agent
+        groups = len(self._make_env().order)
+        proposer = make_proposer(method, groups, agent.seed + done, agent.warmup_episodes)
+        progress = _ProgressLog(self, target)
+        played = done
+
+        def on_episode(record: Any) -> None:
+            nonlocal played
+            played += 1
+            progress.update(played, played >= target)
+
+        run_proposals(
+            self._make_env,
+            proposer,
+            target - done,
+            self.config.evaluator.num_evaluators,
+            on_episode,
+        )
+
+    def _uniform(self, target: int) -> None:
+        context = self.open_run.context
+        candidates = uniform_candidates(
+            context.model,
+            context.graph,
+            context.importance,
+            self.config.budget,
+            self.config.space,
+            self.config.model,
+            context.latency_model,
+        )[:target]
+        client = binding.PoolClient(self.pool_name, self.namespace)
+        done = self.scored() if self.resume else 0
+        progress = _ProgressLog(self, len(candidates))
+        for count, policy in enumerate(candidates[done:], start=done + 1):
+            client(policy)
+            progress.update(count, count >= len(candidates))
+
+
+class _ProgressLog:
+    """Logs progress at most every ``PROGRESS_EVERY_S`` (and at the end); reports it to the
+    ``on_progress`` callback (a sweep's trial tells Tune)."""
+
+    def __init__(self, search: _Search, target: int) -> None:
+        self.search = search
+        self.target = target
+        self.started = self.last_log = self.last_checkpoint = time.time()
+        self.logged = -1
+
+    def since_checkpoint(self) -> float:
+        return time.time() - self.last_checkpoint
+
+    def checkpointed(self) -> None:
+        self.last_checkpoint = time.time()
+
+    def update(self, episodes: int, done: bool) -> None:
+        now = time.time()
+        if episodes == self.logged or not (done or now - self.last_log >= PROGRESS_EVERY_S):
+            return
+        best = _log_progress(
+            episodes, self.search.pool, self.search.open_run, self.target, self.started
+        )
+        self.logged, self.last_log = episodes, now
+        if self.search.on_progress is not None:
+            self.search.on_progress(_progress_metrics(episodes, best))
 
 
 def _progress_metrics(episodes: int, best: PolicyRecord | None) -> dict[str, float]:
@@ -555,21 +712,21 @@ def _progress_metrics(episodes: int, best: PolicyRecord | None) -> dict[str, flo
 
 
 def _log_progress(
-    algo: DDPG, pool: Any, run: _OpenRun, target: int, started: float
+    episodes: int, pool: Any, run: _OpenRun, target: int, started: float
 ) -> PolicyRecord | None:
     best = ray.get(pool.summary.remote())["best"]
     if best is None:
-        logger.info("episode %d/%d | no successful evaluation yet", algo.episodes_done, target)
+        logger.info("episode %d/%d | no successful evaluation yet", episodes, target)
         return None
     logger.info(
         "episode %d/%d | best val acc %.4f (fp32 %.4f) at %.1fx smaller, %.3f BitOps | %.2f s/episode",
-        algo.episodes_done,
+        episodes,
         target,
         best.accuracy,
         run.context.fp32_val_accuracy,
         best.compression_ratio,
         best.bitops_ratio,
-        (time.time() - started) / max(1, algo.episodes_done),
+        (time.time() - started) / max(1, episodes),
     )
     return best
 

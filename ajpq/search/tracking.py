@@ -50,7 +50,9 @@ def search_tags(config: SearchConfig) -> dict[str, str]:
         "budget_kind": config.budget.kind.value,
         "budget_value": f"{config.budget.value:g}",
         "seed": str(config.agent.seed),
-        "method": "ddpg",
+        "method": config.method.value,
+        "ajpq.method": config.method.value,
+        "precision": config.space.precision.value,
         **config.tracking.tags,
     }
 
