@@ -89,7 +89,8 @@ def run_base_name(config: SearchConfig) -> str:
     if config.tracking.run_name:
         return config.tracking.run_name
     model = re.sub(r"[^A-Za-z0-9_.-]", "-", config.model)  # package.module:factory too
-    return f"{model}-{config.data.name.value}-{config.budget.kind.value}{config.budget.value:g}-s{config.agent.seed}"
+    name = f"{model}-{config.data.name.value}-{config.budget.kind.value}{config.budget.value:g}-s{config.agent.seed}"
+    return name if config.method is Method.DDPG else f"{name}-{config.method.value}"
 
 
 def runs_folder(config: SearchConfig) -> Path:

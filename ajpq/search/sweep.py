@@ -235,6 +235,20 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def _within_budget(tags: dict[str, str], metrics: dict[str, float]) -> bool:
+    """Whether a policy run meets its search's size or BitOps budget (latency: not known here)."""
+    try:
+        value = float(tags.get("budget_value", "inf"))
+    except ValueError:
+        return True
+    kind = tags.get("budget_kind")
+    if kind == "size":
+        return 1.0 / max(metrics.get("compression_ratio", 1e-12), 1e-12) <= value * (1 + 1e-6)
+    if kind == "bitops":
+        return metrics.get("bitops_ratio", 1.0) <= value * (1 + 1e-6)
+    return True
+
+
 def summarize_sweep(tracker: Tracker, sweep_run_id: str, sweep_dir: Path) -> SweepOutcome:
     """Pareto fronts and each trial's best, from MLflow (every node's records end there)."""
     keys = _swept_keys(tracker, sweep_run_id)
@@ -250,12 +264,15 @@ def summarize_sweep(tracker: Tracker, sweep_run_id: str, sweep_dir: Path) -> Swe
                 "compression_ratio": metrics.get("compression_ratio", 0.0),
                 "bitops_ratio": metrics.get("bitops_ratio", 1.0),
                 "policy_run_id": run.info.run_id,
+                "within_budget": _within_budget(tags, metrics),
             }
         )
     by_ratio = pareto_front(points, lambda p: (p["accuracy"], p["compression_ratio"]))
     by_bitops = pareto_front(points, lambda p: (p["accuracy"], -p["bitops_ratio"]))
     best: dict[str, dict[str, Any]] = {}
     for point in points:
+        if not point["within_budget"]:  # a stepwise search's pruning stage, say
+            continue
         kept = best.get(point["search_run_id"])
         if kept is None or (point["accuracy"], point["compression_ratio"]) > (
             kept["accuracy"],

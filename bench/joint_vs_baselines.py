@@ -1,0 +1,187 @@
+"""Joint DDPG vs the baselines at equal budget and equal episodes: the table in results/.
+
+Runs the sweep of ``--config`` (default ``tune_configs/fmnist_baselines.yaml``: every method x
+budgets x seeds, same episodes), then gives every search's best policy one identical final
+finetune (``--final-steps``) through ``ajpq export``'s path (apply, finetune, export, reload,
+score the file on the test split), measures the file ratio (fp32 file / compressed file), the
+BitOps ratio, and the CPU latency speedup of the loaded compressed model over the fp32 model
+(batch 1, median of ``--latency-repeats``, one thread, measured one after the other here), and
+writes ``<out>.md`` (mean +- std over seeds per budget and method) and ``<out>.csv`` (one row per
+search). Each search's records give how its validation accuracy moved: the mean over its first
+and over its last ``--window`` episodes.
+
+Usage: ``python bench/joint_vs_baselines.py [--config ...] [--sweep-dir DIR] [--out results/fmnist]``
+(``--sweep-dir``: summarize a finished sweep instead of running one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ajpq.config import load_sweep
+from ajpq.cost import CostModel, measure_latency
+from ajpq.export import load_compressed
+from ajpq.policy import CompressionPolicy
+from ajpq.search.context import SearchContext
+from ajpq.search.export_run import export_best
+from ajpq.search.sweep import run_sweep
+from ajpq.search.tracking import Tracker
+
+logger = logging.getLogger("joint_vs_baselines")
+
+
+def _final(run_dir: str, steps: int) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    return export_best(run_dir, finetune_steps=steps, out=Path(run_dir) / "final.pt")
+
+
+def _trial_dirs(config: Any, sweep_run_id: str) -> list[Path]:
+    """The run folders of the sweep's searches (their run.json names a child of the sweep)."""
+    tracker = Tracker(config.base.tracking.uri, config.base.tracking.experiment)
+    searches = {
+        run.info.run_id for run in tracker.runs_where(f"tags.mlflow.parentRunId = '{sweep_run_id}'")
+    }
+    found = []
+    for pointer in Path(config.base.output_dir).rglob("run.json"):
+        if json.loads(pointer.read_text()).get("parent_run_id") in searches:
+            found.append(pointer.parent)
+    return sorted(found)
+
+
+def _learning(run_dir: Path, window: int) -> tuple[float, float]:
+    records = json.loads((run_dir / "records.json").read_text())
+    ok = [r["accuracy"] for r in sorted(records, key=lambda r: r["episode"]) if not r["failed"]]
+    if not ok:
+        return float("nan"), float("nan")
+    return statistics.mean(ok[:window]), statistics.mean(ok[-window:])
+
+
+def _row(run_dir: Path, final: dict[str, Any], repeats: int, window: int) -> dict[str, Any]:
+    context = SearchContext.load(run_dir / "context")
+    config = context.config
+    policy = CompressionPolicy.load(run_dir / "best_policy.json")
+    cost = CostModel(context.graph).cost(policy)
+    shape = context.graph.input_shape
+    fp32_ms = measure_latency(context.model.cpu().eval(), shape, repeats=repeats)
+    small_ms = measure_latency(load_compressed(final["path"]), shape, repeats=repeats)
+    first, last = _learning(run_dir, window)
+    records = json.loads((run_dir / "records.json").read_text())
+    return {
+        "method": config.method.value,
+        "budget": config.budget.value,
+        "seed": config.agent.seed,
+        "evaluations": len(records),
+        "search_val_accuracy": max(r["accuracy"] for r in records if not r["failed"]),
+        "test_accuracy": final["test_accuracy"],
+        "fp32_test_accuracy": final["fp32_test_accuracy"],
+        "file_bytes": final["file_bytes"],
+        "fp32_file_bytes": final["fp32_file_bytes"],
+        "file_ratio": final["file_ratio"],
+        "size_bytes": cost.size_bytes,
+        "bitops_ratio": cost.bitops_ratio,
+        "fp32_ms": fp32_ms,
+        "compressed_ms": small_ms,
+        "latency_speedup": fp32_ms / small_ms,
+        "val_first": first,
+        "val_last": last,
+        "run_dir": str(run_dir),
+    }
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def _markdown(rows: list[dict[str, Any]], command: str, settings: str, minutes: float) -> str:
+    lines = [
+        "# Fashion-MNIST: joint DDPG vs baselines at equal budget",
+        "",
+        f"Command: `{command}`",
+        "",
+        settings,
+        "",
+        f"Measured on this 2-core machine (no GPU); sweep and final finetunes: {minutes:.0f} min.",
+        "",
+        "| budget (of fp32 file) | method | seeds | test acc (mean ± std) | file ratio | "
+        "BitOps ratio | CPU latency speedup | search best val acc | val acc first → last "
+        "episodes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["budget"], row["method"]), []).append(row)
+    for (budget, method), group in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        mean = statistics.mean
+        lines.append(
+            f"| 1/{1 / budget:.0f} | {method} | {len(group)} | "
+            f"{_mean_std([r['test_accuracy'] for r in group])} | "
+            f"{mean(r['file_ratio'] for r in group):.1f}x | "
+            f"{mean(r['bitops_ratio'] for r in group):.4f} | "
+            f"{mean(r['latency_speedup'] for r in group):.2f}x | "
+            f"{mean(r['search_val_accuracy'] for r in group):.4f} | "
+            f"{mean(r['val_first'] for r in group):.4f} → {mean(r['val_last'] for r in group):.4f} |"
+        )
+    fp32 = rows[0]["fp32_test_accuracy"] if rows else float("nan")
+    lines += ["", f"fp32 test accuracy: {fp32:.4f}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="tune_configs/fmnist_baselines.yaml")
+    parser.add_argument("--sweep-dir", default=None)
+    parser.add_argument("--final-steps", type=int, default=300)
+    parser.add_argument("--latency-repeats", type=int, default=50)
+    parser.add_argument("--window", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default="results/fmnist")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    started = time.time()
+    config = load_sweep(args.config)
+    if args.sweep_dir:
+        state = json.loads((Path(args.sweep_dir) / "sweep.json").read_text())
+        sweep_run_id = state["sweep_run_id"]
+    else:
+        sweep_run_id = run_sweep(config).sweep_run_id
+    dirs = [d for d in _trial_dirs(config, sweep_run_id) if (d / "best_policy.json").exists()]
+    logger.info("%d searches; final finetune of %d steps each", len(dirs), args.final_steps)
+    with ProcessPoolExecutor(args.workers) as pool:
+        finals = list(pool.map(_final, [str(d) for d in dirs], [args.final_steps] * len(dirs)))
+    torch.set_num_threads(1)
+    rows = [_row(d, f, args.latency_repeats, args.window) for d, f in zip(dirs, finals)]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with (out.with_suffix(".csv")).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    base = config.base
+    settings = (
+        f"Settings: {base.model}, {base.agent.episodes} episodes per search "
+        f"({base.agent.warmup_episodes} warm-up for DDPG and TPE), {base.scoring.finetune.steps} "
+        f"finetune steps per evaluated policy (lr {base.scoring.finetune.lr}, batch "
+        f"{base.scoring.finetune.batch_size}), {base.scoring.val_samples} validation images, "
+        f"space.precision {base.space.precision.value}; final: {args.final_steps} finetune steps "
+        "of every search's best policy, scored as the exported file on the 10,000 test images."
+    )
+    command = f"python bench/joint_vs_baselines.py --config {args.config} --out {args.out}"
+    text = _markdown(rows, command, settings, (time.time() - started) / 60)
+    out.with_suffix(".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
