@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=int, help="finetune steps (default: 10x the search's evaluator steps)"
     )
     export.add_argument("--out", help="artifact path (default: <run dir>/compressed.pt)")
+    export.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write the network as ONNX (<out>.onnx) and check it with onnxruntime",
+    )
     sync = commands.add_parser(
         "sync",
         help="push a search's records that have not reached MLflow yet",
@@ -123,7 +128,7 @@ def _export(args: argparse.Namespace) -> int:
     try:
         run_dir = args.run_dir or latest_run_dir(load_config(args.config, list(args.overrides)))
         _configure_logging()
-        result = export_best(run_dir, args.steps, args.out)
+        result = export_best(run_dir, args.steps, args.out, args.onnx)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"ajpq: error: {error}", file=sys.stderr)
         return 2
@@ -143,6 +148,15 @@ def _export(args: argparse.Namespace) -> int:
         result["finetune_steps"],
         result["fp32_test_accuracy"],
     )
+    if "onnx_path" in result:
+        log.info(
+            "ONNX model: %s (%d bytes); onnxruntime: test accuracy %.4f, largest output "
+            "difference %.2g",
+            result["onnx_path"],
+            result["onnx_bytes"],
+            result["onnx_test_accuracy"],
+            result["onnx_max_abs_diff"],
+        )
     return 0
 
 

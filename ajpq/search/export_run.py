@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ajpq.apply import apply_policy
@@ -40,11 +41,16 @@ def latest_run_dir(config: SearchConfig) -> Path:
 
 
 def export_best(
-    run_dir: str | Path, finetune_steps: int | None = None, out: str | Path | None = None
+    run_dir: str | Path,
+    finetune_steps: int | None = None,
+    out: str | Path | None = None,
+    onnx: bool = False,
 ) -> dict[str, Any]:
     """Finetune the run's best policy for ``finetune_steps`` (default: 10x the search's), write
     the compressed model to ``out`` (default ``<run_dir>/compressed.pt``), reload it, score it on
-    the test split, and record everything in ``<run_dir>/export.json`` and the run's MLflow."""
+    the test split, and record everything in ``<run_dir>/export.json`` and the run's MLflow.
+    With ``onnx``, also write the loaded network as ONNX beside it (``.onnx``) and check it with
+    onnxruntime on test images (largest output difference, test accuracy)."""
     run_dir = Path(run_dir)
     policy_path = run_dir / "best_policy.json"
     if not policy_path.exists():
@@ -71,7 +77,11 @@ def export_best(
     simulated_test = evaluate(simulated, splits.test, device).top1
     path = Path(out) if out else run_dir / "compressed.pt"
     report = export_compressed(simulated, policy, path, splits.num_classes, context.graph)
-    loaded_test = evaluate(load_compressed(path), splits.test).top1
+    loaded = load_compressed(path)
+    loaded_test = evaluate(loaded, splits.test).top1
+    extra: dict[str, Any] = {}
+    if onnx:
+        extra = _onnx(loaded, context.graph.input_shape, path.with_suffix(".onnx"), splits)
     result = {
         **report.to_dict(),
         "finetune_steps": steps,
@@ -80,10 +90,37 @@ def export_best(
         "simulated_test_accuracy": simulated_test,
         "fp32_test_accuracy": context.fp32_test_accuracy,
         "seconds": time.time() - started,
+        **extra,
     }
     (run_dir / "export.json").write_text(json.dumps(result, indent=2))
     _record(run_dir, context.config, result, path)
     return result
+
+
+def _onnx(loaded: Any, input_shape: tuple[int, ...], path: Path, splits: Any) -> dict[str, Any]:
+    """The ONNX file of the loaded model, checked with onnxruntime on the test images."""
+    import onnxruntime
+
+    from ajpq.onnx_export import check_onnx, export_onnx
+
+    export_onnx(loaded, input_shape, path)
+    images = torch.stack([splits.test[i][0] for i in range(min(256, len(splits.test)))])
+    diff = check_onnx(path, loaded, images)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    correct = total = 0
+    for start in range(0, len(splits.test), 512):
+        batch = [splits.test[i] for i in range(start, min(start + 512, len(splits.test)))]
+        x = torch.stack([item[0] for item in batch]).numpy()
+        labels = np.array([int(item[1]) for item in batch])
+        logits = session.run(None, {"input": x})[0]
+        correct += int((logits.argmax(axis=1) == labels).sum())
+        total += len(batch)
+    return {
+        "onnx_path": str(path),
+        "onnx_bytes": path.stat().st_size,
+        "onnx_max_abs_diff": diff,
+        "onnx_test_accuracy": correct / total,
+    }
 
 
 def _record(run_dir: Path, config: SearchConfig, result: dict[str, Any], path: Path) -> None:

@@ -69,7 +69,7 @@ def test_user_model_from_a_factory_is_searched_and_exported(search_config_file, 
         )
         assert searched.returncode == 0, searched.stdout[-3000:] + searched.stderr[-3000:]
         exported = subprocess.run(
-            [*run, "export", "--config", str(path), "--steps", "5"],
+            [*run, "export", "--config", str(path), "--steps", "5", "--onnx"],
             cwd=tmp_path,
             env=env,
             capture_output=True,
@@ -81,6 +81,7 @@ def test_user_model_from_a_factory_is_searched_and_exported(search_config_file, 
         run_dir = Path(json.loads((runs / "latest.json").read_text())["run_dir"])
         result = json.loads((run_dir / "export.json").read_text())
         assert result["file_ratio"] > 1.0
+        assert Path(result["onnx_path"]).exists()  # a deployment tool needs no user code
         model = load_compressed(result["path"])
         with torch.no_grad():
             assert model(torch.randn(2, 1, 16, 16)).shape == (2, 10)
