@@ -21,7 +21,7 @@ from torch import nn
 
 from ajpq.configtypes import Rate, config_type
 from ajpq.cost import CostModel, measure_latency
-from ajpq.graph import ModelGraph
+from ajpq.graph import LayerKind, ModelGraph
 from ajpq.policy import CompressionPolicy, LayerPolicy
 from ajpq.quantize import FLOAT_BITS
 from ajpq.validation import validate_policy
@@ -182,8 +182,12 @@ class _Squeezer:
         return macs if bits > 0 else 0.0
 
     def _input_channel_cost(self, index: int, multiplicity: int) -> float:
+        """What one input channel of layer ``index`` costs (a grouped conv's input channel
+        reaches only its group's outputs: the average over a unit of one channel per group)."""
         layer = self.graph.layers[index]
-        taps = layer.kernel[0] * layer.kernel[1] * multiplicity
+        taps = layer.kernel[0] * layer.kernel[1] * multiplicity / layer.groups
+        if layer.kind is LayerKind.DEPTHWISE_CONV:
+            taps = layer.kernel[0] * layer.kernel[1] * multiplicity
         bits = self.bits[index]
         if self.metric == "size":
             return float(bits.sum()) * taps
@@ -256,22 +260,24 @@ class _Squeezer:
                 return None
             return self._add([self._lower_act(layer.index) for layer in self.graph.layers])
         if kind == "prune":
-            _, group_index, channel = move
+            _, group_index, position = move
             group = self.graph.groups[group_index]
-            if self.bits[group.members[0]][channel] == 0:
+            unit = group.unit(position)  # one channel, or one per block of a grouped conv
+            if self.bits[group.members[0]][unit[0]] == 0:
                 return None
-            if group.channels - self.pruned[group_index] <= 1:
+            if group.block_size - self.pruned[group_index] // group.blocks <= 1:
                 return None
             saving = damage = 0.0
             for m in group.members:
                 wpc = self.costs.weights_per_channel(m, self.pruned)
-                current = int(self.bits[m][channel])
-                saving += self._channel_cost(m, current, wpc)
-                damage += self.importance[m][channel] * (1.0 - _error(current))
+                for channel in unit:
+                    current = int(self.bits[m][channel])
+                    saving += self._channel_cost(m, current, wpc)
+                    damage += self.importance[m][channel] * (1.0 - _error(current))
             for consumer, index_map in group.consumers.items():
-                saving += self._input_channel_cost(consumer, index_map.shape[1])
+                saving += self._input_channel_cost(consumer, index_map.shape[1]) * len(unit)
             if self.metric == "size":
-                saving += self.costs.passenger_bits(group_index)
+                saving += self.costs.passenger_bits(group_index) * len(unit)
             return damage, saving
         _, index, expected = move
         if self.act[index] != expected or self.metric != "bitops":
@@ -300,7 +306,7 @@ class _Squeezer:
             self.push(("bit", index, channel, int(self.bits[index][channel])))
             group = self.graph.layer_group[index]
             if self.rules.prune and self.graph.groups[group].prunable:
-                self.push(("prune", group, channel))
+                self.push(("prune", group, channel % self.graph.groups[group].block_size))
         elif kind == "layerbit":
             _, index, _ = move
             kept = self._kept(index)
@@ -315,10 +321,12 @@ class _Squeezer:
                 self.act[layer.index] = _next_act(self.act[layer.index])
             self.push(("netact",))
         elif kind == "prune":
-            _, group_index, channel = move
-            for m in self.graph.groups[group_index].members:
-                self.bits[m][channel] = 0
-            self.pruned[group_index] += 1
+            _, group_index, position = move
+            group = self.graph.groups[group_index]
+            unit = group.unit(position)
+            for m in group.members:
+                self.bits[m][unit] = 0
+            self.pruned[group_index] += len(unit)
         else:
             _, index, current = move
             self.act[index] = _next_act(current)
@@ -347,8 +355,8 @@ class _Squeezer:
         if self.rules.prune:
             for group in self.graph.groups:
                 if group.prunable:
-                    for channel in range(group.channels):
-                        self.push(("prune", group.index, channel))
+                    for position in range(group.block_size):
+                        self.push(("prune", group.index, position))
 
     def squeeze(self, target: float) -> float:
         self._initial_moves()
@@ -392,7 +400,8 @@ def _floor_policy(
             if group.prunable:
                 score = np.mean([importance[m] for m in group.members], axis=0)
                 kept = np.array(policy.layers[group.members[0]].weight_bits) > 0
-                group_keep[group.index] = int(np.argmax(np.where(kept, score, -np.inf)))
+                by_position = np.where(kept, score, -np.inf).reshape(group.blocks, -1).sum(axis=0)
+                group_keep[group.index] = group.unit(int(np.argmax(by_position)))
     for layer, lp in zip(graph.layers, policy.layers):
         bits = np.array(lp.weight_bits, dtype=np.int64)
         act = lp.act_bits

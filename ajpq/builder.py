@@ -95,9 +95,13 @@ def build_policy(
         mask = np.ones(group.channels, dtype=bool)
         if group.prunable:
             sparsity = float(np.mean([knobs[m].sparsity for m in group.members]))
-            pruned = min(int(round(sparsity * group.channels)), group.channels - 1)
+            size = group.block_size
+            pruned = min(int(round(sparsity * size)), size - 1)
             if pruned > 0:
-                mask[np.argsort(score, kind="stable")[:pruned]] = False
+                # the same positions in every block (one block unless a grouped conv splits them)
+                by_position = np.asarray(score).reshape(group.blocks, size).sum(axis=0)
+                weak = np.argsort(by_position, kind="stable")[:pruned]
+                mask[(weak[None, :] + size * np.arange(group.blocks)[:, None]).ravel()] = False
         keep_masks.append(mask)
     layers = []
     for layer, knob in zip(graph.layers, knobs):

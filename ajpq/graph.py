@@ -14,6 +14,7 @@ import enum
 import hashlib
 import io
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +87,17 @@ class CouplingGroup:
     # bytes of other state (an unfolded BatchNorm's weight, bias and statistics, ...) stored
     # per channel of this group, pruned with it
     passenger_bytes: int = 0
+    # a grouped conv among the members or consumers splits the channels into this many equal
+    # blocks; pruning removes the same positions from every block (a "unit" of channels)
+    blocks: int = 1
+
+    @property
+    def block_size(self) -> int:
+        return self.channels // self.blocks
+
+    def unit(self, position: int) -> np.ndarray:
+        """The channels pruned together with ``position`` (one per block)."""
+        return position % self.block_size + self.block_size * np.arange(self.blocks)
 
 
 @dataclass(frozen=True)
@@ -435,13 +447,15 @@ def _coupling_group(
     widths = {layers[m].name: layers[m].out_channels for m in members_sorted}
     if len(set(widths.values())) > 1:  # e.g. a split whose halves are concatenated again
         raise ValueError(f"coupled layers of different widths {widths} (a channel split + concat)")
+    blocks = 1
+    for index in (*members_sorted, *consumers):
+        if layers[index].kind is LayerKind.GROUPED_CONV:
+            blocks = math.lcm(blocks, layers[index].groups)
     prunable = (
         bool(consumers)
-        and all(
-            layers[m].kind is not LayerKind.GROUPED_CONV and layers[m].out_channels == channels
-            for m in members_sorted
-        )
-        and all(layers[c].kind is not LayerKind.GROUPED_CONV for c in consumers)
+        and all(layers[m].out_channels == channels for m in members_sorted)
+        and channels % blocks == 0
+        and channels // blocks >= 2
     )
     passenger_bytes = sum(
         _bytes_per_channel(module, _channel_count(module)) * len(idxs) / channels
@@ -455,6 +469,7 @@ def _coupling_group(
         prunable=prunable,
         consumers=consumers,
         passenger_bytes=int(round(passenger_bytes)),
+        blocks=blocks if prunable else 1,
     )
 
 

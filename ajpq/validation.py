@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ajpq.graph import ModelGraph
 from ajpq.policy import ACT_BITS, WEIGHT_BITS, CompressionPolicy
 
@@ -55,6 +57,13 @@ def validate_policy(policy: CompressionPolicy, graph: ModelGraph) -> None:
                 raise ValueError(
                     f"layers {first_name} and {name} are coupled (they share channels) but prune "
                     "different channels; give them the same 0-bit channels"
+                )
+        if group.prunable and group.blocks > 1:
+            kept = np.asarray(first).reshape(group.blocks, group.block_size)
+            if not (kept == kept[0]).all():
+                raise ValueError(
+                    f"layer {first_name}: its channels pass a grouped conv ({group.blocks} groups "
+                    f"of {group.block_size}); prune the same positions in every group"
                 )
         if not group.prunable and not all(first):
             raise ValueError(

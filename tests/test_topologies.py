@@ -26,6 +26,7 @@ from ajpq.graph import analyze
 from ajpq.importance import layer_importance
 from ajpq.materialize import materialize
 from ajpq.policy import CompressionPolicy, LayerPolicy
+from ajpq.validation import validate_policy
 
 
 class SplitConcat(nn.Module):
@@ -233,3 +234,39 @@ def test_analyze_names_expected_and_given_input_shapes(resnet, shape, message):
     model = resnet[0]
     with pytest.raises(ValueError, match=message):
         analyze(model, torch.zeros(*shape))
+
+
+def test_a_grouped_conv_prunes_the_same_positions_in_every_group():
+    torch.manual_seed(0)
+    model = GroupedAfterAdd().eval()
+    x = torch.randn(4, 3, 32, 32)
+    graph = analyze(model, x[:1])
+    feeding = graph.groups[graph.layer_group[graph.layer_by_name("stem").index]]
+    grouped = graph.groups[graph.layer_group[graph.layer_by_name("grouped").index]]
+    assert feeding.prunable and feeding.blocks == 4  # stem + body (the add) feed 4 groups
+    assert grouped.prunable and grouped.blocks == 4  # its own outputs, 4 per group
+    policy = build_policy(model, graph, LayerKnobs(0.5, 32, 32), model_name="custom")
+    for group in (feeding, grouped):
+        kept = np.array(policy.layers[group.members[0]].weight_bits).reshape(4, 4) > 0
+        assert (kept == kept[0]).all() and kept[0].sum() == 2
+    small = materialize(apply_policy(model, policy, graph), policy).eval()
+    conv = small.get_submodule("grouped")
+    assert (conv.groups, conv.in_channels, conv.out_channels) == (4, 8, 8)
+    costs = CostModel(graph)
+    assert costs.cost(policy).size_bytes < costs.cost(uniform_policy(graph, 32, 32)).size_bytes
+    # the wall prunes whole units too, and a policy that breaks the pattern is refused
+    squeezed = enforce_budget(
+        uniform_policy(graph, 8, 8), Budget("size", 0.2), costs, layer_importance(model, graph)
+    )
+    validate_policy(squeezed, graph)
+    bits = list(policy.layers[feeding.members[0]].weight_bits)
+    kept, pruned = bits[:4].index(32), bits[:4].index(0)  # in the first group only
+    bits[kept], bits[pruned] = 0, 32
+    broken = policy.replace_layers(
+        [
+            LayerPolicy(lp.name, tuple(bits), lp.act_bits) if i in feeding.members else lp
+            for i, lp in enumerate(policy.layers)
+        ]
+    )
+    with pytest.raises(ValueError, match="prune the same positions in every group"):
+        validate_policy(broken, graph)
