@@ -28,7 +28,7 @@ from ajpq.apply import FakeQuantLayer, apply_policy
 from ajpq.cost import CostModel
 from ajpq.graph import ModelGraph, analyze
 from ajpq.materialize import QuantizedInput, materialize, materialize_with_scales
-from ajpq.models import build_model
+from ajpq.models import build_model, is_user_model
 from ajpq.policy import CompressionPolicy
 from ajpq.quantize import FLOAT_BITS
 
@@ -44,7 +44,8 @@ class ExportReport:
     path: str
     file_bytes: int  # the artifact on disk
     fp32_file_bytes: int  # the fp32 model's state dict saved the same way
-    policy_size_bytes: float  # what the cost model counts (weights, scales, biases)
+    policy_size_bytes: float  # what the cost model counts (the file, by its format)
+    architecture_bytes: int = 0  # the stored network graph (a user's model), not in the above
 
     @property
     def file_ratio(self) -> float:
@@ -141,6 +142,7 @@ def export_compressed(
     path: str | Path,
     num_classes: int,
     graph: ModelGraph | None = None,
+    self_contained: bool | None = None,
 ) -> ExportReport:
     """Write ``model`` (the original or its finetuned :func:`apply_policy` output) compressed
     by ``policy`` to ``path``. ``policy.model_name`` must name a model of :mod:`ajpq.models`."""
@@ -179,6 +181,12 @@ def export_compressed(
         "index": index,
     }
     artifact = {"format": FORMAT, "header": _compress(header), "blob": blob}
+    if self_contained is None:
+        self_contained = is_user_model(policy.model_name)
+    if self_contained:
+        architecture = _architecture(small, policy.input_shape)
+        if architecture is not None:
+            artifact["architecture"] = architecture
     # everything that can fail happens before the file appears: a failed export leaves nothing
     # the fp32 reference: the same architecture's state dict, saved the same way
     skeleton = _skeleton(policy, num_classes)
@@ -193,7 +201,14 @@ def export_compressed(
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
-    report = ExportReport(str(path), path.stat().st_size, reference.tell(), size)
+    stored = artifact.get("architecture")
+    report = ExportReport(
+        str(path),
+        path.stat().st_size,
+        reference.tell(),
+        size,
+        int(stored.numel()) if stored is not None else 0,
+    )
     logger.info(
         "exported %s: %d bytes, %.1fx smaller than the fp32 state dict (%d bytes)",
         path,
@@ -226,7 +241,9 @@ def load_compressed(path: str | Path) -> nn.Module:
     if not isinstance(artifact, dict) or artifact.get("format") != FORMAT:
         raise ValueError(f"{path} is not an ajpq compressed model ({FORMAT})")
     try:
-        return _rebuild(_decompress(artifact["header"]), artifact["blob"])
+        return _rebuild(
+            _decompress(artifact["header"]), artifact["blob"], artifact.get("architecture")
+        )
     except (KeyError, RuntimeError, ValueError, zlib.error) as error:
         raise ValueError(
             f"{path} is damaged: its contents do not fit together ({type(error).__name__}: "
@@ -245,18 +262,77 @@ def _decompress(data: torch.Tensor) -> dict:
     return json.loads(zlib.decompress(data.numpy().tobytes()).decode())
 
 
-def _rebuild(header: dict, blob: torch.Tensor) -> nn.Module:
+class ExportedNetwork(nn.Module):
+    """A compressed network loaded from its stored graph (no model code needed). The graph was
+    captured in inference mode; ``train()`` / ``eval()`` only set the flag."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def train(self, mode: bool = True) -> ExportedNetwork:
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _architecture(small: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor | None:
+    """The network's graph as ``torch.export`` saves it, weights zeroed, zlib-compressed; None
+    (the file then needs the model's code to load) when the network cannot be exported."""
+    from ajpq.onnx_export import _exportable
+
+    try:
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        example = torch.zeros((2, *input_shape))
+        program = torch.export.export(_exportable(small), (example,), dynamic_shapes=({0: batch},))
+        for key, value in list(program.state_dict.items()):
+            zeros = torch.zeros_like(value)
+            if isinstance(value, nn.Parameter):
+                zeros = nn.Parameter(zeros, requires_grad=value.requires_grad)
+            program.state_dict[key] = zeros
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+    except Exception as error:  # noqa: BLE001 - the file stays loadable with the model's code
+        logger.warning(
+            "the compressed network could not be captured with torch.export (%s: %s); loading "
+            "the file will need the model's code",
+            type(error).__name__,
+            str(error).splitlines()[0][:160] if str(error) else "",
+        )
+        return None
+    raw = zlib.compress(buffer.getvalue(), 9)
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+
+
+def _rebuild(
+    header: dict, blob: torch.Tensor, architecture: torch.Tensor | None = None
+) -> nn.Module:
     policy = CompressionPolicy.from_dict(header["policy"])
-    small = materialize(_skeleton(policy, header["num_classes"]), policy)
     tensors = _from_blob(blob, header["index"])
     state = {k[len("state/") :]: v for k, v in tensors.items() if k.startswith("state/")}
     bits_of = {}
     for layer_policy in policy.layers:
         bits = np.asarray(layer_policy.weight_bits)
-        bits_of[_weight_key(small, layer_policy.name)] = bits[bits > 0]
+        # materialize puts a quantized input's activation quantizer in front of the layer
+        quantized_input = layer_policy.act_bits < FLOAT_BITS
+        key = (
+            f"{layer_policy.name}.layer.weight"
+            if quantized_input
+            else f"{layer_policy.name}.weight"
+        )
+        bits_of[key] = bits[bits > 0]
     for key, shape in header["shapes"].items():
         prefix = f"packed/{key}/"
         fields = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         state[key] = _unpack({**fields, "shape": shape}, bits_of[key])
+    if architecture is not None:
+        program = torch.export.load(io.BytesIO(zlib.decompress(architecture.numpy().tobytes())))
+        net = program.module()
+        # the activation quantizers' ranges are constants of the graph
+        net.load_state_dict({key: state[key] for key in net.state_dict()})
+        return ExportedNetwork(net)
+    small = materialize(_skeleton(policy, header["num_classes"]), policy)
     small.load_state_dict(state)
     return small.eval()

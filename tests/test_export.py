@@ -144,3 +144,30 @@ def test_the_reported_size_is_the_file(name, shape, tmp_path):
         assert abs(report.file_bytes - cost.size_bytes) <= 0.05 * cost.size_bytes + 4096
         assert report.fp32_file_bytes == costs.fp32_size_bits / 8
         assert cost.compression_ratio == pytest.approx(report.file_ratio, rel=0.05)
+
+
+def test_a_self_contained_file_loads_without_the_models_code(tmp_path, monkeypatch):
+    """A user's model is exported with its compressed graph: loading needs neither the zoo nor
+    the user's factory (here: building any model fails while loading)."""
+    import ajpq.export as export_module
+
+    torch.manual_seed(0)
+    shape = (1, 16, 16)
+    model = build_model("digits_cnn", 10, 1).eval()
+    graph = analyze(model, torch.zeros(1, *shape))
+    knobs = [LayerKnobs(0.4, b, a, 1.0) for b, a in zip([1, 2, 4, 8, 32] * 2, [6, 32] * 5)]
+    policy = build_policy(model, graph, knobs, model_name="digits_cnn")
+    simulated = _calibrated(model, policy, graph, shape)
+    path = tmp_path / "own.pt"
+    report = export_compressed(simulated, policy, path, 10, graph, self_contained=True)
+    assert 0 < report.architecture_bytes < 0.5 * report.file_bytes
+
+    def no_model_code(*args, **kwargs):
+        raise AssertionError("loading built a model from code")
+
+    monkeypatch.setattr(export_module, "build_model", no_model_code)
+    loaded = load_compressed(path)
+    loaded.eval()  # fine: the graph was captured for inference
+    x = torch.randn(5, *shape)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), materialize(simulated, policy).eval()(x))

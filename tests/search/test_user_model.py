@@ -82,6 +82,7 @@ def test_user_model_from_a_factory_is_searched_and_exported(search_config_file, 
         result = json.loads((run_dir / "export.json").read_text())
         assert result["file_ratio"] > 1.0
         assert Path(result["onnx_path"]).exists()  # a deployment tool needs no user code
+        assert result["architecture_bytes"] > 0  # nor does load_compressed: the graph is stored
         model = load_compressed(result["path"])
         with torch.no_grad():
             assert model(torch.randn(2, 1, 16, 16)).shape == (2, 10)
