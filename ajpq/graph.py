@@ -9,12 +9,14 @@ budgets, physical pruning) reads this table instead of re-tracing the model.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import hashlib
 import io
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -243,14 +245,46 @@ def _signature(layers: tuple[LayerInfo, ...]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _tolerant_reshapes() -> Iterator[None]:
+    """While a dependency graph is built: a reshape whose channel mapping Torch-Pruning cannot
+    infer (ShuffleNet's 5-D channel shuffle divides by zero) keeps the identity mapping instead
+    of failing the whole trace. Every group whose channels pass a reshape before a conv is
+    refused afterwards (``_refuse_reshaped_channels``), so the identity is never acted on."""
+    from torch_pruning.dependency import index_mapping
+
+    original = index_mapping.update_reshape_index_mapping
+
+    def tolerant(graph: tp.DependencyGraph, node: tp.Node) -> None:
+        try:
+            original(graph, node)
+        except ZeroDivisionError:
+            logger.debug("channels cannot be followed through reshape %s", node.name)
+
+    index_mapping.update_reshape_index_mapping = tolerant
+    try:
+        yield
+    finally:
+        index_mapping.update_reshape_index_mapping = original
+
+
+class _DependencyGraph(tp.DependencyGraph):
+    """Torch-Pruning's graph, tolerant of reshapes it cannot map (it maps them again for every
+    pruning group)."""
+
+    def get_pruning_group(self, *args: object, **kwargs: object) -> tp.Group:
+        with _tolerant_reshapes():
+            return super().get_pruning_group(*args, **kwargs)
+
+
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of ``model`` (traced in eval mode; it traces through
     autograd, so gradients are enabled for the trace even under a caller's ``torch.no_grad``)."""
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        with torch.enable_grad(), _tolerant_reshapes():
+            return _DependencyGraph().build_dependency(model, example_inputs=example_input)
     finally:
         model.train(was_training)
 

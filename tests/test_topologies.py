@@ -270,3 +270,13 @@ def test_a_grouped_conv_prunes_the_same_positions_in_every_group():
     )
     with pytest.raises(ValueError, match="prune the same positions in every group"):
         validate_policy(broken, graph)
+
+
+def test_shufflenet_prunes_inside_its_branches_not_across_the_shuffle():
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=5).eval()
+    graph = analyze(model, torch.zeros(1, 3, 64, 64))
+    prunable = {graph.layers[m].name for g in graph.groups if g.prunable for m in g.members}
+    # a branch's 1x1 conv with its depthwise partner: their channels never meet the shuffle
+    assert {"stage2.1.branch2.0", "stage2.1.branch2.3"} <= prunable
+    # the branch's output is concatenated and shuffled: quantized, not pruned
+    assert "stage2.1.branch2.5" not in prunable
