@@ -334,7 +334,10 @@ class EvaluatorPool:
         """The best policy's JSON (from memory or the journal)."""
         if self.best is None:
             return None
-        key = self.best.policy_key
+        return self.policy_json(self.best.policy_key)
+
+    def policy_json(self, key: str) -> str | None:
+        """A scored policy's JSON by its key (from memory or the journal)."""
         return self.policies.get(key) or (self.journal.policy_json(key) if self.journal else None)
 
     def _within_budget(self, record: PolicyRecord) -> bool:

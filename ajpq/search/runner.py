@@ -610,10 +610,13 @@ class _Search:
                 0,
                 "checkpoint-prune",
             )
-            best = ray.get(self.pool.best_policy.remote())
-            if best is None:
-                raise RuntimeError("stepwise: no pruned policy was scored; see the records")
-            base_file.write_text(best)
+            # the pruning stage's best by its own reward (its policies are above the search's
+            # budget, so they are never the search's best)
+            records = [r for r in ray.get(self.pool.all_records.remote()) if not r.failed]
+            if not records:
+                raise RuntimeError("stepwise: every pruned policy failed; see the records")
+            best = max(records, key=lambda r: (r.reward, r.compression_ratio))
+            base_file.write_text(ray.get(self.pool.policy_json.remote(best.policy_key)))
         stage = Stage(prune=False, base_policy=base_file.read_text())
         self._ddpg(
             binding.env_config_for(self.pool_name, self.namespace, stage),
