@@ -85,6 +85,15 @@ class Budget:
     def to_dict(self) -> dict[str, object]:
         return {"kind": self.kind.value, "value": self.value}
 
+    def admits(self, compression_ratio: float, bitops_ratio: float) -> bool:
+        """Whether a scored policy (its fp32 / size and BitOps ratios) meets a size or BitOps
+        budget; a latency budget is not judged from these (always True)."""
+        if self.kind is BudgetKind.SIZE:
+            return 1.0 / max(compression_ratio, 1e-12) <= self.value * (1 + 1e-9)
+        if self.kind is BudgetKind.BITOPS:
+            return bitops_ratio <= self.value * (1 + 1e-9)
+        return True
+
 
 @dataclass(frozen=True)
 class LatencyModel:
@@ -185,9 +194,8 @@ class _Squeezer:
         """What one input channel of layer ``index`` costs (a grouped conv's input channel
         reaches only its group's outputs: the average over a unit of one channel per group)."""
         layer = self.graph.layers[index]
-        taps = layer.kernel[0] * layer.kernel[1] * multiplicity / layer.groups
-        if layer.kind is LayerKind.DEPTHWISE_CONV:
-            taps = layer.kernel[0] * layer.kernel[1] * multiplicity
+        groups = 1 if layer.kind is LayerKind.DEPTHWISE_CONV else layer.groups
+        taps = layer.kernel[0] * layer.kernel[1] * multiplicity / groups
         bits = self.bits[index]
         if self.metric == "size":
             return float(bits.sum()) * taps

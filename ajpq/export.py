@@ -26,10 +26,10 @@ from torch import nn
 
 from ajpq.apply import FakeQuantLayer, apply_policy
 from ajpq.cost import CostModel
-from ajpq.graph import ModelGraph, analyze
-from ajpq.materialize import QuantizedInput, materialize, materialize_with_scales
+from ajpq.graph import ModelGraph, analyze, saved_size
+from ajpq.materialize import materialize, materialize_with_scales
 from ajpq.models import build_model, is_user_model
-from ajpq.policy import CompressionPolicy
+from ajpq.policy import CompressionPolicy, LayerPolicy
 from ajpq.quantize import FLOAT_BITS
 
 __all__ = ["ExportReport", "export_compressed", "load_compressed", "FORMAT"]
@@ -55,9 +55,12 @@ class ExportReport:
         return {**asdict(self), "file_ratio": self.file_ratio}
 
 
-def _weight_key(model: nn.Module, name: str) -> str:
-    module = model.get_submodule(name)
-    return f"{name}.layer.weight" if isinstance(module, QuantizedInput) else f"{name}.weight"
+def _weight_key(layer_policy: LayerPolicy) -> str:
+    """The layer's weight in the materialized state dict: materialize puts a quantized input's
+    activation quantizer in front of the layer (:class:`ajpq.materialize.QuantizedInput`)."""
+    if layer_policy.act_bits < FLOAT_BITS:
+        return f"{layer_policy.name}.layer.weight"
+    return f"{layer_policy.name}.weight"
 
 
 def _pack(weight: torch.Tensor, bits: np.ndarray, scales: np.ndarray) -> dict[str, object]:
@@ -158,7 +161,7 @@ def export_compressed(
     for layer_policy in policy.layers:
         bits = np.asarray(layer_policy.weight_bits)
         kept = bits != 0
-        key = _weight_key(small, layer_policy.name)
+        key = _weight_key(layer_policy)
         weight = state.pop(key)
         if weight.shape[0] != int(kept.sum()):
             raise ValueError(
@@ -188,12 +191,13 @@ def export_compressed(
         if architecture is not None:
             artifact["architecture"] = architecture
     # everything that can fail happens before the file appears: a failed export leaves nothing
-    # the fp32 reference: the same architecture's state dict, saved the same way
-    skeleton = _skeleton(policy, num_classes)
-    reference = io.BytesIO()
-    torch.save(skeleton.state_dict(), reference)
     if graph is None:
-        graph = analyze(skeleton, torch.zeros(1, *policy.input_shape))
+        graph = analyze(_skeleton(policy, num_classes), torch.zeros(1, *policy.input_shape))
+    # the fp32 reference: the same architecture's state dict as torch.save writes it (a graph
+    # saved before the analysis measured it is measured here)
+    fp32_file_bytes = graph.fp32_file_bytes or saved_size(
+        _skeleton(policy, num_classes).state_dict()
+    )
     size = CostModel(graph).cost(policy).size_bytes
     partial = path.with_name(path.name + ".partial")
     try:
@@ -205,7 +209,7 @@ def export_compressed(
     report = ExportReport(
         str(path),
         path.stat().st_size,
-        reference.tell(),
+        fp32_file_bytes,
         size,
         int(stored.numel()) if stored is not None else 0,
     )
@@ -281,12 +285,14 @@ class ExportedNetwork(nn.Module):
 def _architecture(small: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor | None:
     """The network's graph as ``torch.export`` saves it, weights zeroed, zlib-compressed; None
     (the file then needs the model's code to load) when the network cannot be exported."""
-    from ajpq.onnx_export import _exportable
+    from ajpq.onnx_export import with_plain_quantizers
 
     try:
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         example = torch.zeros((2, *input_shape))
-        program = torch.export.export(_exportable(small), (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(
+            with_plain_quantizers(small), (example,), dynamic_shapes=({0: batch},)
+        )
         for key, value in list(program.state_dict.items()):
             zeros = torch.zeros_like(value)
             if isinstance(value, nn.Parameter):
@@ -315,14 +321,7 @@ def _rebuild(
     bits_of = {}
     for layer_policy in policy.layers:
         bits = np.asarray(layer_policy.weight_bits)
-        # materialize puts a quantized input's activation quantizer in front of the layer
-        quantized_input = layer_policy.act_bits < FLOAT_BITS
-        key = (
-            f"{layer_policy.name}.layer.weight"
-            if quantized_input
-            else f"{layer_policy.name}.weight"
-        )
-        bits_of[key] = bits[bits > 0]
+        bits_of[_weight_key(layer_policy)] = bits[bits > 0]
     for key, shape in header["shapes"].items():
         prefix = f"packed/{key}/"
         fields = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

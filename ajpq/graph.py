@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import enum
 import hashlib
-import io
 import logging
 import math
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ __all__ = [
     "ModelGraph",
     "analyze",
     "compressible_modules",
+    "saved_size",
 ]
 
 logger = logging.getLogger(__name__)
@@ -349,8 +349,6 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
         groups.append(group)
     other = sum(_state_bytes(m) for m in model.modules() if m not in index_of and m not in folded)
     per_channel = sum(g.passenger_bytes * g.channels for g in groups)
-    reference = io.BytesIO()
-    torch.save(model.state_dict(), reference)
     return ModelGraph(
         layers=layers,
         groups=tuple(groups),
@@ -358,8 +356,29 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
         input_shape=tuple(example_input.shape[1:]),
         signature=_signature(layers),
         fixed_state_bytes=max(0, other - per_channel),
-        fp32_file_bytes=reference.tell(),
+        fp32_file_bytes=saved_size(model.state_dict()),
     )
+
+
+class _ByteCounter:
+    """A write-only sink that only counts what torch.save writes."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self.count += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+
+def saved_size(state: dict[str, torch.Tensor]) -> int:
+    """Bytes of ``torch.save(state)`` (the file a user compares with), without keeping a copy."""
+    counter = _ByteCounter()
+    torch.save(state, counter)
+    return counter.count
 
 
 def _state_rows(module: nn.Module) -> list[torch.Tensor]:

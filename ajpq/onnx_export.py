@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from ajpq.materialize import QuantizedInput
-from ajpq.quantize import FLOAT_BITS
+from ajpq.quantize import FLOAT_BITS, activation_grid
 
-__all__ = ["export_onnx", "check_onnx", "OPSET"]
+__all__ = ["export_onnx", "check_onnx", "with_plain_quantizers", "OPSET"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,9 @@ class _Grid(nn.Module):
         return torch.clamp(torch.round(x * self.inverse), self.low, self.high) * self.scale
 
 
-def _exportable(model: nn.Module) -> nn.Module:
-    """A copy whose calibrated activation quantizers are plain ops."""
+def with_plain_quantizers(model: nn.Module) -> nn.Module:
+    """A copy of a materialized network whose calibrated activation quantizers are plain ops
+    with their ranges as constants (what ONNX and ``torch.export`` can capture)."""
     plain = copy.deepcopy(model).cpu().eval()
     for module in plain.modules():
         if not isinstance(module, QuantizedInput) or module.act.bits >= FLOAT_BITS:
@@ -50,10 +51,7 @@ def _exportable(model: nn.Module) -> nn.Module:
                 "an activation quantizer was never calibrated; export a finetuned or calibrated "
                 "model (run a few batches in train mode first)"
             )
-        signed = bool(act.signed)
-        levels = 2 ** (act.bits - 1) - 1 if signed else 2**act.bits - 1
-        scale = max(float(act.max_abs), 1e-8) / levels
-        module.act = _Grid(scale, -levels if signed else 0, levels)
+        module.act = _Grid(*activation_grid(act.bits, act.max_abs, bool(act.signed)))
     return plain
 
 
@@ -69,7 +67,7 @@ def export_onnx(
     example = torch.zeros((1, *input_shape))
     try:
         torch.onnx.export(
-            _exportable(model),
+            with_plain_quantizers(model),
             (example,),
             str(partial),
             dynamo=False,

@@ -17,6 +17,7 @@ __all__ = [
     "weight_scales",
     "fake_quantize_weight",
     "fake_quantize_activation",
+    "activation_grid",
     "ActivationQuantizer",
 ]
 
@@ -102,10 +103,16 @@ def fake_quantize_activation(
     """
     if bits >= FLOAT_BITS:
         return x
+    return _RoundToGrid.apply(x, *activation_grid(bits, max_abs, signed))
+
+
+def activation_grid(
+    bits: int, max_abs: torch.Tensor | float, signed: bool
+) -> tuple[float, int, int]:
+    """(scale, low, high) of the activation grid: x -> clamp(round(x / scale), low, high) x scale
+    over [-max_abs, max_abs] (signed) or [0, max_abs]."""
     levels = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
-    low = -levels if signed else 0
-    scale = max(float(max_abs), 1e-8) / levels
-    return _RoundToGrid.apply(x, scale, low, levels)
+    return max(float(max_abs), 1e-8) / levels, -levels if signed else 0, levels
 
 
 class ActivationQuantizer(nn.Module):

@@ -41,7 +41,7 @@ from ray.util.scheduling_strategies import (
     PlacementGroupSchedulingStrategy,
 )
 
-from ajpq.budget import BudgetKind, LatencyModel, fit_latency_model
+from ajpq.budget import LatencyModel, fit_latency_model
 from ajpq.config import RewardKind, SearchConfig
 from ajpq.configtypes import to_plain
 from ajpq.cost import CostModel
@@ -343,12 +343,7 @@ class EvaluatorPool:
     def _within_budget(self, record: PolicyRecord) -> bool:
         """Whether the record's policy meets the search's budget (a stage of the stepwise
         method scores policies above it; they are recorded but cannot be the best)."""
-        budget = self.config.budget
-        if budget.kind is BudgetKind.SIZE:
-            return record.size_bytes <= budget.value * self.costs.fp32_size_bits / 8 * (1 + 1e-9)
-        if budget.kind is BudgetKind.BITOPS:
-            return record.bitops_ratio <= budget.value * (1 + 1e-9)
-        return True
+        return self.config.budget.admits(record.compression_ratio, record.bitops_ratio)
 
     def _update_best(self, record: PolicyRecord) -> None:
         if record.failed or not self._within_budget(record):

@@ -17,11 +17,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol
 
 import numpy as np
+from torch import nn
 
-from ajpq.budget import Budget, BudgetKind, budget_value
+from ajpq.budget import Budget, BudgetKind, LatencyModel, budget_value
 from ajpq.builder import LayerKnobs, build_policy
-from ajpq.config import Method
+from ajpq.config import Method, SpaceSection
 from ajpq.cost import CostModel
+from ajpq.graph import ModelGraph
 from ajpq.policy import CompressionPolicy
 from ajpq.search.env import CompressionEnv
 from ajpq.search.space import ACTION_DIM
@@ -136,13 +138,13 @@ def run_proposals(
 
 
 def uniform_candidates(
-    model: Any,
-    context_graph: Any,
+    model: nn.Module,
+    context_graph: ModelGraph,
     importance: list[np.ndarray],
     budget: Budget,
-    space: Any,
+    space: SpaceSection,
     model_name: str,
-    latency_model: Any = None,
+    latency_model: LatencyModel | None = None,
 ) -> list[CompressionPolicy]:
     """Uniform policies that meet ``budget``, best first: the largest bit width everywhere that
     fits unpruned, then each larger bit width with the smallest uniform sparsity that fits.

@@ -638,7 +638,7 @@ class _Search:
                 "tpe: resumed at %d episodes with a fresh sampler (its history is not kept)", done
             )
         agent = self.config.agent
-        groups = len(self._make_env().order)
+        groups = len(self.open_run.context.graph.groups)  # one env step per group
         proposer = make_proposer(method, groups, agent.seed + done, agent.warmup_episodes)
         progress = _ProgressLog(self, target)
         played = done

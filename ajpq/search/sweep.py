@@ -26,6 +26,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from ajpq.budget import Budget, BudgetKind
 from ajpq.config import SearchConfig, SweepConfig, with_values
 from ajpq.search.pareto import pareto_front
 from ajpq.search.runner import (
@@ -238,15 +239,10 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
 def _within_budget(tags: dict[str, str], metrics: dict[str, float]) -> bool:
     """Whether a policy run meets its search's size or BitOps budget (latency: not known here)."""
     try:
-        value = float(tags.get("budget_value", "inf"))
+        budget = Budget(BudgetKind(tags.get("budget_kind")), float(tags.get("budget_value", "")))
     except ValueError:
         return True
-    kind = tags.get("budget_kind")
-    if kind == "size":
-        return 1.0 / max(metrics.get("compression_ratio", 1e-12), 1e-12) <= value * (1 + 1e-6)
-    if kind == "bitops":
-        return metrics.get("bitops_ratio", 1.0) <= value * (1 + 1e-6)
-    return True
+    return budget.admits(metrics.get("compression_ratio", 0.0), metrics.get("bitops_ratio", 1.0))
 
 
 def summarize_sweep(tracker: Tracker, sweep_run_id: str, sweep_dir: Path) -> SweepOutcome:
