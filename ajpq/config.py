@@ -99,6 +99,10 @@ class SpaceSection:
     # one activation bit width for the whole network (the first group's choice), pruning per
     # layer. The budget wall keeps the mode.
     precision: Precision = Precision.MIXED
+    # After the wall, spend what the policy leaves of a size or BitOps budget on bits (one bit
+    # more where it buys the most estimated accuracy, never unpruning), so every evaluated
+    # policy uses its budget. The wall only squeezes; without this, searches under-spend.
+    fill_budget: bool = True
 
     def __post_init__(self) -> None:
         if self.min_weight_bits > self.max_weight_bits:

@@ -10,12 +10,14 @@ from ajpq.budget import (
     budget_value,
     check_precision,
     enforce_budget,
+    fill_budget,
 )
 from ajpq.builder import LayerKnobs, build_policy, uniform_policy
 from ajpq.cost import CostModel
 from ajpq.graph import analyze
 from ajpq.importance import layer_importance
 from ajpq.models import SmallResNet
+from ajpq.policy import LayerPolicy
 from ajpq.validation import validate_policy
 
 
@@ -134,3 +136,72 @@ def test_walls_that_only_prune_or_only_lower_bits(setup):
     assert 0 not in {b for lp in lowered.layers for b in lp.weight_bits}
     with pytest.raises(ValueError, match=r"one channel per prunable group\); raise"):
         enforce_budget(policy, Budget("size", 0.02), costs, importance, rules=WallRules(bits=False))
+
+
+@pytest.mark.parametrize("precision", list(Precision))
+@pytest.mark.parametrize("kind", ["size", "bitops"])
+def test_fill_spends_the_leftover_budget_on_bits(setup, precision, kind):
+    model, graph, costs, importance = setup
+    rng = np.random.default_rng(1)
+    rules = WallRules(precision)
+    budget = Budget(kind, 0.15)
+    for _ in range(10):
+        first = int(rng.integers(2, 5))
+        knobs = [
+            LayerKnobs(
+                float(rng.uniform(0, 0.6)),
+                first if precision is Precision.FIXED else int(rng.integers(2, 5)),
+                4,
+                float(rng.uniform(0, 2)) if precision is Precision.MIXED else 0.0,
+            )
+            for _ in graph.layers
+        ]
+        policy = enforce_budget(
+            build_policy(model, graph, knobs), budget, costs, importance, rules=rules
+        )
+        filled = fill_budget(policy, budget, costs, importance, 8, 8, rules)
+        before = budget_value(policy, budget, costs)
+        after = budget_value(filled, budget, costs)
+        assert after <= budget.value * (1 + 1e-9)
+        check_precision(filled, precision)
+        validate_policy(filled, graph)
+        for old, new in zip(policy.layers, filled.layers):
+            old_bits, new_bits = np.array(old.weight_bits), np.array(new.weight_bits)
+            assert np.array_equal(old_bits == 0, new_bits == 0)  # nothing unpruned or pruned
+            assert (new_bits >= old_bits).all() and new_bits.max() <= 8
+            assert new.act_bits >= old.act_bits
+        # the budget is spent: no single channel/layer/network bit more would still fit
+        assert after > before or all(max(lp.weight_bits) == 8 for lp in filled.layers)
+        if kind == "size":
+            assert all(lp.act_bits == 8 for lp in filled.layers)  # free under a size budget
+        assert fill_budget(policy, budget, costs, importance, 8, 8, rules) == filled
+        if precision is Precision.MIXED:  # no single channel's bit more still fits
+            for i, lp in enumerate(filled.layers):
+                for c, b in enumerate(lp.weight_bits):
+                    if 0 < b < 8:
+                        bits = list(lp.weight_bits)
+                        bits[c] += 1
+                        layers = list(filled.layers)
+                        layers[i] = LayerPolicy(lp.name, tuple(bits), lp.act_bits)
+                        more = filled.replace_layers(layers)
+                        assert budget_value(more, budget, costs) > budget.value
+
+
+def test_fill_gives_bits_to_important_channels_first(setup):
+    model, graph, costs, importance = setup
+    policy = uniform_policy(graph, 2, 8)
+    budget = Budget("size", budget_value(policy, budget=Budget("size", 1.0), costs=costs) * 1.05)
+    filled = fill_budget(policy, budget, costs, importance, 8, 8)
+    raised = [np.array(lp.weight_bits) > 2 for lp in filled.layers]
+    assert any(r.any() for r in raised) and not all(r.all() for r in raised)
+    for layer, r in zip(graph.layers, raised):
+        if r.any() and not r.all():  # within a layer, raised channels outrank the others
+            assert importance[layer.index][r].min() >= importance[layer.index][~r].max() - 1e-12
+
+
+def test_fill_refuses_a_policy_over_budget_and_leaves_latency_alone(setup):
+    model, graph, costs, importance = setup
+    policy = uniform_policy(graph, 8, 8)
+    with pytest.raises(ValueError, match="enforce_budget"):
+        fill_budget(policy, Budget("size", 0.05), costs, importance)
+    assert fill_budget(policy, Budget("latency", 5.0), costs, importance) == policy

@@ -4,7 +4,8 @@ Observation: the group's static features (min-max normalised), the budget metric
 by the decided groups and still held by the undecided ones (fractions of fp32; MACs for a
 latency budget), the budget in the same unit, and the previous action. Action in [0, 1]^4 ->
 sparsity, weight bits, activation bits, spread. After the last group the policy is pushed
-inside the budget (the action wall), scored by the ``evaluate`` callable the env was given, and
+inside the budget (the action wall), what it leaves of a size or BitOps budget is spent on bits
+(``space.fill_budget``), scored by the ``evaluate`` callable the env was given, and
 the reward arrives (0 on every earlier step). ``info`` carries all metrics.
 
 The env knows nothing of Ray: the orchestration floor (``ajpq.search.binding``) binds
@@ -22,7 +23,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from ajpq.budget import Budget, BudgetKind, Precision, WallRules, enforce_budget
+from ajpq.budget import Budget, BudgetKind, Precision, WallRules, enforce_budget, fill_budget
 from ajpq.builder import LayerKnobs, build_policy
 from ajpq.cost import CostModel
 from ajpq.policy import CompressionPolicy
@@ -183,6 +184,16 @@ class CompressionEnv(gym.Env):
             self.context.latency_model,
             self.rules,
         )
+        if self.space.fill_budget:
+            policy = fill_budget(
+                policy,
+                self.budget,
+                self.costs,
+                self.context.importance,
+                self.space.max_weight_bits,
+                self.space.max_act_bits,
+                self.rules,
+            )
         record = dict(self.evaluate(policy))
         return self._observation(), float(record["reward"]), True, False, record
 

@@ -59,6 +59,33 @@ def test_env_episode_meets_budget_and_observes_spending(tmp_path, model_cache, m
     assert budget_value(policy, Budget("bitops", 0.05), CostModel(env.graph)) <= 0.05
 
 
+def test_an_episode_that_under_spends_is_filled_unless_turned_off(
+    tmp_path, model_cache, monkeypatch
+):
+    monkeypatch.setenv("AJPQ_CACHE", str(model_cache))
+    budget = Budget("size", 0.1)
+    used = {}
+    for fill in (True, False):
+        config = SearchConfig.from_dict(
+            {
+                "budget": budget.to_dict(),
+                "space": {"fill_budget": fill},
+                "output_dir": str(tmp_path),
+            }
+        )
+        context, _ = prepare_context(config)
+        scorer = _Recorder()
+        env = CompressionEnv(context, scorer)
+        env.play(np.tile([0.3, 0.0, 0.0, 0.0], (len(env.order), 1)))  # 30% pruned, 2 bits
+        policy = scorer.last_policy
+        used[fill] = budget_value(policy, budget, CostModel(env.graph))
+        pruned = [np.asarray(lp.weight_bits) == 0 for lp in policy.layers]
+        used[fill, "pruned"] = sum(int(p.sum()) for p in pruned)
+    assert used[False] < 0.1 * 0.6  # the agent's policy leaves most of the budget
+    assert 0.1 * 0.95 < used[True] <= 0.1  # filled: the budget binds
+    assert used[True, "pruned"] == used[False, "pruned"]  # filling never unprunes
+
+
 def test_latency_budget_is_observed_as_the_macs_fraction_it_allows(
     tmp_path, model_cache, monkeypatch
 ):
