@@ -105,7 +105,8 @@ def input_keep_masks(policy: CompressionPolicy, graph: ModelGraph) -> dict[int, 
         for consumer, index_map in group.consumers.items():
             layer = graph.layers[consumer]
             mask = masks.setdefault(consumer, np.ones(layer.in_channels, dtype=bool))
-            mask[index_map[pruned].ravel()] = False
+            inputs = index_map[pruned].ravel()
+            mask[inputs[inputs >= 0]] = False  # -1: the channel does not reach this consumer
     return masks
 
 

@@ -73,11 +73,13 @@ class CostModel:
 
     def __init__(self, graph: ModelGraph) -> None:
         self.graph = graph
-        # per layer: list of (group index, channel multiplicity) it consumes
-        self.inputs_from: list[list[tuple[int, int]]] = [[] for _ in graph.layers]
+        # per layer: list of (group index, input channels per group channel) it consumes; after
+        # a split a consumer reads only some parts (a mean below 1, exact per pruned unit)
+        self.inputs_from: list[list[tuple[int, float]]] = [[] for _ in graph.layers]
         for group in graph.groups:
             for consumer, index_map in group.consumers.items():
-                self.inputs_from[consumer].append((group.index, int(index_map.shape[1])))
+                per_channel = float((index_map >= 0).sum()) / max(1, index_map.shape[0])
+                self.inputs_from[consumer].append((group.index, per_channel))
         self.format_bits = 8.0 * (FORMAT_BASE_BYTES + FORMAT_PER_LAYER_BYTES * len(graph.layers))
         self.fixed_bits = 8.0 * graph.fixed_state_bytes + self.format_bits
         full = [np.full(layer.out_channels, FLOAT_BITS) for layer in graph.layers]
@@ -89,7 +91,7 @@ class CostModel:
     def kept_inputs(self, layer_index: int, pruned_per_group: list[int]) -> int:
         layer = self.graph.layers[layer_index]
         removed = sum(pruned_per_group[g] * k for g, k in self.inputs_from[layer_index])
-        return layer.in_channels - removed
+        return layer.in_channels - int(round(removed))
 
     def weights_per_channel(self, layer_index: int, pruned_per_group: list[int]) -> int:
         layer = self.graph.layers[layer_index]

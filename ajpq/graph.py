@@ -9,19 +9,19 @@ budgets, physical pruning) reads this table instead of re-tracing the model.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import hashlib
 import logging
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
+
+from ajpq.dependency import UNMAPPABLE, build_dependency_graph, split_parts
 
 __all__ = [
     "LayerKind",
@@ -78,7 +78,8 @@ class CouplingGroup:
     """Layers whose output channels are pruned together, and who consumes those channels.
 
     ``consumers`` maps a consuming layer index to an int array of shape (channels, k): channel c
-    of the group feeds input indices ``consumers[layer][c]`` of that layer (k > 1 after a flatten).
+    of the group feeds input indices ``consumers[layer][c]`` of that layer (k > 1 after a flatten;
+    entries of -1 where a channel split sends the channel elsewhere).
     """
 
     index: int
@@ -92,6 +93,8 @@ class CouplingGroup:
     # a grouped conv among the members or consumers splits the channels into this many equal
     # blocks; pruning removes the same positions from every block (a "unit" of channels)
     blocks: int = 1
+    # its channels pass a channel split (chunk / split): proven by pruning it at analysis
+    split: bool = False
 
     @property
     def block_size(self) -> int:
@@ -245,50 +248,6 @@ def _signature(layers: tuple[LayerInfo, ...]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _tolerant_reshapes() -> Iterator[None]:
-    """While a dependency graph is built: a reshape whose channel mapping Torch-Pruning cannot
-    infer (ShuffleNet's 5-D channel shuffle divides by zero) keeps the identity mapping instead
-    of failing the whole trace. Every group whose channels pass a reshape before a conv is
-    refused afterwards (``_refuse_reshaped_channels``), so the identity is never acted on."""
-    from torch_pruning.dependency import index_mapping
-
-    original = index_mapping.update_reshape_index_mapping
-
-    def tolerant(graph: tp.DependencyGraph, node: tp.Node) -> None:
-        try:
-            original(graph, node)
-        except ZeroDivisionError:
-            logger.debug("channels cannot be followed through reshape %s", node.name)
-
-    index_mapping.update_reshape_index_mapping = tolerant
-    try:
-        yield
-    finally:
-        index_mapping.update_reshape_index_mapping = original
-
-
-class _DependencyGraph(tp.DependencyGraph):
-    """Torch-Pruning's graph, tolerant of reshapes it cannot map (it maps them again for every
-    pruning group)."""
-
-    def get_pruning_group(self, *args: object, **kwargs: object) -> tp.Group:
-        with _tolerant_reshapes():
-            return super().get_pruning_group(*args, **kwargs)
-
-
-def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of ``model`` (traced in eval mode; it traces through
-    autograd, so gradients are enabled for the trace even under a caller's ``torch.no_grad``)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad(), _tolerant_reshapes():
-            return _DependencyGraph().build_dependency(model, example_inputs=example_input)
-    finally:
-        model.train(was_training)
-
-
 def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
     """Trace ``model`` once and return its compressible layers and coupling groups."""
     modules = compressible_modules(model)
@@ -349,7 +308,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
         groups.append(group)
     other = sum(_state_bytes(m) for m in model.modules() if m not in index_of and m not in folded)
     per_channel = sum(g.passenger_bytes * g.channels for g in groups)
-    return ModelGraph(
+    graph = ModelGraph(
         layers=layers,
         groups=tuple(groups),
         layer_group=tuple(layer_group),
@@ -358,6 +317,11 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> ModelGraph:
         fixed_state_bytes=max(0, other - per_channel),
         fp32_file_bytes=saved_size(model.state_dict()),
     )
+    if any(g.split and g.prunable for g in groups):
+        from ajpq.coupling_check import check_split_groups  # it prunes with the upper core
+
+        graph = check_split_groups(model, graph, example_input)
+    return graph
 
 
 class _ByteCounter:
@@ -486,24 +450,33 @@ def _coupling_group(
     _refuse_reshaped_channels(tp_group, layer)
     if layer.index not in members:
         members.insert(0, layer.index)
+    split_blocks = _split_blocks(tp_group)
     consumers = {}
     for idx, per_channel in consumer_idx.items():
         if layers[idx].kind == LayerKind.DEPTHWISE_CONV:
             if idx not in members:
                 members.append(idx)
             continue
-        width = {len(c) for c in per_channel}
-        if len(width) != 1:
+        rows = [sorted(set(c)) for c in per_channel]
+        width = max(len(r) for r in rows)
+        if len({len(r) for r in rows}) > 1 and split_blocks == 1:
             raise ValueError(f"irregular channel coupling into layer {layers[idx].name}")
-        consumers[idx] = np.array([sorted(set(c)) for c in per_channel], dtype=np.int64)
+        # after a split a consumer reads only some parts: rows padded with -1
+        consumers[idx] = np.array([r + [-1] * (width - len(r)) for r in rows], dtype=np.int64)
     members_sorted = tuple(sorted(set(members)))
     widths = {layers[m].name: layers[m].out_channels for m in members_sorted}
-    if len(set(widths.values())) > 1:  # e.g. a split whose halves are concatenated again
-        raise ValueError(f"coupled layers of different widths {widths} (a channel split + concat)")
-    blocks = 1
+    if len(set(widths.values())) > 1:  # e.g. one part of a split added to another layer
+        raise ValueError(f"coupled layers of different widths {widths} (a channel split + add)")
+    blocks = split_blocks
     for index in (*members_sorted, *consumers):
         if layers[index].kind is LayerKind.GROUPED_CONV:
             blocks = math.lcm(blocks, layers[index].groups)
+    if channels % blocks:
+        raise ValueError(f"{channels} channels do not divide into {blocks} equal parts")
+    for idx, index_map in consumers.items():  # every unit must cost every consumer alike
+        feeds = (index_map >= 0).sum(axis=1).reshape(blocks, -1)
+        if (feeds != feeds[:, :1]).any():
+            raise ValueError(f"irregular channel coupling into layer {layers[idx].name}")
     prunable = (
         bool(consumers)
         and all(layers[m].out_channels == channels for m in members_sorted)
@@ -523,7 +496,39 @@ def _coupling_group(
         consumers=consumers,
         passenger_bytes=int(round(passenger_bytes)),
         blocks=blocks if prunable else 1,
+        split=split_blocks > 1,
     )
+
+
+def _split_blocks(tp_group: tp.Group) -> int:
+    """How many equal parts the group's channels are split into on their way (1: no split).
+    A split into unequal parts, or one whose parts cannot be told apart, is refused: pruning
+    keeps a split's parts equal by removing the same positions from each."""
+    blocks = 1
+    seen: set[int] = set()
+    for item in tp_group.items:
+        for node in (item.dep.source, item.dep.target):
+            if node.type != tp.ops.OPTYPE.SPLIT or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if getattr(node.module, UNMAPPABLE, True):
+                raise ValueError(f"the channel split {node.name} cannot be followed")
+            sizes = set(node.module.split_sizes)
+            layout = _part_count(node)
+            if len(sizes) != 1 or layout is None:
+                raise ValueError(f"the channel split {node.name} has unequal parts")
+            blocks = math.lcm(blocks, layout)
+    return blocks
+
+
+def _part_count(node: tp.Node) -> int | None:
+    """How many parts a split cuts its input into (not only those that are read)."""
+    parts = split_parts(node)
+    if not parts:
+        return None
+    size = parts[0][1] - parts[0][0]
+    total = int(node.grad_fn._saved_self_sym_sizes[1])
+    return total // size if size and total % size == 0 else None
 
 
 def _channel_count(module: nn.Module) -> int:

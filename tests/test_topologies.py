@@ -47,6 +47,47 @@ class SplitConcat(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
+class C2f(nn.Module):
+    """YOLOv8's C2f: split in two, chain convs on the second half, concatenate every output
+    (the split's two parts are read by one concat). With ``shortcut`` each conv's output is
+    added to its input: one half of the split coupled with narrower layers."""
+
+    def __init__(self, shortcut: bool = False) -> None:
+        super().__init__()
+        self.cv1 = nn.Conv2d(3, 16, 1)
+        self.m = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.SiLU())
+            for _ in range(2)
+        )
+        self.cv2 = nn.Conv2d(32, 12, 1)
+        self.head = nn.Linear(12, 5)
+        self.shortcut = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).chunk(2, 1))
+        for m in self.m:
+            y.append(y[-1] + m(y[-1]) if self.shortcut else m(y[-1]))
+        return self.head(torch.relu(self.cv2(torch.cat(y, 1))).mean((2, 3)))
+
+
+class LiteralSplit(SplitConcat):
+    """The split's sizes are written in the code: it cannot shrink."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right = torch.relu(self.stem(x)).split((8, 8), dim=1)
+        x = torch.cat([left, torch.relu(self.branch(right))], dim=1)
+        return self.head(torch.relu(self.fuse(x)).mean(dim=(2, 3)))
+
+
+class SwappedConcat(SplitConcat):
+    """The transformed half comes first in the concat."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right = torch.relu(self.stem(x)).chunk(2, dim=1)
+        x = torch.cat([torch.relu(self.branch(right)), left], dim=1)
+        return self.head(torch.relu(self.fuse(x)).mean(dim=(2, 3)))
+
+
 class Shuffle(nn.Module):
     """A ShuffleNet-style channel shuffle between two convs."""
 
@@ -99,6 +140,10 @@ class GroupedAfterAdd(nn.Module):
 
 BLOCKS = {
     "split_concat": SplitConcat,
+    "c2f": C2f,
+    "c2f_shortcut": lambda: C2f(shortcut=True),
+    "literal_split": LiteralSplit,
+    "swapped_concat": SwappedConcat,
     "channel_shuffle": Shuffle,
     "squeeze_excite": SqueezeExcite,
     "grouped_after_add": GroupedAfterAdd,
@@ -280,3 +325,37 @@ def test_shufflenet_prunes_inside_its_branches_not_across_the_shuffle():
     assert {"stage2.1.branch2.0", "stage2.1.branch2.3"} <= prunable
     # the branch's output is concatenated and shuffled: quantized, not pruned
     assert "stage2.1.branch2.5" not in prunable
+
+
+@pytest.mark.parametrize(
+    ("name", "split_prunable"),
+    [
+        ("split_concat", {"stem"}),
+        ("swapped_concat", {"stem"}),
+        ("c2f", {"cv1"}),
+        ("c2f_shortcut", set()),  # one half added to narrower layers: not pruned
+        ("literal_split", set()),  # split((8, 8)) cannot shrink: refused by the pruning proof
+    ],
+)
+def test_a_split_prunes_the_same_positions_in_every_part(name, split_prunable):
+    torch.manual_seed(0)
+    model = BLOCKS[name]().eval()
+    graph = analyze(model, torch.zeros(1, 3, 16, 16))
+    split_groups = {graph.layers[g.members[0]].name: g for g in graph.groups if g.split}
+    prunable = {lead for lead, g in split_groups.items() if g.prunable}
+    assert prunable == split_prunable
+    for lead in prunable:
+        group = split_groups[lead]
+        assert group.blocks == 2 and group.unit(1).tolist() == [1, 1 + group.channels // 2]
+    # the cost model counts exactly the inputs the materialized network keeps
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        policy = _random_policy(model, graph, seed=int(rng.integers(100)))
+        small = materialize(apply_policy(model, policy, graph), policy).eval()
+        costs = CostModel(graph)
+        bits = [np.array(lp.weight_bits) for lp in policy.layers]
+        pruned = costs.pruned_per_group(bits)
+        for layer, layer_bits in zip(graph.layers, bits):
+            kept = int((layer_bits > 0).sum())
+            expected = kept * costs.weights_per_channel(layer.index, pruned)
+            assert small.get_submodule(layer.name).weight.numel() == expected, layer.name
