@@ -22,6 +22,7 @@ from torch import nn
 from ajpq.configtypes import Rate, config_type
 from ajpq.cost import CostModel, measure_latency
 from ajpq.graph import LayerKind, ModelGraph
+from ajpq.importance import group_importance
 from ajpq.policy import CompressionPolicy, LayerPolicy
 from ajpq.quantize import FLOAT_BITS
 from ajpq.validation import validate_policy
@@ -279,7 +280,7 @@ class _Squeezer:
             saving = damage = 0.0
             for m in group.members:
                 wpc = self.costs.weights_per_channel(m, self.pruned)
-                for channel in unit:
+                for channel in group.member_unit(len(self.bits[m]), position):
                     current = int(self.bits[m][channel])
                     saving += self._channel_cost(m, current, wpc)
                     damage += self.importance[m][channel] * (1.0 - _error(current))
@@ -334,7 +335,7 @@ class _Squeezer:
             group = self.graph.groups[group_index]
             unit = group.unit(position)
             for m in group.members:
-                self.bits[m][unit] = 0
+                self.bits[m][group.member_unit(len(self.bits[m]), position)] = 0
             self.pruned[group_index] += len(unit)
         else:
             _, index, current = move
@@ -515,10 +516,10 @@ def _floor_policy(
     if rules.prune:
         for group in graph.groups:
             if group.prunable:
-                score = np.mean([importance[m] for m in group.members], axis=0)
+                score = group_importance(graph, importance)[group.index]
                 kept = np.array(policy.layers[group.members[0]].weight_bits) > 0
                 by_position = np.where(kept, score, -np.inf).reshape(group.blocks, -1).sum(axis=0)
-                group_keep[group.index] = group.unit(int(np.argmax(by_position)))
+                group_keep[group.index] = int(np.argmax(by_position))
     for layer, lp in zip(graph.layers, policy.layers):
         bits = np.array(lp.weight_bits, dtype=np.int64)
         act = lp.act_bits
@@ -527,7 +528,7 @@ def _floor_policy(
             act = MIN_ACT_BITS
         group = graph.layer_group[layer.index]
         if group in group_keep:
-            keep = group_keep[group]
+            keep = graph.groups[group].member_unit(len(bits), group_keep[group])
             value = bits[keep]
             bits[:] = 0
             bits[keep] = value

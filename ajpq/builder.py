@@ -105,7 +105,8 @@ def build_policy(
         keep_masks.append(mask)
     layers = []
     for layer, knob in zip(graph.layers, knobs):
-        keep = keep_masks[graph.layer_group[layer.index]]
+        group = graph.groups[graph.layer_group[layer.index]]
+        keep = group.member_mask(layer.out_channels, keep_masks[group.index])
         bits = np.zeros(layer.out_channels, dtype=np.int64)
         bits[keep] = channel_bits_by_rank(
             per_layer[layer.index][keep], knob.weight_bits, knob.spread

@@ -35,11 +35,11 @@ def _prunes_exactly(
 
     policy = uniform_policy(graph, FLOAT_BITS, FLOAT_BITS)
     positions = range(max(1, group.block_size // 4))
-    pruned = np.concatenate([group.unit(p) for p in positions])
     layers = list(policy.layers)
     for member in group.members:
         bits = np.array(layers[member].weight_bits)
-        bits[pruned] = 0
+        for position in positions:
+            bits[group.member_unit(len(bits), position)] = 0
         layers[member] = dataclasses.replace(
             layers[member], weight_bits=tuple(int(b) for b in bits)
         )

@@ -77,6 +77,9 @@ class LayerInfo:
 class CouplingGroup:
     """Layers whose output channels are pruned together, and who consumes those channels.
 
+    ``members[0]`` is as wide as the group (``channels``); a member one block wide is coupled
+    with one part of a channel split (:meth:`member_unit`).
+
     ``consumers`` maps a consuming layer index to an int array of shape (channels, k): channel c
     of the group feeds input indices ``consumers[layer][c]`` of that layer (k > 1 after a flatten;
     entries of -1 where a channel split sends the channel elsewhere).
@@ -103,6 +106,18 @@ class CouplingGroup:
     def unit(self, position: int) -> np.ndarray:
         """The channels pruned together with ``position`` (one per block)."""
         return position % self.block_size + self.block_size * np.arange(self.blocks)
+
+    def member_unit(self, width: int, position: int) -> np.ndarray:
+        """:meth:`unit` in a member of ``width`` channels: a member one block wide (coupled
+        with one part of a split) holds only the position itself."""
+        if width == self.channels:
+            return self.unit(position)
+        return np.array([position % self.block_size])
+
+    def member_mask(self, width: int, keep: np.ndarray) -> np.ndarray:
+        """The group's keep mask (``channels`` long) as a member of ``width`` channels sees it."""
+        keep = np.asarray(keep)
+        return keep if width == self.channels else keep.reshape(self.blocks, -1)[0]
 
 
 @dataclass(frozen=True)
@@ -433,6 +448,7 @@ def _coupling_group(
     members: list[int] = []
     consumer_idx: dict[int, list[list[int]]] = {}
     passengers: dict[nn.Module, set[int]] = {}
+    aligned: dict[int, list[tuple[int, int]]] = {}  # member: (its channel, group channel)
     for item in tp_group.items:
         target = item.dep.target.module
         if target not in index_of:
@@ -443,7 +459,14 @@ def _coupling_group(
         if dep_graph.is_out_channel_pruning_fn(item.dep.handler):
             if idx not in members:
                 members.append(idx)
+            aligned.setdefault(idx, []).extend(
+                (int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs)
+            )
             continue
+        if layers[idx].kind == LayerKind.DEPTHWISE_CONV:  # a member: its channel = its input
+            aligned.setdefault(idx, []).extend(
+                (int(i), int(r)) for i, r in zip(item.idxs, item.root_idxs)
+            )
         per_channel = consumer_idx.setdefault(idx, [[] for _ in range(channels)])
         for idx_in, root in zip(item.idxs, item.root_idxs):
             per_channel[int(root)].append(int(idx_in))
@@ -463,26 +486,23 @@ def _coupling_group(
             raise ValueError(f"irregular channel coupling into layer {layers[idx].name}")
         # after a split a consumer reads only some parts: rows padded with -1
         consumers[idx] = np.array([r + [-1] * (width - len(r)) for r in rows], dtype=np.int64)
-    members_sorted = tuple(sorted(set(members)))
-    widths = {layers[m].name: layers[m].out_channels for m in members_sorted}
-    if len(set(widths.values())) > 1:  # e.g. one part of a split added to another layer
-        raise ValueError(f"coupled layers of different widths {widths} (a channel split + add)")
     blocks = split_blocks
-    for index in (*members_sorted, *consumers):
+    for index in (*members, *consumers):
         if layers[index].kind is LayerKind.GROUPED_CONV:
             blocks = math.lcm(blocks, layers[index].groups)
     if channels % blocks:
         raise ValueError(f"{channels} channels do not divide into {blocks} equal parts")
+    # the full-width layers first (the group's lead), then layers coupled with one part of a
+    # split (C2f's bottlenecks added to the second half): their channel p is position p
+    members_sorted = tuple(
+        sorted(set(members), key=lambda m: (layers[m].out_channels != channels, m))
+    )
+    _check_part_members(layers, members_sorted, aligned, channels, channels // blocks)
     for idx, index_map in consumers.items():  # every unit must cost every consumer alike
         feeds = (index_map >= 0).sum(axis=1).reshape(blocks, -1)
         if (feeds != feeds[:, :1]).any():
             raise ValueError(f"irregular channel coupling into layer {layers[idx].name}")
-    prunable = (
-        bool(consumers)
-        and all(layers[m].out_channels == channels for m in members_sorted)
-        and channels % blocks == 0
-        and channels // blocks >= 2
-    )
+    prunable = bool(consumers) and channels % blocks == 0 and channels // blocks >= 2
     passenger_bytes = sum(
         _bytes_per_channel(module, _channel_count(module)) * len(idxs) / channels
         for module, idxs in passengers.items()
@@ -498,6 +518,25 @@ def _coupling_group(
         blocks=blocks if prunable else 1,
         split=split_blocks > 1,
     )
+
+
+def _check_part_members(
+    layers: tuple[LayerInfo, ...],
+    members: tuple[int, ...],
+    aligned: dict[int, list[tuple[int, int]]],
+    channels: int,
+    block_size: int,
+) -> None:
+    """Members narrower than the group must be one block wide and see position p of a block as
+    their channel p; anything else is coupling of different widths that is refused."""
+    for m in members:
+        width = layers[m].out_channels
+        if width == channels:
+            continue
+        pairs = aligned.get(m, [])
+        if width != block_size or not pairs or any(i != r % block_size for i, r in pairs):
+            widths = {layers[k].name: layers[k].out_channels for k in members}
+            raise ValueError(f"coupled layers of different widths {widths}")
 
 
 def _split_blocks(tp_group: tp.Group) -> int:

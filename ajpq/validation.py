@@ -53,7 +53,7 @@ def validate_policy(policy: CompressionPolicy, graph: ModelGraph) -> None:
         }
         first_name, first = next(iter(masks.items()))
         for name, mask in masks.items():
-            if mask != first:
+            if mask != tuple(group.member_mask(len(mask), np.asarray(first)).tolist()):
                 raise ValueError(
                     f"layers {first_name} and {name} are coupled (they share channels) but prune "
                     "different channels; give them the same 0-bit channels"
@@ -62,8 +62,9 @@ def validate_policy(policy: CompressionPolicy, graph: ModelGraph) -> None:
             kept = np.asarray(first).reshape(group.blocks, group.block_size)
             if not (kept == kept[0]).all():
                 raise ValueError(
-                    f"layer {first_name}: its channels pass a grouped conv ({group.blocks} groups "
-                    f"of {group.block_size}); prune the same positions in every group"
+                    f"layer {first_name}: its channels pass a grouped conv or a channel split "
+                    f"({group.blocks} groups of {group.block_size}); prune the same positions in "
+                    "every group"
                 )
         if not group.prunable and not all(first):
             raise ValueError(

@@ -333,7 +333,7 @@ def test_shufflenet_prunes_inside_its_branches_not_across_the_shuffle():
         ("split_concat", {"stem"}),
         ("swapped_concat", {"stem"}),
         ("c2f", {"cv1"}),
-        ("c2f_shortcut", set()),  # one half added to narrower layers: not pruned
+        ("c2f_shortcut", {"cv1"}),  # the second half and the bottlenecks added to it
         ("literal_split", set()),  # split((8, 8)) cannot shrink: refused by the pruning proof
     ],
 )
@@ -359,3 +359,23 @@ def test_a_split_prunes_the_same_positions_in_every_part(name, split_prunable):
             kept = int((layer_bits > 0).sum())
             expected = kept * costs.weights_per_channel(layer.index, pruned)
             assert small.get_submodule(layer.name).weight.numel() == expected, layer.name
+    # the wall prunes whole units (members one part wide lose the position itself)
+    importance = layer_importance(model, graph)
+    full = uniform_policy(graph, 32, 32)
+    squeezed, value = full, 0.002
+    while True:  # the tightest BitOps budget of 0.002 x 2^-k the wall still meets
+        try:
+            squeezed = enforce_budget(full, Budget("bitops", value), CostModel(graph), importance)
+        except ValueError:
+            break
+        value /= 2
+    validate_policy(squeezed, graph)
+    x = torch.randn(2, 3, 16, 16)
+    simulated = apply_policy(model, squeezed, graph).eval()
+    with torch.no_grad():
+        reference = simulated(x)
+        error = (materialize(simulated, squeezed).eval()(x) - reference).abs().max().item()
+    assert error <= 1e-4 * max(reference.abs().max().item(), 1.0)
+    for lead in prunable:
+        group = split_groups[lead]
+        assert any(b == 0 for m in group.members for b in squeezed.layers[m].weight_bits)
