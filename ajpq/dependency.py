@@ -3,9 +3,9 @@
 Two things are patched while a graph is built and while it forms pruning groups:
 
 - A reshape whose channel mapping Torch-Pruning cannot infer (ShuffleNet's 5-D channel shuffle
-  divides by zero) keeps the identity mapping instead of failing the whole trace. Every group
-  whose channels pass a reshape before a conv is refused afterwards, so the identity is never
-  acted on.
+  divides by zero) no longer fails the whole trace: channels stop there (so a group does not
+  spread over every unit of a stage, which made the analysis 10x slower once splits were
+  mapped), the reshape is marked unmappable, and every group that reaches it is refused.
 - A channel split (``chunk``, ``split``): Torch-Pruning looks for autograd's pre-2.0 attribute
   names, falls back to guessing the part sizes from the concat that follows (a 16-channel
   ``chunk(2)`` becomes parts [16, 8]) and assigns parts to consumers in the order its trace met
@@ -87,6 +87,11 @@ def _fix_split(node: tp.Node) -> list[tuple[int, int]] | None:
     return parts
 
 
+def _stop(indices: list) -> list:
+    """An index mapping no channel passes."""
+    return []
+
+
 @contextlib.contextmanager
 def _patched_torch_pruning() -> Iterator[None]:
     from torch_pruning.dependency import index_mapping, shape_infer
@@ -100,6 +105,14 @@ def _patched_torch_pruning() -> Iterator[None]:
             original_reshape(graph, node)
         except ZeroDivisionError:
             logger.debug("channels cannot be followed through reshape %s", node.name)
+            setattr(node.module, UNMAPPABLE, True)
+            for dep in node.dependencies:  # channels stop here (groups reaching it are refused)
+                if dep.target in node.outputs:
+                    dep.index_mapping[0] = _stop
+            for out in node.outputs:
+                for dep in out.dependencies:
+                    if dep.target is node:
+                        dep.index_mapping[0] = _stop
 
     def shapes(graph: tp.DependencyGraph) -> None:
         original_shapes(graph)

@@ -419,6 +419,9 @@ def _refuse_reshaped_channels(tp_group: tp.Group, layer: LayerInfo) -> None:
         edges.setdefault(id(source), []).append(target)
         nodes[id(source)], nodes[id(target)] = source, target
     frontier = [n for n in nodes.values() if n.type == tp.ops.OPTYPE.RESHAPE]
+    for node in frontier:
+        if getattr(node.module, UNMAPPABLE, False):
+            raise ValueError(f"its channels are reshaped (e.g. shuffled) at {node.name}")
     seen: set[int] = set()
     while frontier:
         node = frontier.pop()
