@@ -194,7 +194,7 @@ def _ddpg_config(
             train_batch_size_per_learner=agent.batch_size,
             warmup_episodes=agent.warmup_episodes,
             noise_sigma=agent.noise_sigma,
-            noise_decay=agent.noise_decay,
+            noise_decay=agent.decay_over(episodes or agent.episodes),
             baseline_decay=agent.baseline_decay,
             credit_assignment=agent.credit_assignment.value,
             # env runners never wait for each other: learn from whichever episodes finished

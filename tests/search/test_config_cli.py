@@ -283,3 +283,14 @@ def test_each_section_is_the_core_type_and_validates_the_same_way(search_config_
     ):
         with pytest.raises(ValueError):
             build()
+
+
+def test_exploration_noise_ends_at_its_final_sigma_over_the_learning_episodes():
+    agent = SearchConfig.from_dict({"agent": {"episodes": 100, "warmup_episodes": 25}}).agent
+    decay = agent.decay_over(100)
+    assert agent.noise_sigma * decay**75 == pytest.approx(agent.noise_final_sigma)
+    assert agent.decay_over(50) < decay  # fewer episodes: a faster decay
+    pinned = SearchConfig.from_dict({"agent": {"noise_decay": 0.99}}).agent
+    assert pinned.decay_over(100) == 0.99
+    flat = SearchConfig.from_dict({"agent": {"noise_sigma": 0.01}}).agent
+    assert flat.decay_over(100) == 1.0  # already below the final sigma
