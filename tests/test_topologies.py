@@ -79,6 +79,16 @@ class LiteralSplit(SplitConcat):
         return self.head(torch.relu(self.fuse(x)).mean(dim=(2, 3)))
 
 
+class SlicedConcat(SplitConcat):
+    """Halves taken by slicing with literal indices: they cannot shrink, so nothing through
+    them prunes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.cat([x[:, :8], torch.relu(self.branch(x[:, 8:]))], dim=1)
+        return self.head(torch.relu(self.fuse(x)).mean(dim=(2, 3)))
+
+
 class SwappedConcat(SplitConcat):
     """The transformed half comes first in the concat."""
 
@@ -143,6 +153,7 @@ BLOCKS = {
     "c2f": C2f,
     "c2f_shortcut": lambda: C2f(shortcut=True),
     "literal_split": LiteralSplit,
+    "sliced_concat": SlicedConcat,
     "swapped_concat": SwappedConcat,
     "channel_shuffle": Shuffle,
     "squeeze_excite": SqueezeExcite,
@@ -335,6 +346,7 @@ def test_shufflenet_prunes_inside_its_branches_not_across_the_shuffle():
         ("c2f", {"cv1"}),
         ("c2f_shortcut", {"cv1"}),  # the second half and the bottlenecks added to it
         ("literal_split", set()),  # split((8, 8)) cannot shrink: refused by the pruning proof
+        ("sliced_concat", set()),  # x[:, :8] cannot shrink either: refused by the analysis
     ],
 )
 def test_a_split_prunes_the_same_positions_in_every_part(name, split_prunable):
