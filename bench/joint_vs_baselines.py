@@ -174,7 +174,9 @@ def main() -> None:
         f"({base.agent.warmup_episodes} warm-up for DDPG and TPE), {base.scoring.finetune.steps} "
         f"finetune steps per evaluated policy (lr {base.scoring.finetune.lr}, batch "
         f"{base.scoring.finetune.batch_size}), {base.scoring.val_samples} validation images, "
-        f"space.precision {base.space.precision.value}; final: {args.final_steps} finetune steps "
+        f"space.precision {base.space.precision.value}, space.fill_budget "
+        f"{str(base.space.fill_budget).lower()}, DDPG noise decay per learning episode "
+        f"{base.agent.decay_over(base.agent.episodes):.3g}; final: {args.final_steps} finetune steps "
         "of every search's best policy, scored as the exported file on the 10,000 test images."
     )
     command = f"python bench/joint_vs_baselines.py --config {args.config} --out {args.out}"
