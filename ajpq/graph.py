@@ -500,7 +500,8 @@ def _coupling_group(
     members_sorted = tuple(
         sorted(set(members), key=lambda m: (layers[m].out_channels != channels, m))
     )
-    _check_part_members(layers, members_sorted, aligned, channels, channels // blocks)
+    part = channels // split_blocks if split_blocks > 1 else 0  # no split: no narrower member
+    _check_part_members(layers, members_sorted, aligned, channels, part, channels // blocks)
     for idx, index_map in consumers.items():  # every unit must cost every consumer alike
         feeds = (index_map >= 0).sum(axis=1).reshape(blocks, -1)
         if (feeds != feeds[:, :1]).any():
@@ -528,16 +529,19 @@ def _check_part_members(
     members: tuple[int, ...],
     aligned: dict[int, list[tuple[int, int]]],
     channels: int,
+    part: int,
     block_size: int,
 ) -> None:
-    """Members narrower than the group must be one block wide and see position p of a block as
-    their channel p; anything else is coupling of different widths that is refused."""
+    """Members narrower than the group must be one part of its split wide, one block wide, and
+    see position p of a block as their channel p; anything else is coupling of different
+    widths that is refused."""
     for m in members:
         width = layers[m].out_channels
         if width == channels:
             continue
         pairs = aligned.get(m, [])
-        if width != block_size or not pairs or any(i != r % block_size for i, r in pairs):
+        fits = width == part == block_size and pairs
+        if not fits or any(i != r % block_size for i, r in pairs):
             widths = {layers[k].name: layers[k].out_channels for k in members}
             raise ValueError(f"coupled layers of different widths {widths}")
 
