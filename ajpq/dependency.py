@@ -24,18 +24,30 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-__all__ = ["build_dependency_graph", "split_parts", "UNMAPPABLE"]
+__all__ = ["build_dependency_graph", "channel_split", "split_parts", "UNMAPPABLE"]
 
 logger = logging.getLogger(__name__)
 
 UNMAPPABLE = "ajpq_unmappable"  # attribute set on a split op whose parts cannot be followed
 
 
+def channel_split(node: tp.Node) -> bool:
+    """Whether a split node cuts the channel dimension (dim 1). A split along another dim (a
+    spatial chunk) passes every channel to every part: Torch-Pruning's identity is right."""
+    dim = getattr(node.grad_fn, "_saved_dim", None)
+    shape = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+    if dim is None or shape is None:
+        return True  # unknown: treated as a channel split that cannot be followed
+    dim = int(dim)
+    if dim >= 2**63:  # a negative dim, saved as unsigned
+        dim -= 2**64
+    return (dim + len(shape) if dim < 0 else dim) == 1
+
+
 def _saved_layout(grad_fn: object) -> list[tuple[int, int]] | None:
-    """(start, end) of every part of a split along dim 1, from autograd's saved attributes."""
-    dim = getattr(grad_fn, "_saved_dim", None)
+    """(start, end) of every part of a channel split, from autograd's saved attributes."""
     shape = getattr(grad_fn, "_saved_self_sym_sizes", None)
-    if dim != 1 or shape is None or len(shape) < 2:
+    if shape is None or len(shape) < 2:
         return None
     total = int(shape[1])
     if hasattr(grad_fn, "_saved_split_sizes"):
@@ -76,6 +88,9 @@ def split_parts(node: tp.Node) -> list[tuple[int, int]] | None:
 
 
 def _fix_split(node: tp.Node) -> list[tuple[int, int]] | None:
+    if not channel_split(node):
+        setattr(node.module, UNMAPPABLE, False)
+        return None
     parts = split_parts(node)
     setattr(node.module, UNMAPPABLE, parts is None)
     if parts is not None:

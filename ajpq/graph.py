@@ -21,7 +21,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ajpq.dependency import UNMAPPABLE, build_dependency_graph, split_parts
+from ajpq.dependency import UNMAPPABLE, build_dependency_graph, channel_split, split_parts
 
 __all__ = [
     "LayerKind",
@@ -554,7 +554,7 @@ def _split_blocks(tp_group: tp.Group) -> int:
     seen: set[int] = set()
     for item in tp_group.items:
         for node in (item.dep.source, item.dep.target):
-            if node.type != tp.ops.OPTYPE.SPLIT or id(node) in seen:
+            if node.type != tp.ops.OPTYPE.SPLIT or id(node) in seen or not channel_split(node):
                 continue
             seen.add(id(node))
             if getattr(node.module, UNMAPPABLE, True):

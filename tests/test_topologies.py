@@ -89,6 +89,31 @@ class SlicedConcat(SplitConcat):
         return self.head(torch.relu(self.fuse(x)).mean(dim=(2, 3)))
 
 
+class NegativeDimChunk(SplitConcat):
+    """``chunk(2, dim=-3)``: the channel dim, counted from the end."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right = torch.relu(self.stem(x)).chunk(2, dim=-3)
+        x = torch.cat([left, torch.relu(self.branch(right))], dim=1)
+        return self.head(torch.relu(self.fuse(x)).mean(dim=(2, 3)))
+
+
+class SpatialChunk(nn.Module):
+    """A chunk along the height: every channel reaches both parts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.top = nn.Conv2d(16, 8, 3, padding=1)
+        self.bottom = nn.Conv2d(16, 8, 3, padding=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = torch.relu(self.stem(x)).chunk(2, dim=2)
+        x = torch.cat([self.top(top), self.bottom(bottom)], dim=2)
+        return self.head(torch.relu(x).mean(dim=(2, 3)))
+
+
 class SwappedConcat(SplitConcat):
     """The transformed half comes first in the concat."""
 
@@ -155,6 +180,8 @@ BLOCKS = {
     "literal_split": LiteralSplit,
     "sliced_concat": SlicedConcat,
     "swapped_concat": SwappedConcat,
+    "negative_dim_chunk": NegativeDimChunk,
+    "spatial_chunk": SpatialChunk,
     "channel_shuffle": Shuffle,
     "squeeze_excite": SqueezeExcite,
     "grouped_after_add": GroupedAfterAdd,
@@ -343,6 +370,7 @@ def test_shufflenet_prunes_inside_its_branches_not_across_the_shuffle():
     [
         ("split_concat", {"stem"}),
         ("swapped_concat", {"stem"}),
+        ("negative_dim_chunk", {"stem"}),
         ("c2f", {"cv1"}),
         ("c2f_shortcut", {"cv1"}),  # the second half and the bottlenecks added to it
         ("literal_split", set()),  # split((8, 8)) cannot shrink: refused by the pruning proof
@@ -391,3 +419,12 @@ def test_a_split_prunes_the_same_positions_in_every_part(name, split_prunable):
     for lead in prunable:
         group = split_groups[lead]
         assert any(b == 0 for m in group.members for b in squeezed.layers[m].weight_bits)
+
+
+def test_a_split_along_the_height_passes_every_channel():
+    model = SpatialChunk().eval()
+    graph = analyze(model, torch.zeros(1, 3, 16, 16))
+    stem = graph.groups[graph.layer_group[0]]
+    assert stem.prunable and not stem.split and stem.blocks == 1
+    names = {graph.layers[c].name: m[:, 0].tolist() for c, m in stem.consumers.items()}
+    assert names == {"top": list(range(16)), "bottom": list(range(16))}
