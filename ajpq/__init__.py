@@ -10,6 +10,7 @@ from ajpq.budget import Budget, BudgetKind, enforce_budget
 from ajpq.builder import LayerKnobs, build_policy, uniform_policy
 from ajpq.cost import CostModel, PolicyCost, measure_latency
 from ajpq.export import ExportReport, export_compressed, load_compressed
+from ajpq.fill import fill_budget
 from ajpq.graph import ModelGraph, analyze
 from ajpq.importance import ImportanceCriterion, layer_importance
 from ajpq.materialize import materialize
@@ -33,6 +34,7 @@ __all__ = [
     "build_policy",
     "enforce_budget",
     "export_compressed",
+    "fill_budget",
     "layer_importance",
     "load_compressed",
     "materialize",

@@ -10,10 +10,10 @@ from ajpq.budget import (
     budget_value,
     check_precision,
     enforce_budget,
-    fill_budget,
 )
 from ajpq.builder import LayerKnobs, build_policy, uniform_policy
 from ajpq.cost import CostModel
+from ajpq.fill import fill_budget
 from ajpq.graph import analyze
 from ajpq.importance import layer_importance
 from ajpq.models import SmallResNet

@@ -23,9 +23,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from ajpq.budget import Budget, BudgetKind, Precision, WallRules, enforce_budget, fill_budget
+from ajpq.budget import Budget, BudgetKind, Precision, WallRules, enforce_budget
 from ajpq.builder import LayerKnobs, build_policy
 from ajpq.cost import CostModel
+from ajpq.fill import fill_budget
 from ajpq.policy import CompressionPolicy
 from ajpq.search.context import SearchContext
 from ajpq.search.space import ACTION_DIM, action_to_knobs, group_features, group_order
