@@ -112,12 +112,12 @@ class CouplingGroup:
         with one part of a split) holds only the position itself."""
         if width == self.channels:
             return self.unit(position)
-        return np.array([position % self.block_size])
+        return np.array([position % width])
 
     def member_mask(self, width: int, keep: np.ndarray) -> np.ndarray:
         """The group's keep mask (``channels`` long) as a member of ``width`` channels sees it."""
-        keep = np.asarray(keep)
-        return keep if width == self.channels else keep.reshape(self.blocks, -1)[0]
+        keep = np.asarray(keep)  # a narrower member sees the first part (all parts agree)
+        return keep if width == self.channels else keep.reshape(-1, width)[0]
 
 
 @dataclass(frozen=True)

@@ -428,3 +428,18 @@ def test_a_split_along_the_height_passes_every_channel():
     assert stem.prunable and not stem.split and stem.blocks == 1
     names = {graph.layers[c].name: m[:, 0].tolist() for c, m in stem.consumers.items()}
     assert names == {"top": list(range(16)), "bottom": list(range(16))}
+
+
+def test_a_split_group_refused_after_analysis_still_takes_policies():
+    """When the pruning proof refuses a group with members one part wide, policies for the
+    network still build, validate and apply (nothing is pruned there)."""
+    model = BLOCKS["c2f_shortcut"]().eval()
+    graph = analyze(model, torch.zeros(1, 3, 16, 16))
+    lead = next(g for g in graph.groups if g.split)
+    groups = list(graph.groups)
+    groups[lead.index] = dataclasses.replace(lead, prunable=False, blocks=1)
+    refused = dataclasses.replace(graph, groups=tuple(groups))
+    policy = _random_policy(model, refused, seed=2)
+    validate_policy(policy, refused)
+    assert all(b > 0 for m in lead.members for b in policy.layers[m].weight_bits)
+    apply_policy(model, policy, refused)
