@@ -24,7 +24,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-__all__ = ["build_dependency_graph", "channel_split", "split_parts", "UNMAPPABLE"]
+__all__ = ["build_dependency_graph", "channel_split", "split_layout", "split_parts", "UNMAPPABLE"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,10 @@ def channel_split(node: tp.Node) -> bool:
     return (dim + len(shape) if dim < 0 else dim) == 1
 
 
-def _saved_layout(grad_fn: object) -> list[tuple[int, int]] | None:
-    """(start, end) of every part of a channel split, from autograd's saved attributes."""
+def split_layout(node: tp.Node) -> list[tuple[int, int]] | None:
+    """(start, end) of every part of a channel split (read or not), from autograd's saved
+    attributes."""
+    grad_fn = node.grad_fn
     shape = getattr(grad_fn, "_saved_self_sym_sizes", None)
     if shape is None or len(shape) < 2:
         return None
@@ -69,7 +71,7 @@ def split_parts(node: tp.Node) -> list[tuple[int, int]] | None:
     """Per entry of ``node.outputs`` (a split node), the (start, end) channels of the part it
     reads, or None when they cannot be told (then the split is unmappable). A consumer that
     reads several parts (C2f's ``cat(y)``) has one entry per part, in its input order."""
-    layout = _saved_layout(node.grad_fn)
+    layout = split_layout(node)
     if layout is None:
         return None
     parts = []

@@ -21,7 +21,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ajpq.dependency import UNMAPPABLE, build_dependency_graph, channel_split, split_parts
+from ajpq.dependency import UNMAPPABLE, build_dependency_graph, channel_split, split_layout
 
 __all__ = [
     "LayerKind",
@@ -506,7 +506,7 @@ def _coupling_group(
         feeds = (index_map >= 0).sum(axis=1).reshape(blocks, -1)
         if (feeds != feeds[:, :1]).any():
             raise ValueError(f"irregular channel coupling into layer {layers[idx].name}")
-    prunable = bool(consumers) and channels % blocks == 0 and channels // blocks >= 2
+    prunable = bool(consumers) and channels // blocks >= 2  # blocks divide channels (above)
     passenger_bytes = sum(
         _bytes_per_channel(module, _channel_count(module)) * len(idxs) / channels
         for module, idxs in passengers.items()
@@ -559,22 +559,11 @@ def _split_blocks(tp_group: tp.Group) -> int:
             seen.add(id(node))
             if getattr(node.module, UNMAPPABLE, True):
                 raise ValueError(f"the channel split {node.name} cannot be followed")
-            sizes = set(node.module.split_sizes)
-            layout = _part_count(node)
-            if len(sizes) != 1 or layout is None:
+            layout = split_layout(node)
+            if not layout or len({end - start for start, end in layout}) != 1:
                 raise ValueError(f"the channel split {node.name} has unequal parts")
-            blocks = math.lcm(blocks, layout)
+            blocks = math.lcm(blocks, len(layout))
     return blocks
-
-
-def _part_count(node: tp.Node) -> int | None:
-    """How many parts a split cuts its input into (not only those that are read)."""
-    parts = split_parts(node)
-    if not parts:
-        return None
-    size = parts[0][1] - parts[0][0]
-    total = int(node.grad_fn._saved_self_sym_sizes[1])
-    return total // size if size and total % size == 0 else None
 
 
 def _channel_count(module: nn.Module) -> int:
