@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= tune_configs/digits_demo.yaml
 SWEEP ?= tune_configs/sweep_demo.yaml
 
-.PHONY: install test test-slow test-all lint format search sweep bench bench-ddpg bench-search bench-scale bench-sweep bench-zoo bench-baselines mlflow-ui clean
+.PHONY: install test test-slow test-all lint format search sweep bench bench-ddpg bench-search bench-scale bench-sweep bench-zoo bench-baselines bench-demo mlflow-ui clean
 
 install: $(STAMP)
 
@@ -58,6 +58,9 @@ bench-sweep: install
 
 bench-zoo: install
 	$(BIN)/python bench/bench_zoo.py
+
+bench-demo: install
+	$(BIN)/python bench/bench_demo.py
 
 bench-baselines: install
 	$(BIN)/python bench/joint_vs_baselines.py --out results/fmnist

@@ -306,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         best.bitops_ratio,
         best.latency_ms,
     )
+    if outcome.curve:
+        log.info(
+            "  mean val acc per quarter of the episodes: %s (a search that learns rises)",
+            " / ".join(f"{value:.4f}" for value in outcome.curve),
+        )
     log.info("  saved to %s", outcome.best_policy_path)
     log.info("  MLflow: parent run %s in %s", outcome.parent_run_id, outcome.tracking_uri)
     if outcome.waiting:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ajpq.scoring import PolicyScore
 
-__all__ = ["PolicyRecord", "POLICY_METRICS", "METRIC_FIELDS", "TAG_FIELDS"]
+__all__ = ["PolicyRecord", "POLICY_METRICS", "METRIC_FIELDS", "TAG_FIELDS", "learning_curve"]
 
 # the headline metrics of a policy's MLflow run; then timings; fields stored as tags (strings)
 POLICY_METRICS = (
@@ -144,3 +144,15 @@ class PolicyRecord:
             run_id=run.info.run_id,
             **values,
         )
+
+
+def learning_curve(records: list[PolicyRecord], parts: int = 4) -> list[float]:
+    """Mean validation accuracy of the successful evaluations in each of ``parts`` consecutive
+    slices of the episodes (in episode order; fewer slices when there are fewer successes).
+    A search that learns rises from slice to slice; random search stays flat."""
+    scored = sorted((r for r in records if not r.failed), key=lambda r: r.episode)
+    parts = min(parts, len(scored))
+    bounds = [round(i * len(scored) / parts) for i in range(parts + 1)] if parts else []
+    return [
+        sum(r.accuracy for r in scored[lo:hi]) / (hi - lo) for lo, hi in zip(bounds, bounds[1:])
+    ]

@@ -44,7 +44,7 @@ from ajpq.search.env import CompressionEnv, Stage
 from ajpq.search.evaluators import EvaluatorPool, fit_latency_remote
 from ajpq.search.journal import JOURNAL_FILE
 from ajpq.search.methods import make_proposer, run_proposals, uniform_candidates
-from ajpq.search.record import PolicyRecord
+from ajpq.search.record import PolicyRecord, learning_curve
 from ajpq.search.tracking import Tracker, redact_uri
 
 __all__ = [
@@ -83,6 +83,8 @@ class SearchOutcome:
     fp32_test_accuracy: float | None = None
     tracking_uri: str | None = None
     waiting: int = 0  # records not yet in MLflow (safe in the journal; ``ajpq sync``)
+    # mean val accuracy per quarter of the episodes (``record.learning_curve``)
+    curve: list[float] = dataclasses.field(default_factory=list)
 
 
 def run_base_name(config: SearchConfig) -> str:
@@ -754,6 +756,7 @@ def _report(
     if best_path is not None and not interrupted:
         best_test = _test_accuracy(context, run.splits, CompressionPolicy.load(best_path))
     rows = [record.to_dict() for record in records]
+    curve = learning_curve(records)
     plot = _plot(rows, run.run_dir / "search.png")
     (run.run_dir / "records.json").write_text(json.dumps(rows, indent=1, default=str))
     try:
@@ -764,6 +767,8 @@ def _report(
             tracker.client.log_metric(
                 parent_run_id, "fp32_test_accuracy", context.fp32_test_accuracy
             )
+        for quarter, value in enumerate(curve, start=1):
+            tracker.client.log_metric(parent_run_id, f"val_acc_quarter_{quarter}", value)
         if plot:
             tracker.log_artifact(parent_run_id, plot, "plots")
         tracker.set_status(parent_run_id, "KILLED" if interrupted else "FINISHED")
@@ -782,6 +787,7 @@ def _report(
         fp32_test_accuracy=context.fp32_test_accuracy,
         tracking_uri=redact_uri(tracker.uri),
         waiting=summary["waiting"],
+        curve=curve,
     )
 
 

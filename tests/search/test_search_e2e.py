@@ -67,6 +67,15 @@ def test_search_records_every_policy_in_budget_and_in_parallel(ray_session, sear
     assert parent.data.metrics["best_accuracy"] == pytest.approx(
         best_child.data.metrics["accuracy"]
     )
+    # the learning curve: mean val acc per quarter of the episodes, on the parent run too
+    by_episode = sorted(children, key=lambda r: r.data.metrics["episode"])
+    quarter = len(by_episode) // 4
+    if len(by_episode) % 4 == 0:
+        first = [r.data.metrics["accuracy"] for r in by_episode[:quarter]]
+        assert outcome.curve[0] == pytest.approx(sum(first) / quarter)
+    assert len(outcome.curve) == 4
+    for i, value in enumerate(outcome.curve, start=1):
+        assert parent.data.metrics[f"val_acc_quarter_{i}"] == pytest.approx(value)
     history = client.get_metric_history(outcome.parent_run_id, "best_reward")
     assert [m.step for m in history] == sorted(m.step for m in history)
     assert (
