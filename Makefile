@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= tune_configs/digits_demo.yaml
 SWEEP ?= tune_configs/sweep_demo.yaml
 
-.PHONY: install test test-slow test-all lint format search sweep bench bench-ddpg bench-search bench-scale bench-sweep bench-zoo bench-baselines bench-demo mlflow-ui clean
+.PHONY: install test test-slow test-all lint format search sweep bench bench-ddpg bench-search bench-scale bench-sweep bench-zoo bench-baselines bench-demo bench-ddpg-few mlflow-ui clean
 
 install: $(STAMP)
 
@@ -46,6 +46,9 @@ bench: install
 
 bench-ddpg: install
 	$(BIN)/python bench/bench_ddpg.py
+
+bench-ddpg-few: install
+	$(BIN)/python bench/bench_ddpg_few_episodes.py
 
 bench-search: install
 	$(BIN)/python bench/bench_search.py

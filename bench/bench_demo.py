@@ -7,7 +7,7 @@ random search stays flat), the best policy's validation accuracy, episode and co
 its test accuracy (the search's final report), and the wall time.
 
 Usage: python bench/bench_demo.py [--config tune_configs/digits_demo.yaml]
-       [--methods ddpg,random,tpe] [--seeds 0,1] [--episodes N]
+       [--methods ddpg,random,tpe] [--seeds 0,1,2] [--episodes N]
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="tune_configs/digits_demo.yaml")
     parser.add_argument("--methods", default="ddpg,random,tpe")
-    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--episodes", type=int, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
