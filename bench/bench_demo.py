@@ -23,7 +23,9 @@ from ajpq.config import load_config
 from ajpq.search.runner import SearchOutcome, run_search
 
 
-def search(config_path: str, root: Path, method: str, seed: int, episodes: int | None):
+def search(
+    config_path: str, root: Path, method: str, seed: int, episodes: int | None
+) -> tuple[SearchOutcome, float]:
     overrides = [
         f"method={method}",
         f"agent.seed={seed}",
