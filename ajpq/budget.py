@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import heapq
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,6 +152,16 @@ def _next_act(bits: int) -> int | None:
     if bits >= FLOAT_BITS:
         return QUANT_TOP_BITS
     return bits - 1 if bits > MIN_ACT_BITS else None
+
+
+Evaluate = Callable[[tuple], tuple[float, float] | None]
+Priority = Callable[[tuple[float, float]], float | None]
+
+
+def _damage_per_saving(evaluated: tuple[float, float]) -> float | None:
+    """A lowering move's key: estimated damage per unit of cost saved (None saves nothing)."""
+    damage, saving = evaluated
+    return damage / saving if saving > 0 else None
 
 
 class _Squeezer:
@@ -293,15 +304,32 @@ class _Squeezer:
             return None
         return self._lower_act(index)
 
+    # --- the greedy queue (shared with ajpq.fill's raising moves) ---------------------------
+    def _enqueue(self, move: tuple, evaluate: Evaluate, priority: Priority) -> None:
+        evaluated = evaluate(move)
+        key = None if evaluated is None else priority(evaluated)
+        if key is not None:
+            self.counter += 1
+            heapq.heappush(self.heap, (key, self.counter, move))
+
+    def _best_moves(self, evaluate: Evaluate, priority: Priority) -> Iterator[tuple[tuple, tuple]]:
+        """Queued moves, best (lowest key) first, each with its evaluation. Costs change as
+        moves apply, so a popped move is evaluated again: one that no longer counts is dropped,
+        one that now ranks below the next queued move is queued again."""
+        while self.heap:
+            _, _, move = heapq.heappop(self.heap)
+            evaluated = evaluate(move)
+            key = None if evaluated is None else priority(evaluated)
+            if key is None:
+                continue
+            if self.heap and key > self.heap[0][0] + 1e-12:
+                self.counter += 1
+                heapq.heappush(self.heap, (key, self.counter, move))
+                continue
+            yield move, evaluated
+
     def push(self, move: tuple) -> None:
-        evaluated = self._evaluate(move)
-        if evaluated is None:
-            return
-        damage, saving = evaluated
-        if saving <= 0:
-            return
-        self.counter += 1
-        heapq.heappush(self.heap, (damage / saving, self.counter, move))
+        self._enqueue(move, self._evaluate, _damage_per_saving)
 
     def _lower(self, index: int, channels: np.ndarray) -> None:
         for channel in channels:
@@ -370,20 +398,15 @@ class _Squeezer:
     def squeeze(self, target: float) -> float:
         self._initial_moves()
         total = self.total()
-        while total > target and self.heap:
-            ratio, _, move = heapq.heappop(self.heap)
-            evaluated = self._evaluate(move)
-            if evaluated is None or evaluated[1] <= 0:
-                continue
-            new_ratio = evaluated[0] / evaluated[1]
-            if self.heap and new_ratio > self.heap[0][0] + 1e-12:
-                self.counter += 1
-                heapq.heappush(self.heap, (new_ratio, self.counter, move))
-                continue
+        if total <= target:
+            return total
+        for move, (_, saving) in self._best_moves(self._evaluate, _damage_per_saving):
             self._apply(move)
-            total -= evaluated[1]
+            total -= saving
             if move[0] in ("prune", "netbit", "netact"):
                 total = self.total()  # many widths changed: recount exactly
+            if total <= target:
+                break
         return self.total()
 
     def policy(self, like: CompressionPolicy) -> CompressionPolicy:

@@ -9,7 +9,6 @@ unpruning, until no move fits.
 
 from __future__ import annotations
 
-import heapq
 import logging
 
 import numpy as np
@@ -32,6 +31,13 @@ from ajpq.validation import validate_policy
 __all__ = ["fill_budget"]
 
 logger = logging.getLogger(__name__)
+
+
+def _gain_per_cost(evaluated: tuple[float, float]) -> float | None:
+    """A raising move's key (lowest first): minus the estimated gain per unit of cost (None
+    gains nothing)."""
+    gain, cost = evaluated
+    return -gain / max(cost, 1e-12) if gain > 0 else None
 
 
 class _Filler(_Squeezer):
@@ -113,35 +119,19 @@ class _Filler(_Squeezer):
     def fill(self, target: float, top_bits: int, top_act: int) -> float:
         """Raise bits (never unprune) while the budget holds: the move with the most gain per
         unit of cost first; a move that no longer fits is dropped (costs only grow)."""
-        heap: list[tuple[float, int, tuple]] = []
 
-        def push(move: tuple) -> None:
-            evaluated = self._evaluate_raise(move, top_bits, top_act)
-            if evaluated is None or evaluated[0] <= 0:
-                return
-            gain, cost = evaluated
-            self.counter += 1
-            heapq.heappush(heap, (-gain / max(cost, 1e-12), self.counter, move))
+        def evaluate(move: tuple) -> tuple[float, float] | None:
+            return self._evaluate_raise(move, top_bits, top_act)
 
         for move in self._raise_moves():
-            push(move)
+            self._enqueue(move, evaluate, _gain_per_cost)
         total = self.total()
-        while heap:
-            priority, _, move = heapq.heappop(heap)
-            evaluated = self._evaluate_raise(move, top_bits, top_act)
-            if evaluated is None or evaluated[0] <= 0:
-                continue
-            gain, cost = evaluated
-            current = -gain / max(cost, 1e-12)
-            if heap and current > heap[0][0] + 1e-12:  # worth less than queued: requeue
-                self.counter += 1
-                heapq.heappush(heap, (current, self.counter, move))
-                continue
+        for move, (_, cost) in self._best_moves(evaluate, _gain_per_cost):
             if total + cost > target * (1 - 1e-9):
                 continue
             self._apply_raise(move)
             total += cost
-            push(move)
+            self._enqueue(move, evaluate, _gain_per_cost)
         return self.total()
 
 
