@@ -5,16 +5,17 @@ The compression core is plain PyTorch (no Ray, no MLflow)::
     from ajpq import analyze, build_policy, LayerKnobs, apply_policy, materialize, export_compressed
 """
 
-from ajpq.apply import apply_policy
-from ajpq.budget import Budget, BudgetKind, enforce_budget
-from ajpq.builder import LayerKnobs, build_policy, uniform_policy
-from ajpq.cost import CostModel, PolicyCost, measure_latency
-from ajpq.export import ExportReport, export_compressed, load_compressed
-from ajpq.fill import fill_budget
-from ajpq.graph import ModelGraph, analyze
-from ajpq.importance import ImportanceCriterion, layer_importance
-from ajpq.materialize import materialize
-from ajpq.policy import CompressionPolicy, LayerPolicy
+from ajpq.core.analysis import analyze
+from ajpq.core.apply import apply_policy
+from ajpq.core.budget import Budget, BudgetKind, enforce_budget
+from ajpq.core.budget.fill import fill_budget
+from ajpq.core.builder import LayerKnobs, build_policy, uniform_policy
+from ajpq.core.cost import CostModel, PolicyCost, measure_latency
+from ajpq.core.graph import ModelGraph
+from ajpq.core.importance import ImportanceCriterion, layer_importance
+from ajpq.core.materialize import materialize
+from ajpq.core.policy import CompressionPolicy, LayerPolicy
+from ajpq.export.packed import ExportReport, export_compressed, load_compressed
 
 __version__ = "0.1.0"
 

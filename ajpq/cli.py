@@ -13,7 +13,7 @@ import sys
 import threading
 import warnings
 
-from ajpq.config import ConfigError, load_config
+from ajpq.search.config import ConfigError, load_config
 
 __all__ = ["main", "build_parser"]
 
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from ajpq.search.sync import sync_run
+    from ajpq.run.sync import sync_run
 
     _configure_logging()
     try:
@@ -123,7 +123,7 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ajpq.search.export_run import export_best, latest_run_dir
+    from ajpq.run.export_run import export_best, latest_run_dir
 
     try:
         run_dir = args.run_dir or latest_run_dir(load_config(args.config, list(args.overrides)))
@@ -161,7 +161,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from ajpq.config import load_sweep
+    from ajpq.search.sweep_config import load_sweep
 
     try:
         config = load_sweep(args.config, _overrides(args))
@@ -169,7 +169,7 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"ajpq: config error: {error}", file=sys.stderr)
         return 2
     _configure_logging()
-    from ajpq.search.sweep import run_sweep
+    from ajpq.run.sweep import run_sweep
 
     _stop_cleanly_on_sigterm()
     try:
@@ -209,7 +209,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from ajpq.search.submit import submit_job
+    from ajpq.run.submit import submit_job
 
     _configure_logging()
     try:
@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ajpq: config error: {error}", file=sys.stderr)
         return 2
     _configure_logging()
-    from ajpq.search.runner import ResumeError, run_search
+    from ajpq.run.driver import run_search
+    from ajpq.run.resume import ResumeError
 
     _stop_cleanly_on_sigterm()
     try:

@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from ajpq.apply import apply_policy
-from ajpq.builder import LayerKnobs, build_policy
-from ajpq.cost import CostModel, measure_latency
-from ajpq.data import DataConfig, load_dataset
-from ajpq.graph import analyze
-from ajpq.materialize import materialize
-from ajpq.models import default_cache_dir, pretrained_model
+from ajpq.core.analysis import analyze
+from ajpq.core.apply import apply_policy
+from ajpq.core.builder import LayerKnobs, build_policy
+from ajpq.core.cost import CostModel, measure_latency
+from ajpq.core.materialize import materialize
+from ajpq.task.data import DataConfig, load_dataset
+from ajpq.task.models import default_cache_dir, pretrained_model
 
 
 def train_step_ms(

@@ -19,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ajpq.config import load_config
-from ajpq.search.runner import SearchOutcome, run_search
+from ajpq.run.driver import run_search
+from ajpq.run.report import SearchOutcome
+from ajpq.search.config import load_config
 
 
 def search(

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from ajpq import LayerKnobs, analyze, apply_policy, build_policy, load_compressed, materialize
-from ajpq.cost import CostModel
-from ajpq.export import export_compressed
-from ajpq.models import ModelName, build_model
+from ajpq.core.cost import CostModel
+from ajpq.export.packed import export_compressed
+from ajpq.task.models import ModelName, build_model
 
 SHAPE = {ModelName.DIGITS_CNN: (1, 16, 16), ModelName.FMNIST_CNN: (1, 28, 28)}
 

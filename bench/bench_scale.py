@@ -3,7 +3,7 @@
 On a simulated multi-node cluster (``ray.cluster_utils.Cluster``: a head without GPUs and two
 worker nodes with fake GPUs), runs a full search (DDPG with asynchronous sampling, evaluator
 pool, MLflow on SQLite, checkpoints) with E evaluators (half a fake GPU each) and E env runners,
-for E = 1, 2, 4, 8. The scorer (``ajpq.scoring:sleep_scorer``) sleeps a random 1-3 s and does no
+for E = 1, 2, 4, 8. The scorer (``ajpq.task.scoring:sleep_scorer``) sleeps a random 1-3 s and does no
 work, so any shortfall is orchestration: efficiency = evaluations per second / (E / mean
 duration) = the share of time evaluators were busy, measured from the first evaluation's start
 to the last one's end. "steady" is the same share until the first evaluator runs out of work,
@@ -28,8 +28,8 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from ajpq.config import SearchConfig
-from ajpq.search.runner import run_search
+from ajpq.run.driver import run_search
+from ajpq.search.config import SearchConfig
 
 
 def measure(
@@ -49,7 +49,7 @@ def measure(
                 "num_evaluators": evaluators,
                 "num_cpus": 0.25,
                 "num_gpus": 0.5,
-                "scorer": "ajpq.scoring:sleep_scorer",
+                "scorer": "ajpq.task.scoring:sleep_scorer",
                 "scorer_args": {"min_s": 1.0, "max_s": 3.0},
             },
             "tracking": {"uri": f"sqlite:///{root}/mlflow.db", "experiment": f"scale-{evaluators}"},

@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from ajpq.budget import Budget, enforce_budget
-from ajpq.builder import LayerKnobs, build_policy
-from ajpq.config import SearchConfig
-from ajpq.cost import CostModel
-from ajpq.search.context import data_source_for, prepare_context, publish_context
-from ajpq.search.evaluators import EvaluatorPool
-from ajpq.search.tracking import Tracker
+from ajpq.core.budget import Budget, enforce_budget
+from ajpq.core.builder import LayerKnobs, build_policy
+from ajpq.core.cost import CostModel
+from ajpq.run.context_source import publish_context
+from ajpq.run.pool import EvaluatorPool
+from ajpq.run.tracking import Tracker
+from ajpq.search.config import SearchConfig
+from ajpq.search.context import data_source_for, prepare_context
 
 
 def random_policies(context, count: int, seed: int) -> list[str]:

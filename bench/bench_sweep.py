@@ -23,8 +23,8 @@ from pathlib import Path
 import ray
 from mlflow.tracking import MlflowClient
 
-from ajpq.config import load_sweep
-from ajpq.search.sweep import run_sweep
+from ajpq.run.sweep import run_sweep
+from ajpq.search.sweep_config import load_sweep
 
 
 def measure(config_path: str, root: Path, concurrent: int, episodes: int | None) -> dict:

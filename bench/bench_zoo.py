@@ -12,12 +12,13 @@ import time
 
 import torch
 
-from ajpq.budget import _floor_policy
-from ajpq.builder import uniform_policy
-from ajpq.cost import CostModel
-from ajpq.graph import LayerKind, analyze
-from ajpq.importance import layer_importance
-from ajpq.models import ModelName, build_model
+from ajpq.core.analysis import analyze
+from ajpq.core.budget import _floor_policy
+from ajpq.core.builder import uniform_policy
+from ajpq.core.cost import CostModel
+from ajpq.core.graph import LayerKind
+from ajpq.core.importance import layer_importance
+from ajpq.task.models import ModelName, build_model
 
 SHAPE = {ModelName.DIGITS_CNN: (1, 16, 16), ModelName.FMNIST_CNN: (1, 28, 28)}
 

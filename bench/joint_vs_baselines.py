@@ -28,14 +28,14 @@ from typing import Any
 
 import torch
 
-from ajpq.config import load_sweep
-from ajpq.cost import CostModel, measure_latency
-from ajpq.export import load_compressed
-from ajpq.policy import CompressionPolicy
+from ajpq.core.cost import CostModel, measure_latency
+from ajpq.core.policy import CompressionPolicy
+from ajpq.export.packed import load_compressed
+from ajpq.run.export_run import export_best
+from ajpq.run.sweep import run_sweep
+from ajpq.run.tracking import Tracker
 from ajpq.search.context import SearchContext
-from ajpq.search.export_run import export_best
-from ajpq.search.sweep import run_sweep
-from ajpq.search.tracking import Tracker
+from ajpq.search.sweep_config import load_sweep
 
 logger = logging.getLogger("joint_vs_baselines")
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
-from ajpq.data import DataConfig, DataSplits, load_dataset
-from ajpq.models import PretrainResult, pretrained_model
+from ajpq.task.data import DataConfig, DataSplits, load_dataset
+from ajpq.task.models import PretrainResult, pretrained_model
 
 torch.set_num_threads(2)
 
@@ -46,3 +54,110 @@ def ray_session():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture()
+def search_config_file(tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch):
+    """A small, fast digits search config writing into tmp_path."""
+    monkeypatch.setenv("AJPQ_CACHE", str(model_cache))
+
+    def make(**sections) -> Path:
+        data = {
+            "model": "digits_cnn",
+            "data": {"name": "digits"},
+            "budget": {"kind": "size", "value": 0.1},
+            "agent": {
+                "episodes": 8,
+                "warmup_episodes": 4,
+                "env_runners": 2,
+                "hiddens": [32, 32],
+                "batch_size": 16,
+                "seed": 0,
+            },
+            "evaluator": {"num_evaluators": 2, "num_cpus": 1},
+            "scoring": {"finetune": {"steps": 5}, "latency_repeats": 3},
+            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "test"},
+            "output_dir": str(tmp_path / "runs"),
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict):
+                data[key] = {**data.get(key, {}), **value}
+            else:
+                data[key] = value
+        path = tmp_path / "search.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return make
+
+
+class MlflowServer:
+    """A real ``mlflow server`` on loopback that a test can stop and start again (same port,
+    same database): a tracking server outage."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        self.log = root / "mlflow-server.log"
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("mlflow")),
+                    "server",
+                    "--backend-store-uri",
+                    f"sqlite:///{self.root}/server.db",
+                    "--artifacts-destination",
+                    str(self.root / "server-artifacts"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "1",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+            )
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.time() > deadline:
+                self.stop()
+                pytest.fail(f"mlflow server did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self.process = None
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path: Path):
+    server = MlflowServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def tracking_server(mlflow_server: MlflowServer) -> str:
+    return mlflow_server.uri

@@ -5,7 +5,7 @@ split, following SAC's layout in ``ray/rllib/algorithms/sac/``:
 
 - config   :class:`DDPGConfig` (``config.py``): an ``AlgorithmConfig`` with HAQ's defaults
   (300-300 MLPs, actor lr 1e-4, critic lr 1e-3, tau 0.01, batch 64, gamma 1), exploration
-  (truncated-normal noise, sigma 0.5 decaying x0.99 per episode, random warm-up episodes) and the
+  (truncated-normal noise, sigma 0.5 decaying x0.99 per episode; the values live in ``defaults.py``, random warm-up episodes) and the
   credit assignment for terminal-only rewards.
 - module   :class:`DDPGTorchRLModule` (``module.py``): a ``TorchRLModule`` with a deterministic
   tanh-bounded actor and a Q critic; implements ``TargetNetworkAPI`` (target actor and critic)
@@ -22,16 +22,42 @@ split, following SAC's layout in ``ray/rllib/algorithms/sac/``:
   adds the episode count, the reward baseline and the replay contents.
 """
 
-from ajpq.agent.algorithm import DDPG, greedy_action
-from ajpq.agent.config import CreditAssignment, DDPGConfig
-from ajpq.agent.learner import DDPGTorchLearner
-from ajpq.agent.module import DDPGTorchRLModule
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ajpq.agent.defaults import HAQ, AgentDefaults, CreditAssignment
+
+if TYPE_CHECKING:
+    from ajpq.agent.algorithm import DDPG, greedy_action
+    from ajpq.agent.config import DDPGConfig
+    from ajpq.agent.learner import DDPGTorchLearner
+    from ajpq.agent.module import DDPGTorchRLModule
 
 __all__ = [
     "DDPG",
+    "HAQ",
+    "AgentDefaults",
     "DDPGConfig",
     "CreditAssignment",
     "DDPGTorchLearner",
     "DDPGTorchRLModule",
     "greedy_action",
 ]
+
+# RLlib is imported on first use (PEP 562), so ``ajpq.agent.defaults`` stays Ray-free for the
+# search config
+_LAZY = {
+    "DDPG": "ajpq.agent.algorithm",
+    "greedy_action": "ajpq.agent.algorithm",
+    "DDPGConfig": "ajpq.agent.config",
+    "DDPGTorchLearner": "ajpq.agent.learner",
+    "DDPGTorchRLModule": "ajpq.agent.module",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ajpq.agent' has no attribute {name!r}")

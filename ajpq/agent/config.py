@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+from ajpq.agent.defaults import HAQ, CreditAssignment
+
 __all__ = ["CreditAssignment", "DDPGConfig"]
-
-
-class CreditAssignment(str, enum.Enum):
-    """How transitions are credited when the reward comes only at the episode's end.
-
-    EPISODE_BASELINE (HAQ): every transition regresses on the episode's return minus an
-    exponential moving average of past returns; no bootstrapping (equal to an n-step return with
-    n >= episode length and gamma = 1). TD: the usual one-step TD target with target networks.
-    """
-
-    EPISODE_BASELINE = "episode_baseline"
-    TD = "td"
 
 
 class DDPGConfig(AlgorithmConfig):
@@ -37,24 +26,24 @@ class DDPGConfig(AlgorithmConfig):
         from ajpq.agent.algorithm import DDPG
 
         super().__init__(algo_class=algo_class or DDPG)
-        # HAQ defaults
-        self.actor_hiddens = [300, 300]
-        self.critic_hiddens = [300, 300]
-        self.actor_lr = 1e-4
-        self.critic_lr = 1e-3
+        # HAQ defaults (ajpq.agent.defaults owns them; the search config's agent section too)
+        self.actor_hiddens = list(HAQ.hiddens)
+        self.critic_hiddens = list(HAQ.hiddens)
+        self.actor_lr = HAQ.actor_lr
+        self.critic_lr = HAQ.critic_lr
         self.lr = None
-        self.tau = 0.01
+        self.tau = HAQ.tau
         self.gamma = 1.0
-        self.train_batch_size_per_learner = 64
+        self.train_batch_size_per_learner = HAQ.batch_size
         self.grad_clip = None
         # exploration
-        self.warmup_episodes = 20
-        self.noise_sigma = 0.5  # fraction of the action range
-        self.noise_decay = 0.99  # per finished (post warm-up) episode
+        self.warmup_episodes = HAQ.warmup_episodes
+        self.noise_sigma = HAQ.noise_sigma  # fraction of the action range
+        self.noise_decay = HAQ.noise_decay  # per finished (post warm-up) episode
         self.noise_min_sigma = 0.0
         # credit assignment
-        self.credit_assignment = CreditAssignment.EPISODE_BASELINE
-        self.baseline_decay = 0.5  # HAQ: moving_alpha = 0.5
+        self.credit_assignment = HAQ.credit_assignment
+        self.baseline_decay = HAQ.baseline_decay
         # replay and updates
         # HAQ's replay memory is small (rmsize 128 transitions): with terminal-only rewards and a
         # moving baseline, recent transitions carry the useful signal. Measured on the 8-step

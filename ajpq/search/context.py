@@ -1,10 +1,9 @@
 """What every search process needs, prepared once by the driver.
 
 The driver builds one :class:`SearchContext` (trained weights, layer graph, importance, fp32
-accuracies, latency model, config) and one :class:`DataSource`, puts both in Ray's object store
-(:class:`ObjectStoreSource`) or, when the user names one with ``context_uri``, on shared storage
-(:class:`UriSource`: ``s3://``, ``gs://`` or a path mounted on every node), and hands that source
-to env runners and evaluators: no worker ever reads the driver's disk.
+accuracies, latency model, config) and one :class:`DataSource`; :mod:`ajpq.run.context_source`
+publishes both (Ray's object store, or the user's shared storage) as a :class:`ContextSource`
+for env runners and evaluators: no worker ever reads the driver's disk.
 The driver also keeps a copy in the run folder (``save``/``load``) for ``--resume`` and export.
 
 Small datasets (digits, Fashion-MNIST, CIFAR-10, random) travel as tensors
@@ -15,7 +14,6 @@ Small datasets (digits, Fashion-MNIST, CIFAR-10, random) travel as tensors
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import socket
@@ -27,12 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ajpq.budget import LatencyModel
-from ajpq.config import SearchConfig
-from ajpq.data import DataConfig, DatasetName, DataSplits, load_dataset
-from ajpq.graph import ModelGraph, analyze
-from ajpq.importance import layer_importance
-from ajpq.models import build_model, pretrained_model
+from ajpq.core.analysis import analyze
+from ajpq.core.budget import LatencyModel
+from ajpq.core.graph import ModelGraph
+from ajpq.core.importance import layer_importance
+from ajpq.search.config import SearchConfig
+from ajpq.task.data import DataConfig, DatasetName, DataSplits, load_dataset
+from ajpq.task.models import build_model, pretrained_model
 
 __all__ = [
     "SearchContext",
@@ -42,12 +41,17 @@ __all__ = [
     "prepare_context",
     "data_source_for",
     "ContextSource",
-    "ObjectStoreSource",
-    "UriSource",
-    "publish_context",
+    "CONTEXT_SCHEMA",
+    "ContextSchemaError",
 ]
 
 logger = logging.getLogger(__name__)
+
+CONTEXT_SCHEMA = 2  # bump when the saved context's files change incompatibly
+
+
+class ContextSchemaError(ValueError):
+    """A saved context written by another ajpq version."""
 
 
 @dataclass
@@ -79,6 +83,7 @@ class SearchContext:
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(self.model.state_dict(), directory / "model.pt")
         meta = {
+            "schema": CONTEXT_SCHEMA,
             "config": self.config.to_dict(),
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
@@ -96,6 +101,11 @@ class SearchContext:
     def load(cls, directory: str | Path) -> SearchContext:
         directory = Path(directory)
         meta = json.loads((directory / "context.json").read_text())
+        if meta.get("schema", 1) != CONTEXT_SCHEMA:
+            raise ContextSchemaError(
+                f"{directory} was saved by another ajpq version (context schema "
+                f"{meta.get('schema', 1)}, this version reads {CONTEXT_SCHEMA}); start a new run"
+            )
         config = SearchConfig.from_dict(meta["config"])
         input_shape = tuple(meta["input_shape"])
         model = build_model(config.model, meta["num_classes"], input_shape[0])
@@ -209,82 +219,3 @@ class ContextSource(Protocol):
     def context(self) -> SearchContext: ...
 
     def data(self) -> DataSource: ...
-
-
-class ObjectStoreSource:
-    """The context and data as objects in Ray's object store (the default)."""
-
-    def __init__(self, context_ref: object, data_ref: object) -> None:
-        self.context_ref = context_ref
-        self.data_ref = data_ref
-
-    def context(self) -> SearchContext:
-        import ray
-
-        return ray.get(self.context_ref)
-
-    def data(self) -> DataSource:
-        import ray
-
-        return ray.get(self.data_ref)
-
-
-class UriSource:
-    """The context and data in one file on storage every node reads (``s3://``, ``gs://``, a
-    mounted path), written once by the driver; read through pyarrow's filesystems."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self._payload: dict | None = None  # read once per process, never shipped
-
-    def __getstate__(self) -> dict:
-        return {"uri": self.uri, "_payload": None}
-
-    def _load(self) -> dict:
-        if self._payload is None:
-            self._payload = self._read()
-        return self._payload
-
-    def _read(self) -> dict:
-        from pyarrow import fs
-
-        filesystem, path = fs.FileSystem.from_uri(self.uri)
-        try:
-            with filesystem.open_input_stream(path) as stream:
-                payload = stream.read()
-        except (FileNotFoundError, OSError) as error:
-            raise FileNotFoundError(
-                f"node {socket.gethostname()}: cannot read the search context at {self.uri} "
-                f"({error}); context_uri must be storage that every node can read"
-            ) from None
-        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
-
-    def context(self) -> SearchContext:
-        return self._load()["context"]
-
-    def data(self) -> DataSource:
-        return self._load()["data"]
-
-    @classmethod
-    def write(cls, uri: str, context: SearchContext, data: DataSource) -> UriSource:
-        from pyarrow import fs
-
-        buffer = io.BytesIO()
-        torch.save({"context": context, "data": data}, buffer)
-        filesystem, path = fs.FileSystem.from_uri(uri)
-        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with filesystem.open_output_stream(path) as stream:
-            stream.write(buffer.getvalue())
-        return cls(uri)
-
-
-def publish_context(
-    context: SearchContext, data: DataSource, uri: str | None = None
-) -> ContextSource:
-    """Make the context reachable from every node: Ray's object store, or ``uri``. Driver only."""
-    if uri:
-        logger.info("search context written to %s", uri)
-        return UriSource.write(uri, context, data)
-    import ray
-
-    return ObjectStoreSource(ray.put(context), ray.put(data))

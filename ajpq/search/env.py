@@ -8,7 +8,7 @@ inside the budget (the action wall), what it leaves of a size or BitOps budget i
 (``space.fill_budget``), scored by the ``evaluate`` callable the env was given, and
 the reward arrives (0 on every earlier step). ``info`` carries all metrics.
 
-The env knows nothing of Ray: the orchestration floor (``ajpq.search.binding``) binds
+The env knows nothing of Ray: the orchestration floor (``ajpq.run.binding``) binds
 ``evaluate`` to the evaluator pool and resolves the context from the object store.
 """
 
@@ -23,11 +23,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from ajpq.budget import Budget, BudgetKind, Precision, WallRules, enforce_budget
-from ajpq.builder import LayerKnobs, build_policy
-from ajpq.cost import CostModel
-from ajpq.fill import fill_budget
-from ajpq.policy import CompressionPolicy
+from ajpq.core.budget import Budget, BudgetKind, Precision, WallRules, enforce_budget
+from ajpq.core.budget.fill import fill_budget
+from ajpq.core.builder import LayerKnobs, build_policy
+from ajpq.core.cost import CostModel
+from ajpq.core.policy import CompressionPolicy
 from ajpq.search.context import SearchContext
 from ajpq.search.space import ACTION_DIM, action_to_knobs, group_features, group_order
 

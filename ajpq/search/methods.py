@@ -4,7 +4,7 @@
 sampler for the same per-group knobs and tells it each reward; ``uniform`` evaluates one bit
 width everywhere (the largest that meets the budget unpruned), then each larger bit width with
 the smallest uniform sparsity that meets it. (``ddpg`` and ``stepwise`` are RLlib runs; see
-:mod:`ajpq.search.runner`.) Episodes run concurrently, one per evaluator, so a baseline keeps
+:mod:`ajpq.run.strategies`.) Episodes run concurrently, one per evaluator, so a baseline keeps
 the evaluators as busy as DDPG's env runners do.
 """
 
@@ -19,12 +19,12 @@ from typing import Any, Protocol
 import numpy as np
 from torch import nn
 
-from ajpq.budget import Budget, BudgetKind, LatencyModel, budget_value
-from ajpq.builder import LayerKnobs, build_policy
-from ajpq.config import Method, SpaceSection
-from ajpq.cost import CostModel
-from ajpq.graph import ModelGraph
-from ajpq.policy import CompressionPolicy
+from ajpq.core.budget import Budget, BudgetKind, LatencyModel, budget_value
+from ajpq.core.builder import LayerKnobs, build_policy
+from ajpq.core.cost import CostModel
+from ajpq.core.graph import ModelGraph
+from ajpq.core.policy import CompressionPolicy
+from ajpq.search.config import Method, SpaceSection
 from ajpq.search.env import CompressionEnv
 from ajpq.search.space import ACTION_DIM
 

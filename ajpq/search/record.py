@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ajpq.scoring import PolicyScore
+from ajpq.task.scoring import PolicyScore
 
 __all__ = ["PolicyRecord", "POLICY_METRICS", "METRIC_FIELDS", "TAG_FIELDS", "learning_curve"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ajpq.builder import LayerKnobs
-from ajpq.config import SpaceSection
-from ajpq.graph import LayerKind, ModelGraph
+from ajpq.core.builder import LayerKnobs
+from ajpq.core.graph import LayerKind, ModelGraph
+from ajpq.search.config import SpaceSection
 
 __all__ = ["ACTION_DIM", "group_order", "group_features", "action_to_knobs"]
 

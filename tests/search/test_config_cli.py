@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ajpq.cli import main
-from ajpq.config import ConfigError, SearchConfig, load_config
+from ajpq.search.config import ConfigError, SearchConfig, load_config
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,7 @@ def test_export_without_a_search_says_to_run_it_first(search_config_file, capsys
         ("evaluator.num_gpus=1", "CPUs and 0 GPUs; lower the request or add such nodes"),
         ("tracking.uri=http://127.0.0.1:9", "tracking URI http://127.0.0.1:9 does not answer"),
         ("evaluator.scorer=nosuchpkg.mod:score", "evaluator.scorer: cannot import 'nosuchpkg.mod'"),
-        ("evaluator.scorer=ajpq.scoring", "is not of the form package.module:function"),
+        ("evaluator.scorer=ajpq.task.scoring", "is not of the form package.module:function"),
     ],
 )
 def test_environment_problems_fail_fast_and_leave_nothing(
@@ -228,7 +228,7 @@ def test_output_dir_that_is_a_file_and_nothing_to_resume(search_config_file, tmp
 
 def test_credit_assignment_values_match_the_agent():
     from ajpq.agent import CreditAssignment
-    from ajpq.config import CreditKind
+    from ajpq.search.config import CreditKind
 
     assert {c.value for c in CreditKind} == {c.value for c in CreditAssignment}
 
@@ -240,7 +240,7 @@ def test_resume_with_another_config_is_refused(ray_session, search_config_file, 
             agent={"episodes": 3, "warmup_episodes": 3, "env_runners": 1},
             evaluator={
                 "num_evaluators": 1,
-                "scorer": "ajpq.scoring:sleep_scorer",
+                "scorer": "ajpq.task.scoring:sleep_scorer",
                 "scorer_args": {"min_s": 0.01, "max_s": 0.02},
             },
         )
@@ -264,10 +264,10 @@ def test_resume_with_another_config_is_refused(ray_session, search_config_file, 
 def test_each_section_is_the_core_type_and_validates_the_same_way(search_config_file):
     """One type per concept: the YAML section is the object the library uses, and building
     that object in a notebook checks the same ranges as loading a config."""
-    from ajpq.budget import Budget
-    from ajpq.data import DataConfig
-    from ajpq.scoring import ScoreSettings
-    from ajpq.train import FinetuneConfig
+    from ajpq.core.budget import Budget
+    from ajpq.task.data import DataConfig
+    from ajpq.task.scoring import ScoreSettings
+    from ajpq.task.train import FinetuneConfig
 
     config = load_config(search_config_file(), ["scoring.finetune.lr=0.02", "data.seed=3"])
     assert isinstance(config.data, DataConfig) and config.data.seed == 3

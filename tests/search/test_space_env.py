@@ -3,9 +3,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ajpq.budget import Budget, budget_value, fit_latency_model
-from ajpq.config import SearchConfig, SpaceSection
-from ajpq.cost import CostModel
+from ajpq.core.budget import Budget, budget_value, fit_latency_model
+from ajpq.core.cost import CostModel
+from ajpq.search.config import SearchConfig, SpaceSection
 from ajpq.search.context import prepare_context
 from ajpq.search.env import CompressionEnv
 from ajpq.search.space import action_to_knobs
@@ -116,8 +116,9 @@ def test_large_datasets_are_read_on_each_node_and_a_missing_path_names_node_and_
 ):
     import socket
 
-    from ajpq.data import DataConfig, DatasetName
-    from ajpq.search.context import NodeLocalData, ShippedData, UriSource, data_source_for
+    from ajpq.run.context_source import UriSource
+    from ajpq.search.context import NodeLocalData, ShippedData, data_source_for
+    from ajpq.task.data import DataConfig, DatasetName
 
     monkeypatch.setenv("AJPQ_CACHE", str(model_cache))
     config = SearchConfig.from_dict({"output_dir": str(tmp_path)})

@@ -1,0 +1,16 @@
+"""Floor 3, export: the compressed model file (pruned channels removed, weights bit-packed per
+channel) and its ONNX form for deployment runtimes. Plain PyTorch on top of :mod:`ajpq.core` and
+:mod:`ajpq.task` (the zoo rebuilds a network's skeleton)."""
+
+from ajpq.export.onnx import check_onnx, export_onnx, with_plain_quantizers
+from ajpq.export.packed import FORMAT, ExportReport, export_compressed, load_compressed
+
+__all__ = [
+    "FORMAT",
+    "ExportReport",
+    "check_onnx",
+    "export_compressed",
+    "export_onnx",
+    "load_compressed",
+    "with_plain_quantizers",
+]

@@ -1,0 +1,183 @@
+"""The search driver: check, prepare the context once, ship it through Ray's object store,
+start the evaluator pool on the driver's node, run the method until the episode budget is
+spent, and report the best policy (also into MLflow).
+
+Only this process reads and writes the driver's disk (run folder, checkpoints, context copy);
+env runners and evaluators get everything through Ray, so worker machines need no shared disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import ray
+import yaml
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from ajpq.core.budget import BudgetKind
+from ajpq.run import binding
+from ajpq.run.context_source import publish_context
+from ajpq.run.evaluator import fit_latency_remote
+from ajpq.run.pool import EvaluatorPool
+from ajpq.run.preflight import check_budget, check_tracking_uri, check_writable, resolve_locations
+from ajpq.run.report import SearchOutcome, report
+from ajpq.run.resources import check_resources, ensure_ray
+from ajpq.run.resume import ResumeError, check_same_search, flatten
+from ajpq.run.rundir import RunDir, RunDirError, latest_run, mark_latest, run_base_name, runs_folder
+from ajpq.run.session import OpenRun
+from ajpq.run.strategies import Progress, Search
+from ajpq.run.tracking import Tracker
+from ajpq.search.config import SearchConfig
+from ajpq.search.context import ContextSchemaError, SearchContext, data_source_for, prepare_context
+
+__all__ = ["run_search"]
+
+logger = logging.getLogger(__name__)
+
+FINAL_FLUSH_S = 120.0  # how long the end of a search waits for MLflow to catch up
+
+
+def _fit_latency(context: SearchContext, folder: RunDir) -> SearchContext:
+    """Fit the latency model on an evaluator's kind of device, then check the budget."""
+    ev = context.config.evaluator
+    fitted, device = ray.get(fit_latency_remote(context.config).remote(context, ev.torch_threads))
+    logger.info(
+        "latency model on %s: %.3f ms + %.3g ms/MAC", device, fitted.intercept_ms, fitted.ms_per_mac
+    )
+    context = context.with_latency_model(fitted, device)
+    check_budget(context)
+    context.save(folder.context)
+    return context
+
+
+def run_search(
+    config: SearchConfig,
+    resume: bool = False,
+    config_path: str | None = None,
+    on_progress: Progress | None = None,
+) -> SearchOutcome:
+    """Run (or continue, with ``resume``) one search described by ``config``. ``on_progress``
+    gets the episode count and the best policy's metrics as they change (a sweep's trial
+    reports them to Tune). Inside a placement group (a Tune trial) the evaluators are
+    scheduled in it too."""
+    config = resolve_locations(config)
+    check_tracking_uri(config.tracking.uri)
+    check_writable(Path(config.output_dir))
+    run = _resume_run(config) if resume else None
+    ensure_ray(config)
+    check_resources(config)
+    if run is None:
+        run = _new_run(config, config_path)
+    if run.context.latency_model is None and config.budget.kind is BudgetKind.LATENCY:
+        run.context = _fit_latency(run.context, run.folder)
+    namespace = ray.get_runtime_context().namespace
+    pool_name = f"ajpq-pool-{run.parent_run_id}"
+    # prepared once, shipped through the object store (or the user's shared storage): workers
+    # never read the driver's disk
+    context_uri = (
+        f"{config.context_uri.rstrip('/')}/{run.parent_run_id}/context.pt"
+        if config.context_uri
+        else None
+    )
+    source = publish_context(
+        run.context, data_source_for(run.context.config, run.splits), context_uri
+    )
+    driver_node = ray.get_runtime_context().get_node_id()
+    pool = EvaluatorPool.options(
+        name=pool_name,
+        namespace=namespace,
+        # the only MLflow writer stays on the driver's node, next to the run folder
+        scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False),
+    ).remote(
+        source,
+        run.parent_run_id,
+        str(run.folder.journal),
+        ray.util.get_current_placement_group(),
+    )
+    where = ray.get(pool.wait_ready.remote())
+    logger.info(
+        "%d evaluators ready on %d node(s), devices: %s",
+        len(where),
+        len({w["node_id"] for w in where}),
+        ", ".join(sorted({w["device"] for w in where})),
+    )
+    binding.register()
+    search = Search(config, run, pool, pool_name, namespace, resume, on_progress)
+    interrupted = False
+    try:
+        search.run()
+    except KeyboardInterrupt:
+        interrupted = True
+        logger.warning("interrupted: resume with the same command plus --resume")
+    finally:
+        # every record is in the journal already; give MLflow a while to catch up
+        waiting = ray.get(pool.flush.remote(FINAL_FLUSH_S))
+        summary = ray.get(pool.summary.remote())
+        records = ray.get(pool.all_records.remote())
+        best_policy = ray.get(pool.best_policy.remote())
+        ray.kill(pool)
+    if waiting:
+        logger.warning(
+            "%d records are not in MLflow yet (they are safe in %s); push them with: ajpq sync %s",
+            waiting,
+            run.folder.journal,
+            run.run_dir,
+        )
+    return report(run, summary, records, best_policy, interrupted)
+
+
+def _new_run(config: SearchConfig, config_path: str | None) -> OpenRun:
+    """Prepare the context (model, data, graph, importance) and open the MLflow parent run."""
+    base = runs_folder(config)
+    folder = RunDir.new(base)
+    context, splits = prepare_context(config)
+    # an unreachable budget fails here, with the smallest reachable value, before Ray starts
+    # (a latency budget is checked once the latency model is fitted on an evaluator's device)
+    if config.budget.kind is not BudgetKind.LATENCY:
+        check_budget(context)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    context.save(folder.context)
+    tracker = Tracker.for_search(config)
+    params = {
+        "model": config.model,
+        "dataset": config.data.name.value,
+        "budget_kind": config.budget.kind.value,
+        "budget_value": config.budget.value,
+        "fp32_val_accuracy": round(context.fp32_val_accuracy, 6),
+        "fp32_test_accuracy": round(context.fp32_test_accuracy, 6),
+    }
+    plain = config.to_dict()
+    for section in ("data", "space", "agent", "scoring", "evaluator"):
+        params.update(flatten(plain[section], f"{section}."))
+    tags = {"ajpq.run_dir": str(folder.path)}
+    if config.tracking.parent_run_id:  # one trial of a sweep: nested under the sweep's run
+        tags["mlflow.parentRunId"] = config.tracking.parent_run_id
+    if config_path:
+        tags["ajpq.config_path"] = str(config_path)
+    parent_run_id = tracker.start_search(run_base_name(config), params, tags)
+    pointer = folder.write_pointer(parent_run_id)  # this run's MLflow parent, for ajpq export
+    mark_latest(base, pointer)
+    resolved = folder.config
+    resolved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    tracker.log_artifact(parent_run_id, resolved)
+    return OpenRun(folder, parent_run_id, context, tracker, splits)
+
+
+def _resume_run(config: SearchConfig) -> OpenRun:
+    """Reopen the latest run of this config: its context on disk and its MLflow parent run."""
+    base = runs_folder(config)
+    try:
+        folder = latest_run(base)
+        if folder is None:
+            raise ResumeError(f"nothing to resume under {base}; run without --resume first")
+        if not (folder.context / "context.json").exists():
+            raise ResumeError(f"{folder.path} holds no prepared search to resume")
+        parent_run_id = folder.parent_run_id()
+        context = SearchContext.load(folder.context)
+    except (RunDirError, ContextSchemaError) as error:
+        raise ResumeError(str(error)) from None
+    check_same_search(context.config, config, folder.path)  # before touching anything
+    tracker = Tracker.for_search(config)
+    tracker.set_status(parent_run_id, "RUNNING")
+    return OpenRun(folder, parent_run_id, context, tracker, context.load_data())

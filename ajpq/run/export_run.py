@@ -1,0 +1,137 @@
+"""After a search: finetune the best policy longer and export it as a compressed artifact.
+
+``ajpq export --config <yaml>`` (the latest run of that config) or ``--run-dir <dir>``. The
+artifact is reloaded and scored on the test split, so the reported accuracy is the file's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ajpq.core.apply import apply_policy
+from ajpq.core.policy import CompressionPolicy
+from ajpq.export.packed import export_compressed, load_compressed
+from ajpq.run.rundir import runs_folder
+from ajpq.run.tracking import Tracker
+from ajpq.search.config import SearchConfig
+from ajpq.search.context import SearchContext
+from ajpq.task.train import evaluate, finetune
+
+__all__ = ["export_best", "latest_run_dir", "EXPORT_STEPS_FACTOR"]
+
+logger = logging.getLogger(__name__)
+
+EXPORT_STEPS_FACTOR = 10  # default export finetune: 10x the search's per-policy finetune
+
+
+def latest_run_dir(config: SearchConfig) -> Path:
+    """The run directory of the latest search of ``config`` (what --resume would continue)."""
+    latest = runs_folder(config) / "latest.json"
+    if not latest.exists():
+        raise FileNotFoundError(f"no search of this config under {latest.parent}; run it first")
+    return Path(json.loads(latest.read_text())["run_dir"])
+
+
+def export_best(
+    run_dir: str | Path,
+    finetune_steps: int | None = None,
+    out: str | Path | None = None,
+    onnx: bool = False,
+) -> dict[str, Any]:
+    """Finetune the run's best policy for ``finetune_steps`` (default: 10x the search's), write
+    the compressed model to ``out`` (default ``<run_dir>/compressed.pt``), reload it, score it on
+    the test split, and record everything in ``<run_dir>/export.json`` and the run's MLflow.
+    With ``onnx``, also write the loaded network as ONNX beside it (``.onnx``) and check it with
+    onnxruntime on test images (largest output difference, test accuracy)."""
+    run_dir = Path(run_dir)
+    policy_path = run_dir / "best_policy.json"
+    if not policy_path.exists():
+        raise FileNotFoundError(
+            f"{run_dir} holds no best_policy.json: the search found no policy or has not ended"
+        )
+    context = SearchContext.load(run_dir / "context")
+    policy = CompressionPolicy.load(policy_path)
+    settings = context.config.scoring
+    steps = (
+        EXPORT_STEPS_FACTOR * settings.finetune.steps if finetune_steps is None else finetune_steps
+    )
+    if steps < 0:
+        raise ValueError(f"finetune steps must be >= 0, got {steps}")
+    recipe = dataclasses.replace(settings.finetune, steps=steps)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    splits = context.load_data()
+    started = time.time()
+    simulated = apply_policy(context.model.to(device), policy, context.graph)
+    trained = finetune(simulated, splits.train, recipe, device)
+    if trained.diverged:
+        raise ValueError(f"the export finetune diverged at lr {recipe.lr}; lower it and rerun")
+    simulated_val = evaluate(simulated, splits.val, device).top1
+    simulated_test = evaluate(simulated, splits.test, device).top1
+    path = Path(out) if out else run_dir / "compressed.pt"
+    report = export_compressed(simulated, policy, path, splits.num_classes, context.graph)
+    loaded = load_compressed(path)
+    loaded_test = evaluate(loaded, splits.test).top1
+    extra: dict[str, Any] = {}
+    if onnx:
+        extra = _onnx(loaded, context.graph.input_shape, path.with_suffix(".onnx"), splits)
+    result = {
+        **report.to_dict(),
+        "finetune_steps": steps,
+        "val_accuracy": simulated_val,
+        "test_accuracy": loaded_test,
+        "simulated_test_accuracy": simulated_test,
+        "fp32_test_accuracy": context.fp32_test_accuracy,
+        "seconds": time.time() - started,
+        **extra,
+    }
+    (run_dir / "export.json").write_text(json.dumps(result, indent=2))
+    _record(run_dir, context.config, result, path)
+    return result
+
+
+def _onnx(loaded: Any, input_shape: tuple[int, ...], path: Path, splits: Any) -> dict[str, Any]:
+    """The ONNX file of the loaded model, checked with onnxruntime on the test images."""
+    import onnxruntime
+
+    from ajpq.export.onnx import check_onnx, export_onnx
+
+    export_onnx(loaded, input_shape, path)
+    images = torch.stack([splits.test[i][0] for i in range(min(256, len(splits.test)))])
+    diff = check_onnx(path, loaded, images)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    correct = total = 0
+    for start in range(0, len(splits.test), 512):
+        batch = [splits.test[i] for i in range(start, min(start + 512, len(splits.test)))]
+        x = torch.stack([item[0] for item in batch]).numpy()
+        labels = np.array([int(item[1]) for item in batch])
+        logits = session.run(None, {"input": x})[0]
+        correct += int((logits.argmax(axis=1) == labels).sum())
+        total += len(batch)
+    return {
+        "onnx_path": str(path),
+        "onnx_bytes": path.stat().st_size,
+        "onnx_max_abs_diff": diff,
+        "onnx_test_accuracy": correct / total,
+    }
+
+
+def _record(run_dir: Path, config: SearchConfig, result: dict[str, Any], path: Path) -> None:
+    """Log the export into the search's MLflow parent run (named in ``<run_dir>/run.json``)."""
+    pointer = run_dir / "run.json"
+    if not pointer.exists():
+        logger.info("%s names no MLflow run: the export is not logged to MLflow", run_dir)
+        return
+    parent_run_id = json.loads(pointer.read_text())["parent_run_id"]
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+    for name in ("test_accuracy", "file_bytes", "file_ratio", "finetune_steps"):
+        tracker.client.log_metric(parent_run_id, f"export_{name}", float(result[name]))
+    tracker.log_artifact(parent_run_id, path, "export")
+    tracker.log_artifact(parent_run_id, run_dir / "export.json", "export")

@@ -1,0 +1,84 @@
+"""Every plot ajpq draws (matplotlib, headless): a search's curve and scatter, a sweep's
+Pareto fronts. Each returns the PNG's path, or None when there is nothing to plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_fronts", "plot_search"]
+
+
+def _pyplot() -> Any:
+    plt = _pyplot()
+    return plt
+
+
+def plot_search(records: list[dict[str, Any]], path: Path) -> Path | None:
+    ok = [r for r in records if not r.get("failed")]
+    if not ok:
+        return None
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    episodes = [r["episode"] for r in ok]
+    best, running = [], -float("inf")
+    for r in ok:
+        running = max(running, r["accuracy"])
+        best.append(running)
+    left.plot(episodes, [r["accuracy"] for r in ok], ".", label="policy")
+    left.plot(episodes, best, "-", label="best so far")
+    left.set_xlabel("episode")
+    left.set_ylabel("validation accuracy")
+    left.legend()
+    right.scatter(
+        [r["compression_ratio"] for r in ok],
+        [r["accuracy"] for r in ok],
+        c=episodes,
+        cmap="viridis",
+    )
+    right.set_xlabel("compression ratio (fp32 size / size)")
+    right.set_ylabel("validation accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_fronts(
+    points: list[dict[str, Any]],
+    by_ratio: list[dict[str, Any]],
+    by_bitops: list[dict[str, Any]],
+    bests: list[dict[str, Any]],
+    path: Path,
+) -> Path | None:
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for axis, x, front, label in (
+        (left, "compression_ratio", by_ratio, "compression ratio (fp32 size / size)"),
+        (right, "bitops_ratio", by_bitops, "BitOps (share of fp32)"),
+    ):
+        axis.scatter(
+            [p[x] for p in points], [p["accuracy"] for p in points], s=8, c="0.7", label="policy"
+        )
+        ordered = sorted(front, key=lambda p: p[x])
+        axis.plot(
+            [p[x] for p in ordered], [p["accuracy"] for p in ordered], "o-", c="C3", label="Pareto"
+        )
+        axis.scatter(
+            [p[x] for p in bests],
+            [p["accuracy"] for p in bests],
+            marker="*",
+            s=120,
+            c="C0",
+            label="best of a trial",
+        )
+        axis.set_xscale("log")
+        axis.set_xlabel(label)
+        axis.set_ylabel("validation accuracy")
+    left.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,198 @@
+"""Score one policy: apply, finetune briefly, validate, and measure its costs (plain PyTorch).
+
+This is what an evaluator actor runs; it works the same in a notebook.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Annotated
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ajpq.core.apply import apply_policy
+from ajpq.core.configtypes import RESUMABLE, Count, config_type
+from ajpq.core.cost import CostModel, measure_latency
+from ajpq.core.graph import ModelGraph
+from ajpq.core.materialize import materialize
+from ajpq.core.policy import CompressionPolicy
+from ajpq.task.data import DataSplits
+from ajpq.task.loader import load_object
+from ajpq.task.train import FinetuneConfig, evaluate, finetune
+
+__all__ = [
+    "ScoreSettings",
+    "PolicyScore",
+    "Scorer",
+    "score_policy",
+    "sleep_scorer",
+    "chaos_scorer",
+    "load_scorer",
+    "DEFAULT_SCORER",
+]
+
+DEFAULT_SCORER = "ajpq.task.scoring:score_policy"
+
+logger = logging.getLogger(__name__)
+
+
+@config_type
+class ScoreSettings:
+    """Everything that changes a policy's score (``scoring:``): the finetune, how much of the
+    validation split is used (None: all of it), and how latency is measured."""
+
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    val_samples: Count | None = None
+    latency_batch_size: Count = 1
+    latency_repeats: Annotated[Count, RESUMABLE] = 10  # may change on --resume
+
+
+@dataclass(frozen=True)
+class PolicyScore:
+    accuracy: float
+    top5: float
+    size_bytes: float
+    compression_ratio: float
+    bitops: float
+    bitops_ratio: float
+    macs: float
+    latency_ms: float
+    diverged: bool
+    finetune_s: float
+    eval_s: float
+    start_ts: float
+    end_ts: float
+
+    def to_dict(self) -> dict[str, float | bool]:
+        return asdict(self)
+
+
+def score_policy(
+    model: nn.Module,
+    policy: CompressionPolicy,
+    graph: ModelGraph,
+    splits: DataSplits,
+    settings: ScoreSettings,
+    device: torch.device | str = "cpu",
+) -> PolicyScore:
+    """Finetune the policy-applied model ``settings.finetune.steps`` steps, score it on val."""
+    start = time.time()
+    cost = CostModel(graph).cost(policy)
+    simulated = apply_policy(model, policy, graph)
+    tuned = finetune(simulated, splits.train, settings.finetune, device)
+    finetune_end = time.time()
+    diverged = tuned.diverged or not all(
+        math.isfinite(float(p.detach().sum())) for p in simulated.parameters()
+    )
+    top1 = top5 = 0.0
+    latency = float("nan")
+    if not diverged:
+        result = evaluate(simulated, splits.val, device, max_samples=settings.val_samples)
+        top1, top5 = result.top1, result.top5
+        latency = measure_latency(
+            materialize(simulated, policy, graph),
+            graph.input_shape,
+            settings.latency_batch_size,
+            device,
+            warmup=2,
+            repeats=settings.latency_repeats,
+        )
+    end = time.time()
+    return PolicyScore(
+        accuracy=top1,
+        top5=top5,
+        size_bytes=cost.size_bytes,
+        compression_ratio=cost.compression_ratio,
+        bitops=cost.bitops,
+        bitops_ratio=cost.bitops_ratio,
+        macs=cost.macs,
+        latency_ms=latency,
+        diverged=diverged,
+        finetune_s=finetune_end - start,
+        eval_s=end - finetune_end,
+        start_ts=start,
+        end_ts=end,
+    )
+
+
+Scorer = Callable[..., PolicyScore]
+"""``scorer(model, policy, graph, splits, settings, device, **scorer_args) -> PolicyScore``:
+what an evaluator runs per policy. The default is :func:`score_policy`; a user's scorer (say,
+detection mAP) is named ``package.module:function`` in ``evaluator.scorer`` and must be
+importable on every node."""
+
+
+def load_scorer(spec: str) -> Scorer:
+    """Import ``package.module:function``; a ValueError says what to change."""
+    return load_object(spec, "evaluator.scorer", "install it on every node")
+
+
+def sleep_scorer(
+    model: nn.Module,
+    policy: CompressionPolicy,
+    graph: ModelGraph,
+    splits: DataSplits,
+    settings: ScoreSettings,
+    device: torch.device | str = "cpu",
+    *,
+    min_s: float = 1.0,
+    max_s: float = 3.0,
+) -> PolicyScore:
+    """Orchestration-only scorer for tests and ``bench/bench_scale.py``: sleeps a random
+    ``min_s``..``max_s`` seconds (seeded by the policy) and trains nothing. Its accuracy is a
+    stand-in, the BitOps ratio to the power 1/4 (more bits, higher), so an agent has a signal;
+    the costs are the real cost model's."""
+    start = time.time()
+    cost = CostModel(graph).cost(policy)
+    seed = int(hashlib.sha256(policy.to_json().encode()).hexdigest()[:8], 16)
+    time.sleep(random.Random(seed).uniform(min_s, max_s))
+    end = time.time()
+    accuracy = float(min(1.0, max(0.0, cost.bitops_ratio)) ** 0.25)
+    return PolicyScore(
+        accuracy=accuracy,
+        top5=1.0,
+        size_bytes=cost.size_bytes,
+        compression_ratio=cost.compression_ratio,
+        bitops=cost.bitops,
+        bitops_ratio=cost.bitops_ratio,
+        macs=cost.macs,
+        latency_ms=float("nan"),
+        diverged=False,
+        finetune_s=end - start,
+        eval_s=0.0,
+        start_ts=start,
+        end_ts=end,
+    )
+
+
+def chaos_scorer(
+    model: nn.Module,
+    policy: CompressionPolicy,
+    graph: ModelGraph,
+    splits: DataSplits,
+    settings: ScoreSettings,
+    device: torch.device | str = "cpu",
+    *,
+    error_rate: float = 0.1,
+    death_rate: float = 0.05,
+    min_s: float = 0.2,
+    max_s: float = 0.5,
+) -> PolicyScore:
+    """Fault injection for resilience tests (``evaluator.scorer: ajpq.task.scoring:chaos_scorer``):
+    per call, with probability ``death_rate`` the evaluator process dies on the spot, with
+    ``error_rate`` the evaluation raises; otherwise it behaves like :func:`sleep_scorer`."""
+    draw = random.random()
+    if draw < death_rate:
+        os._exit(17)
+    if draw < death_rate + error_rate:
+        raise RuntimeError("injected fault (chaos_scorer)")
+    return sleep_scorer(model, policy, graph, splits, settings, device, min_s=min_s, max_s=max_s)

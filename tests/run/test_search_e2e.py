@@ -1,0 +1,231 @@
+"""End-to-end searches on digits (local Ray, SQLite MLflow)."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from ajpq.core.budget import Budget, budget_value
+from ajpq.core.cost import CostModel
+from ajpq.core.policy import CompressionPolicy
+from ajpq.run.driver import run_search
+from ajpq.run.export_run import export_best, latest_run_dir
+from ajpq.run.tracking import POLICY_METRICS
+from ajpq.search.config import load_config
+from ajpq.search.context import SearchContext
+
+pytestmark = pytest.mark.ray
+
+
+def _children(uri: str, parent_id: str):
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("test")
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+        max_results=1000,
+    )
+    return client, runs
+
+
+def test_search_records_every_policy_in_budget_and_in_parallel(ray_session, search_config_file):
+    config = load_config(search_config_file())
+    outcome = run_search(config)
+    assert not outcome.interrupted
+    client, children = _children(config.tracking.uri, outcome.parent_run_id)
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.tags["ajpq.role"] == "search" and parent.data.params["model"] == "digits_cnn"
+    assert parent.info.status == "FINISHED"
+    # one child per distinct evaluated policy
+    keys = [run.data.tags["ajpq.policy_key"] for run in children]
+    assert len(keys) == len(set(keys)) == outcome.stats["scored"] == outcome.episodes
+    assert outcome.episodes + outcome.stats["cache_hits"] >= config.agent.episodes
+    context = SearchContext.load(outcome.run_dir / "context")
+    costs = CostModel(context.graph)
+    budget = Budget("size", config.budget.value)
+    for run in children:
+        assert run.data.tags["ajpq.role"] == "policy"
+        assert set(POLICY_METRICS) <= set(run.data.metrics), set(POLICY_METRICS) - set(
+            run.data.metrics
+        )
+        path = client.download_artifacts(run.info.run_id, "policy.json")
+        policy = CompressionPolicy.load(path)
+        assert budget_value(policy, budget, costs) <= config.budget.value + 1e-9
+        assert run.data.metrics["compression_ratio"] >= 1 / config.budget.value - 1e-6
+    # the parent's best equals the best child
+    # among equal rewards the pool keeps the first one found
+    best_child = max(children, key=lambda r: (r.data.metrics["reward"], -r.data.metrics["episode"]))
+    assert parent.data.metrics["best_reward"] == pytest.approx(best_child.data.metrics["reward"])
+    assert parent.data.metrics["best_accuracy"] == pytest.approx(
+        best_child.data.metrics["accuracy"]
+    )
+    # the learning curve: mean val acc per quarter of the episodes, on the parent run too
+    scored = [r for r in children if r.data.tags.get("ajpq.status") != "failed"]
+    by_episode = sorted(scored, key=lambda r: r.data.metrics["episode"])
+    quarter = len(by_episode) // 4
+    if len(by_episode) % 4 == 0:
+        first = [r.data.metrics["accuracy"] for r in by_episode[:quarter]]
+        assert outcome.curve[0] == pytest.approx(sum(first) / quarter)
+    assert len(outcome.curve) == 4
+    for i, value in enumerate(outcome.curve, start=1):
+        assert parent.data.metrics[f"val_acc_quarter_{i}"] == pytest.approx(value)
+    history = client.get_metric_history(outcome.parent_run_id, "best_reward")
+    assert [m.step for m in history] == sorted(m.step for m in history)
+    assert (
+        CompressionPolicy.load(outcome.best_policy_path).to_json()
+        == CompressionPolicy.load(
+            client.download_artifacts(best_child.info.run_id, "policy.json")
+        ).to_json()
+    )
+    # 2 env runners x 2 evaluators: some evaluation intervals overlap in time
+    spans = sorted(
+        (r.data.metrics["eval_start_ts"], r.data.metrics["eval_end_ts"]) for r in children
+    )
+    overlaps = sum(1 for (s1, e1), (s2, e2) in zip(spans, spans[1:]) if s2 < e1)
+    assert overlaps >= 1, spans
+
+    # the best policy, finetuned longer, exported as a file that is itself scored
+    result = export_best(latest_run_dir(config), finetune_steps=20, onnx=True)
+    assert Path(result["path"]) == outcome.run_dir / "compressed.pt"
+    assert result["file_bytes"] == Path(result["path"]).stat().st_size
+    assert result["file_bytes"] < 0.25 * result["fp32_file_bytes"]  # budget: 10% of fp32 size
+    test_samples = len(context.load_data().test)
+    assert abs(result["test_accuracy"] - result["simulated_test_accuracy"]) <= 1 / test_samples
+    assert result["test_accuracy"] > 0.5
+    # the ONNX file, run by onnxruntime, classifies the test split as the loaded model does
+    assert Path(result["onnx_path"]).exists() and result["onnx_bytes"] > 0
+    assert abs(result["onnx_test_accuracy"] - result["test_accuracy"]) <= 0.01
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.metrics["export_test_accuracy"] == pytest.approx(result["test_accuracy"])
+    exported = {a.path for a in client.list_artifacts(outcome.parent_run_id, "export")}
+    assert exported == {"export/compressed.pt", "export/export.json"}
+
+
+def test_killed_evaluator_is_replaced_and_nothing_is_lost(ray_session, search_config_file):
+    config = load_config(
+        search_config_file(
+            agent={"episodes": 8, "env_runners": 2}, scoring={"finetune": {"steps": 40}}
+        )
+    )
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("outcome", run_search(config)))
+    thread.start()
+    pool = None
+    deadline = time.time() + 240
+    while time.time() < deadline and pool is None:
+        try:
+            pool = ray.get_actor(_pool_name(), namespace=ray.get_runtime_context().namespace)
+        except ValueError:
+            time.sleep(0.5)
+    assert pool is not None
+    while time.time() < deadline and ray.get(pool.summary.remote())["episodes"] < 1:
+        time.sleep(0.2)
+    victim = ray.get(pool.worker_handles.remote())[0]
+    ray.kill(victim, no_restart=True)
+    thread.join(timeout=600)
+    outcome = result["outcome"]
+    assert outcome.stats["replaced"] >= 1
+    _, children = _children(config.tracking.uri, outcome.parent_run_id)
+    keys = {run.data.tags["ajpq.policy_key"] for run in children}
+    assert len(children) == len(keys) == outcome.stats["scored"] == outcome.episodes
+    assert not any(run.data.tags.get("ajpq.status") == "failed" for run in children)
+    assert outcome.episodes + outcome.stats["cache_hits"] >= config.agent.episodes
+
+
+def _pool_name() -> str:
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    live = [n for n in names if n.startswith("ajpq-pool-")]
+    if not live:
+        raise ValueError("no pool yet")
+    return live[-1]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_resume_after_interrupt_scores_nothing_twice(search_config_file, tmp_path, stop):
+    """Ctrl-C stops cleanly (checkpoint, KILLED, a hint to resume); SIGKILL of the driver and
+    its local Ray is a crash. Either way --resume continues the same MLflow parent run from the
+    journal: no policy scored twice, no duplicate child run, no more than N policies."""
+    path = search_config_file(
+        agent={"episodes": 10, "env_runners": 1},
+        evaluator={"num_evaluators": 1},
+        scoring={"finetune": {"steps": 20}},
+    )
+    config = load_config(path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "ajpq.cli", "search", "--config", str(path)]
+    first = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen = []
+    deadline = time.time() + 300
+    for line in first.stdout:
+        seen.append(line)
+        progress = re.search(r"episode (\d+)/10", line)
+        if (progress and 3 <= int(progress.group(1)) < 10) or time.time() > deadline:
+            break
+    os.killpg(first.pid, stop)
+    rest, _ = first.communicate(timeout=300)
+    seen.append(rest)
+    log = "".join(seen)
+    assert first.returncode != 0, log
+    if stop == signal.SIGINT:
+        assert "--resume" in log
+    latest = Path(config.output_dir).resolve() / "digits_cnn-digits-size0.1-s0" / "latest.json"
+    assert latest.exists()
+    second = subprocess.run(
+        command + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resumed from" in second.stdout
+    import json
+
+    parent_id = json.loads(latest.read_text())["parent_run_id"]
+    client, children = _children(config.tracking.uri, parent_id)
+    keys = [run.data.tags["ajpq.policy_key"] for run in children]
+    # no overshoot: at most N distinct policies (fewer when the agent repeats one: a cache hit)
+    assert len(keys) == len(set(keys)) <= config.agent.episodes
+    assert all(run.info.status in ("FINISHED", "FAILED") for run in children)
+    episodes = sorted(int(run.data.metrics["episode"]) for run in children)
+    assert episodes == list(range(1, len(episodes) + 1))
+    assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+def test_latency_budget_search_with_a_user_scorer(ray_session, search_config_file):
+    """A latency ceiling: the latency model is fitted by a task with an evaluator's resources
+    (on the evaluators' kind of device) and kept in the run's context; a scorer named in the
+    config (here the orchestration-only sleep scorer) scores every policy and the final report."""
+    config = load_config(
+        search_config_file(
+            budget={"kind": "latency", "value": 1000.0},
+            agent={"episodes": 4, "warmup_episodes": 4, "env_runners": 2},
+            evaluator={
+                "scorer": "ajpq.task.scoring:sleep_scorer",
+                "scorer_args": {"min_s": 0.05, "max_s": 0.1},
+            },
+        )
+    )
+    outcome = run_search(config)
+    context = SearchContext.load(outcome.run_dir / "context")
+    assert context.latency_model is not None and context.latency_device == "cpu"
+    assert outcome.episodes == config.agent.episodes  # asynchronous sampling starts no extra
+    client, children = _children(config.tracking.uri, outcome.parent_run_id)
+    assert len(children) == outcome.episodes
+    assert all(run.data.tags["ajpq.latency_device"] == "cpu" for run in children)
+    # the sleep scorer's stand-in accuracy is BitOps ratio ** 0.25, also on the test split
+    best = outcome.best
+    assert best.accuracy == pytest.approx(best.bitops_ratio**0.25)
+    assert outcome.best_test_accuracy == pytest.approx(best.accuracy)
