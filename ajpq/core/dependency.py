@@ -24,7 +24,14 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-__all__ = ["build_dependency_graph", "channel_split", "split_layout", "split_parts", "UNMAPPABLE"]
+__all__ = [
+    "build_dependency_graph",
+    "channel_split",
+    "check_patched_internals",
+    "split_layout",
+    "split_parts",
+    "UNMAPPABLE",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +114,46 @@ def _fix_split(node: tp.Node) -> list[tuple[int, int]] | None:
 def _stop(indices: list) -> list:
     """An index mapping no channel passes."""
     return []
+
+
+# Torch-Pruning's private names the patches below replace or call (written for 1.6.x; pyproject
+# pins that range): check_patched_internals() fails loudly when an upgrade moves one
+PATCHED_INTERNALS = {
+    "torch_pruning.dependency.index_mapping": (
+        "update_split_index_mapping",
+        "update_reshape_index_mapping",
+        "_SplitIndexMapping",
+    ),
+    "torch_pruning.dependency.shape_infer": ("init_shape_information",),
+    "torch_pruning.dependency.graph": ("DependencyGraph",),
+}
+
+
+def check_patched_internals() -> None:
+    """Raise RuntimeError naming every Torch-Pruning internal the patches need that is gone."""
+    import importlib
+    import inspect
+
+    missing = []
+    for module_name, names in PATCHED_INTERNALS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            missing.append(module_name)
+            continue
+        missing += [f"{module_name}.{name}" for name in names if not hasattr(module, name)]
+    if not missing:
+        mapping = importlib.import_module("torch_pruning.dependency.index_mapping")
+        parameters = inspect.signature(mapping._SplitIndexMapping).parameters
+        if not {"offset", "reverse"} <= set(parameters):
+            missing.append("_SplitIndexMapping(offset=, reverse=)")
+        if not hasattr(tp.ops.OPTYPE, "SPLIT"):
+            missing.append("torch_pruning.ops.OPTYPE.SPLIT")
+    if missing:
+        raise RuntimeError(
+            f"torch-pruning {getattr(tp, '__version__', '?')} changed the internals ajpq patches "
+            f"({', '.join(missing)}); install torch-pruning 1.6.x (pyproject's pin)"
+        )
 
 
 @contextlib.contextmanager

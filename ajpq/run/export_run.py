@@ -19,7 +19,7 @@ import torch
 from ajpq.core.apply import apply_policy
 from ajpq.core.policy import CompressionPolicy
 from ajpq.export.packed import export_compressed, load_compressed
-from ajpq.run.rundir import runs_folder
+from ajpq.run.rundir import RunDir, RunDirError, latest_run, runs_folder
 from ajpq.run.tracking import Tracker
 from ajpq.search.config import SearchConfig
 from ajpq.search.context import SearchContext
@@ -34,10 +34,11 @@ EXPORT_STEPS_FACTOR = 10  # default export finetune: 10x the search's per-policy
 
 def latest_run_dir(config: SearchConfig) -> Path:
     """The run directory of the latest search of ``config`` (what --resume would continue)."""
-    latest = runs_folder(config) / "latest.json"
-    if not latest.exists():
-        raise FileNotFoundError(f"no search of this config under {latest.parent}; run it first")
-    return Path(json.loads(latest.read_text())["run_dir"])
+    base = runs_folder(config)
+    folder = latest_run(base)
+    if folder is None:
+        raise FileNotFoundError(f"no search of this config under {base}; run it first")
+    return folder.path
 
 
 def export_best(
@@ -51,13 +52,14 @@ def export_best(
     the test split, and record everything in ``<run_dir>/export.json`` and the run's MLflow.
     With ``onnx``, also write the loaded network as ONNX beside it (``.onnx``) and check it with
     onnxruntime on test images (largest output difference, test accuracy)."""
-    run_dir = Path(run_dir)
-    policy_path = run_dir / "best_policy.json"
+    folder = RunDir(Path(run_dir))
+    run_dir = folder.path
+    policy_path = folder.best_policy
     if not policy_path.exists():
         raise FileNotFoundError(
             f"{run_dir} holds no best_policy.json: the search found no policy or has not ended"
         )
-    context = SearchContext.load(run_dir / "context")
+    context = SearchContext.load(folder.context)
     policy = CompressionPolicy.load(policy_path)
     settings = context.config.scoring
     steps = (
@@ -75,7 +77,7 @@ def export_best(
         raise ValueError(f"the export finetune diverged at lr {recipe.lr}; lower it and rerun")
     simulated_val = evaluate(simulated, splits.val, device).top1
     simulated_test = evaluate(simulated, splits.test, device).top1
-    path = Path(out) if out else run_dir / "compressed.pt"
+    path = Path(out) if out else folder.compressed
     report = export_compressed(simulated, policy, path, splits.num_classes, context.graph)
     loaded = load_compressed(path)
     loaded_test = evaluate(loaded, splits.test).top1
@@ -92,7 +94,7 @@ def export_best(
         "seconds": time.time() - started,
         **extra,
     }
-    (run_dir / "export.json").write_text(json.dumps(result, indent=2))
+    folder.export_report.write_text(json.dumps(result, indent=2))
     _record(run_dir, context.config, result, path)
     return result
 
@@ -125,13 +127,14 @@ def _onnx(loaded: Any, input_shape: tuple[int, ...], path: Path, splits: Any) ->
 
 def _record(run_dir: Path, config: SearchConfig, result: dict[str, Any], path: Path) -> None:
     """Log the export into the search's MLflow parent run (named in ``<run_dir>/run.json``)."""
-    pointer = run_dir / "run.json"
-    if not pointer.exists():
-        logger.info("%s names no MLflow run: the export is not logged to MLflow", run_dir)
+    folder = RunDir(run_dir)
+    try:
+        parent_run_id = folder.parent_run_id()
+    except RunDirError as error:
+        logger.info("the export is not logged to MLflow: %s", error)
         return
-    parent_run_id = json.loads(pointer.read_text())["parent_run_id"]
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     for name in ("test_accuracy", "file_bytes", "file_ratio", "finetune_steps"):
         tracker.client.log_metric(parent_run_id, f"export_{name}", float(result[name]))
     tracker.log_artifact(parent_run_id, path, "export")
-    tracker.log_artifact(parent_run_id, run_dir / "export.json", "export")
+    tracker.log_artifact(parent_run_id, folder.export_report, "export")

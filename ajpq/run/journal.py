@@ -12,9 +12,8 @@ from pathlib import Path
 
 from ajpq.search.record import PolicyRecord
 
-__all__ = ["Journal", "JOURNAL_FILE"]
+__all__ = ["Journal"]
 
-JOURNAL_FILE = "journal.sqlite"
 
 
 class Journal:

@@ -10,11 +10,17 @@ __all__ = ["plot_fronts", "plot_search"]
 
 
 def _pyplot() -> Any:
-    plt = _pyplot()
+    """matplotlib's pyplot on the headless Agg backend (imported on first plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     return plt
 
 
 def plot_search(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """Validation accuracy per episode (and best so far), and accuracy vs compression ratio."""
     ok = [r for r in records if not r.get("failed")]
     if not ok:
         return None
@@ -51,6 +57,7 @@ def plot_fronts(
     bests: list[dict[str, Any]],
     path: Path,
 ) -> Path | None:
+    """A sweep's policies, its Pareto fronts (accuracy vs ratio, vs BitOps) and trial bests."""
     if not points:
         return None
     plt = _pyplot()

@@ -32,7 +32,7 @@ from ajpq.run.driver import run_search
 from ajpq.run.plots import plot_fronts
 from ajpq.run.preflight import check_tracking_uri, resolve_locations
 from ajpq.run.resources import ensure_ray, local_num_cpus, search_bundles
-from ajpq.run.rundir import runs_folder
+from ajpq.run.rundir import latest_pointer, runs_folder
 from ajpq.run.tracking import Tracker, redact_uri
 from ajpq.search.config import SearchConfig
 from ajpq.search.pareto import pareto_front
@@ -103,7 +103,7 @@ def sweep_trial(
     trial_id = tune.get_context().get_trial_id()
     folder = str(Path(sweep_dir) / "trials" / trial_id)
     config = trial_config(SearchConfig.from_dict(base), params, sweep_run_id, folder)
-    resume = (runs_folder(config) / "latest.json").exists()
+    resume = latest_pointer(runs_folder(config)).exists()
     outcome = run_search(config, resume=resume, on_progress=tune.report)
     final: dict[str, Any] = {"episodes": float(outcome.episodes), "done": 1.0}
     if outcome.best is not None:
@@ -125,7 +125,7 @@ def _ensure_ray(config: SweepConfig) -> None:
 
 def _open_sweep(config: SweepConfig, tracker: Tracker, resume: bool) -> tuple[Path, str]:
     folder = sweep_folder(config)
-    latest = folder / "latest.json"
+    latest = latest_pointer(folder)
     if resume:
         if not latest.exists():
             raise ValueError(f"no sweep to resume under {folder}; run without --resume first")

@@ -3,14 +3,14 @@ server that was down, a crash before the writer caught up) into the search's par
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import yaml
 
-from ajpq.run.journal import JOURNAL_FILE, Journal
+from ajpq.run.journal import Journal
 from ajpq.run.preflight import check_tracking_uri
+from ajpq.run.rundir import RunDir, RunDirError
 from ajpq.run.tracking import Tracker
 from ajpq.search.config import SearchConfig
 
@@ -22,18 +22,20 @@ logger = logging.getLogger(__name__)
 def sync_run(run_dir: str | Path) -> tuple[int, int]:
     """Write every unwritten journal record to MLflow (once: a record already there is not
     written again). Returns (pushed now, still waiting)."""
-    run_dir = Path(run_dir)
-    journal_path = run_dir / JOURNAL_FILE
-    if not journal_path.exists() or not (run_dir / "run.json").exists():
+    folder = RunDir(Path(run_dir))
+    if not folder.journal.exists():
         raise FileNotFoundError(
-            f"{run_dir} holds no {JOURNAL_FILE} and run.json: give a search's run folder "
+            f"{folder.path} holds no {folder.journal.name}: give a search's run folder "
             "(ajpq_runs/<run>/<time>)"
         )
-    parent_run_id = json.loads((run_dir / "run.json").read_text())["parent_run_id"]
-    config = SearchConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    try:
+        parent_run_id = folder.parent_run_id()
+    except RunDirError as error:
+        raise FileNotFoundError(str(error)) from None
+    config = SearchConfig.from_dict(yaml.safe_load(folder.config.read_text()))
     check_tracking_uri(config.tracking.uri)
     tracker = Tracker.for_search(config)
-    journal = Journal(journal_path)
+    journal = Journal(folder.journal)
     pushed = 0
     try:
         for record, policy_json in journal.unwritten():

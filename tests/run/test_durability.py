@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from ajpq.cli import main
 from ajpq.run.driver import run_search
-from ajpq.run.journal import JOURNAL_FILE, Journal
+from ajpq.run.journal import Journal
+from ajpq.run.rundir import RunDir
 from ajpq.search.config import load_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -87,7 +88,7 @@ def test_tracking_server_down_for_30_s_loses_and_duplicates_nothing(
         assert {"accuracy", "reward", "size_bytes", "episode"} <= set(run.data.metrics)
         assert run.data.params
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["policy.json"]
-    assert Journal(outcome.run_dir / JOURNAL_FILE).waiting() == 0
+    assert Journal(RunDir(outcome.run_dir).journal).waiting() == 0
 
 
 def test_sync_pushes_journaled_records_once(ray_session, search_config_file, capsys):
@@ -106,7 +107,7 @@ def test_sync_pushes_journaled_records_once(ray_session, search_config_file, cap
     client = MlflowClient(uri)
     for run in children[:3]:
         client.delete_run(run.info.run_id)
-    journal = Journal(outcome.run_dir / JOURNAL_FILE)
+    journal = Journal(RunDir(outcome.run_dir).journal)
     journal._db.execute("UPDATE records SET run_id = NULL")
     assert journal.waiting() == 6
     assert main(["sync", str(outcome.run_dir)]) == 0
@@ -168,7 +169,7 @@ def test_ten_evaluator_kills_lose_and_duplicate_nothing(ray_session, search_conf
     children = _complete_children(config.tracking.uri, "test", outcome.parent_run_id)
     keys = [run.data.tags["ajpq.policy_key"] for run in children]
     assert len(keys) == len(set(keys)) == outcome.episodes  # every policy exactly once
-    journal = Journal(outcome.run_dir / JOURNAL_FILE)
+    journal = Journal(RunDir(outcome.run_dir).journal)
     assert set(journal.records()) == set(keys)
 
 
