@@ -168,3 +168,63 @@ def test_modules_stay_small():
         if source.count("\n") > 440
     }
     assert long == {}
+
+
+TESTS = PACKAGE.parent / "tests"
+# modules whose tests live in a file named after what they serve together (the rest have
+# tests/<floor>/test_<module>.py)
+TESTED_IN = {
+    "ajpq/agent/algorithm.py": "tests/agent/test_ddpg.py",
+    "ajpq/agent/config.py": "tests/agent/test_ddpg.py",
+    "ajpq/agent/learner.py": "tests/agent/test_ddpg.py",
+    "ajpq/agent/module.py": "tests/agent/test_ddpg.py",
+    "ajpq/agent/presets.py": "tests/agent/test_pendulum.py",
+    "ajpq/agent/defaults.py": "tests/search/test_config.py",
+    "ajpq/core/graph.py": "tests/core/test_analysis.py",
+    "ajpq/core/coupling.py": "tests/core/test_topologies.py",
+    "ajpq/core/builder.py": "tests/core/test_policy.py",
+    "ajpq/core/validation.py": "tests/core/test_policy.py",
+    "ajpq/core/importance.py": "tests/core/test_budget.py",
+    "ajpq/core/latency.py": "tests/search/test_space_env.py",
+    "ajpq/core/materialize.py": "tests/core/test_apply.py",
+    "ajpq/core/configtypes.py": "tests/search/test_config.py",
+    "ajpq/core/budget/types.py": "tests/core/test_budget.py",
+    "ajpq/core/budget/state.py": "tests/core/test_budget.py",
+    "ajpq/core/budget/wall.py": "tests/core/test_budget.py",
+    "ajpq/core/budget/fill.py": "tests/core/test_budget.py",
+    "ajpq/task/models.py": "tests/task/test_train_and_models.py",
+    "ajpq/task/train.py": "tests/task/test_train_and_models.py",
+    "ajpq/task/scoring.py": "tests/run/test_search_e2e.py",
+    "ajpq/search/context.py": "tests/run/test_cluster.py",
+    "ajpq/search/space.py": "tests/search/test_space_env.py",
+    "ajpq/search/env.py": "tests/search/test_space_env.py",
+    "ajpq/search/pareto.py": "tests/run/test_sweep.py",
+    "ajpq/search/sweep_config.py": "tests/run/test_sweep.py",
+    "ajpq/run/context_source.py": "tests/run/test_cluster.py",
+    "ajpq/run/driver.py": "tests/run/test_search_e2e.py",
+    "ajpq/run/strategies.py": "tests/run/test_methods.py",
+    "ajpq/run/report.py": "tests/run/test_search_e2e.py",
+    "ajpq/run/session.py": "tests/run/test_search_e2e.py",
+    "ajpq/run/evaluator.py": "tests/run/test_pool.py",
+    "ajpq/run/writer.py": "tests/run/test_durability.py",
+    "ajpq/run/journal.py": "tests/run/test_durability.py",
+    "ajpq/run/tracking.py": "tests/run/test_durability.py",
+    "ajpq/run/export_run.py": "tests/run/test_search_e2e.py",
+}
+
+
+def test_tests_mirror_the_package():
+    """Every module has its test file: tests/<floor>/test_<module>.py, or the one named in
+    TESTED_IN, which must exist."""
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        relative = path.relative_to(PACKAGE.parent).as_posix()
+        folder = path.parent.relative_to(PACKAGE)
+        floor = folder.parts[0] if folder.parts else ""
+        mirrored = TESTS / floor / f"test_{path.stem}.py"
+        named = TESTED_IN.get(relative)
+        if not mirrored.exists() and not (named and (PACKAGE.parent / named).exists()):
+            missing.append(relative)
+    assert missing == []

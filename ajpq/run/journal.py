@@ -15,7 +15,6 @@ from ajpq.search.record import PolicyRecord
 __all__ = ["Journal"]
 
 
-
 class Journal:
     """Append-only table of (record, policy JSON, MLflow run id once written), by policy key."""
 

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 
 import ray
 
@@ -16,6 +17,8 @@ logger = logging.getLogger(__name__)
 
 
 __all__ = [
+    "BundleLayout",
+    "bundle_layout",
     "ENV_RUNNER_CPUS",
     "check_resources",
     "ensure_ray",
@@ -25,27 +28,46 @@ __all__ = [
 ]
 
 
-def evaluator_bundle(config: SearchConfig, index: int) -> int:
-    """Evaluator ``index``'s bundle in a placement group laid out by
-    ``:func:`search_bundles```: bundle 0 is the search's driver (a sweep's trial),
-    1..R the env runners (where RLlib puts env runner i), then one per evaluator."""
-    return 1 + config.agent.env_runners + index
+ENV_RUNNER_CPUS = 0.05  # an env runner mostly waits on the pool: it reserves little
 
 
-ENV_RUNNER_CPUS = 0.05
+@dataclass(frozen=True)
+class BundleLayout:
+    """One search's placement-group bundles, the one layout Tune, RLlib and the pool share:
+    bundle 0 is the search's driver (the agent learns there; a sweep's trial), 1..R the env
+    runners (RLlib puts env runner i in bundle i), then one bundle per evaluator."""
+
+    driver_cpus: float
+    env_runners: int
+    evaluators: int
+    evaluator: dict[str, float]
+
+    def bundles(self) -> list[dict[str, float]]:
+        return [
+            {"CPU": self.driver_cpus},
+            *[{"CPU": ENV_RUNNER_CPUS} for _ in range(self.env_runners)],
+            *[dict(self.evaluator) for _ in range(self.evaluators)],
+        ]
+
+    def evaluator_index(self, index: int) -> int:
+        """The bundle of evaluator ``index`` (a replacement takes its predecessor's)."""
+        return 1 + self.env_runners + index
+
+
+def bundle_layout(config: SearchConfig, driver_cpus: float = 1.0) -> BundleLayout:
+    ev = config.evaluator
+    evaluator = {"CPU": ev.num_cpus, **({"GPU": ev.num_gpus} if ev.num_gpus else {})}
+    return BundleLayout(driver_cpus, config.agent.env_runners, ev.num_evaluators, evaluator)
 
 
 def search_bundles(config: SearchConfig, driver_cpus: float = 1.0) -> list[dict[str, float]]:
-    """The resources of one search as placement-group bundles: its driver (the agent learns
-    there), each env runner (RLlib puts env runner i in bundle i), each evaluator
-    (``evaluators.evaluator_bundle``)."""
-    ev = config.evaluator
-    evaluator = {"CPU": ev.num_cpus, **({"GPU": ev.num_gpus} if ev.num_gpus else {})}
-    return [
-        {"CPU": driver_cpus},
-        *[{"CPU": ENV_RUNNER_CPUS} for _ in range(config.agent.env_runners)],
-        *[dict(evaluator) for _ in range(ev.num_evaluators)],
-    ]
+    """The resources of one search as placement-group bundles (:class:`BundleLayout`)."""
+    return bundle_layout(config, driver_cpus).bundles()
+
+
+def evaluator_bundle(config: SearchConfig, index: int) -> int:
+    """Evaluator ``index``'s bundle in the layout of :func:`search_bundles`."""
+    return bundle_layout(config).evaluator_index(index)
 
 
 def local_num_cpus(config: SearchConfig) -> int:
