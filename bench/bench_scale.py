@@ -29,6 +29,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from ajpq.run.driver import run_search
+from ajpq.run.rundir import RunDir
 from ajpq.search.config import SearchConfig
 
 
@@ -60,7 +61,7 @@ def measure(
     started = time.time()
     outcome = run_search(config)
     total = time.time() - started
-    records = json.loads((outcome.run_dir / "records.json").read_text())
+    records = json.loads(RunDir(outcome.run_dir).records.read_text())
     starts = [r["eval_start_ts"] for r in records]
     ends = [r["eval_end_ts"] for r in records]
     durations = [e - s for s, e in zip(starts, ends)]

@@ -13,7 +13,7 @@ import time
 import torch
 
 from ajpq.core.analysis import analyze
-from ajpq.core.budget import _floor_policy
+from ajpq.core.budget import floor_policy
 from ajpq.core.builder import uniform_policy
 from ajpq.core.cost import CostModel
 from ajpq.core.graph import LayerKind
@@ -37,7 +37,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         costs = CostModel(graph)
         base = uniform_policy(graph, 8, 8, name.value)
-        floor = _floor_policy(base, graph, layer_importance(model, graph))
+        floor = floor_policy(base, graph, layer_importance(model, graph))
         grouped = sum(layer.kind is LayerKind.GROUPED_CONV for layer in graph.layers)
         prunable = sum(group.prunable for group in graph.groups)
         print(

@@ -32,6 +32,7 @@ from ajpq.core.cost import CostModel, measure_latency
 from ajpq.core.policy import CompressionPolicy
 from ajpq.export.packed import load_compressed
 from ajpq.run.export_run import export_best
+from ajpq.run.rundir import RunDir
 from ajpq.run.sweep import run_sweep
 from ajpq.run.tracking import Tracker
 from ajpq.search.context import SearchContext
@@ -52,14 +53,15 @@ def _trial_dirs(config: Any, sweep_run_id: str) -> list[Path]:
         run.info.run_id for run in tracker.runs_where(f"tags.mlflow.parentRunId = '{sweep_run_id}'")
     }
     found = []
-    for pointer in Path(config.base.output_dir).rglob("run.json"):
-        if json.loads(pointer.read_text()).get("parent_run_id") in searches:
-            found.append(pointer.parent)
+    for pointer in Path(config.base.output_dir).rglob(RunDir(Path()).pointer.name):
+        folder = RunDir(pointer.parent)
+        if folder.parent_run_id() in searches:
+            found.append(folder.path)
     return sorted(found)
 
 
 def _learning(run_dir: Path, window: int) -> tuple[float, float]:
-    records = json.loads((run_dir / "records.json").read_text())
+    records = json.loads(RunDir(run_dir).records.read_text())
     ok = [r["accuracy"] for r in sorted(records, key=lambda r: r["episode"]) if not r["failed"]]
     if not ok:
         return float("nan"), float("nan")
@@ -67,15 +69,15 @@ def _learning(run_dir: Path, window: int) -> tuple[float, float]:
 
 
 def _row(run_dir: Path, final: dict[str, Any], repeats: int, window: int) -> dict[str, Any]:
-    context = SearchContext.load(run_dir / "context")
+    context = SearchContext.load(RunDir(run_dir).context)
     config = context.config
-    policy = CompressionPolicy.load(run_dir / "best_policy.json")
+    policy = CompressionPolicy.load(RunDir(run_dir).best_policy)
     cost = CostModel(context.graph).cost(policy)
     shape = context.graph.input_shape
     fp32_ms = measure_latency(context.model.cpu().eval(), shape, repeats=repeats)
     small_ms = measure_latency(load_compressed(final["path"]), shape, repeats=repeats)
     first, last = _learning(run_dir, window)
-    records = json.loads((run_dir / "records.json").read_text())
+    records = json.loads(RunDir(run_dir).records.read_text())
     return {
         "method": config.method.value,
         "budget": config.budget.value,
@@ -156,7 +158,7 @@ def main() -> None:
         sweep_run_id = state["sweep_run_id"]
     else:
         sweep_run_id = run_sweep(config).sweep_run_id
-    dirs = [d for d in _trial_dirs(config, sweep_run_id) if (d / "best_policy.json").exists()]
+    dirs = [d for d in _trial_dirs(config, sweep_run_id) if RunDir(d).best_policy.exists()]
     logger.info("%d searches; final finetune of %d steps each", len(dirs), args.final_steps)
     with ProcessPoolExecutor(args.workers) as pool:
         finals = list(pool.map(_final, [str(d) for d in dirs], [args.final_steps] * len(dirs)))

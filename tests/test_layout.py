@@ -228,3 +228,15 @@ def test_tests_mirror_the_package():
         if not mirrored.exists() and not (named and (PACKAGE.parent / named).exists()):
             missing.append(relative)
     assert missing == []
+
+
+def test_the_driver_is_no_helper_library():
+    """Inside ``run`` the driver is on top: only the sweep (which runs searches) and the CLI
+    import it; what the driver uses lives in the modules below it."""
+    sources = module_sources()
+    importers = sorted(
+        name
+        for name, source in sources.items()
+        if "ajpq.run.driver" in imports_of(name, source, set(sources))
+    )
+    assert importers == ["ajpq", "ajpq.cli", "ajpq.run.sweep"]

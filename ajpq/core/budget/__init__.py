@@ -13,7 +13,7 @@ from ajpq.core.budget.types import (
     budget_value,
     check_precision,
 )
-from ajpq.core.budget.wall import Squeezer, enforce_budget
+from ajpq.core.budget.wall import Squeezer, enforce_budget, floor_policy
 from ajpq.core.latency import LatencyModel, fit_latency_model
 
 __all__ = [
@@ -31,5 +31,6 @@ __all__ = [
     "enforce_budget",
     "fill_budget",
     "fit_latency_model",
+    "floor_policy",
     "quant_error",
 ]

@@ -33,7 +33,7 @@ from ajpq.core.policy import CompressionPolicy, LayerPolicy
 from ajpq.core.quantize import FLOAT_BITS
 from ajpq.core.validation import validate_policy
 
-__all__ = ["Squeezer", "enforce_budget"]
+__all__ = ["Squeezer", "enforce_budget", "floor_policy"]
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class Squeezer(PolicyState):
         return self.total()
 
 
-def _floor_policy(
+def floor_policy(
     policy: CompressionPolicy,
     graph: ModelGraph,
     importance: list[np.ndarray],
@@ -289,7 +289,7 @@ def enforce_budget(
         target = (budget.value - latency_model.intercept_ms) / latency_model.ms_per_mac
     if budget_value(policy, budget, costs, latency_model) <= budget.value:
         return policy
-    floor = _floor_policy(policy, graph, importance, rules)
+    floor = floor_policy(policy, graph, importance, rules)
     smallest = budget_value(floor, budget, costs, latency_model)
     if smallest > budget.value:
         unit = "ms (predicted)" if budget.kind is BudgetKind.LATENCY else "of fp32"
