@@ -11,9 +11,9 @@ import jsonschema
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
-CRDS = Path(__file__).with_name("data") / "kuberay"
+CRDS = REPO / "tests" / "data" / "kuberay"
 KIND_FILES = {
     "RayCluster": "ray.io_rayclusters.yaml.gz",
     "RayJob": "ray.io_rayjobs.yaml.gz",
