@@ -11,8 +11,10 @@ import os
 import signal
 import sys
 import threading
+import traceback
 import warnings
 
+from ajpq.core.redact import redact
 from ajpq.search.config import ConfigError, load_config
 
 __all__ = ["main", "build_parser"]
@@ -22,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ajpq",
         description="Joint pruning + mixed-precision quantization search (pruning = 0-bit quantization).",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback behind an error (also AJPQ_DEBUG=1)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     search = commands.add_parser(
@@ -116,8 +123,7 @@ def _sync(args: argparse.Namespace) -> int:
     try:
         pushed, waiting = sync_run(args.run_dir)
     except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"ajpq: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(error)
     print(f"{pushed} records pushed to MLflow, {waiting} still waiting")
     return 0 if waiting == 0 else 1
 
@@ -130,8 +136,7 @@ def _export(args: argparse.Namespace) -> int:
         _configure_logging()
         result = export_best(run_dir, args.steps, args.out, args.onnx)
     except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"ajpq: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(error)
     log = logging.getLogger("ajpq")
     log.info("")
     log.info("compressed model: %s", result["path"])
@@ -166,8 +171,7 @@ def _sweep(args: argparse.Namespace) -> int:
     try:
         config = load_sweep(args.config, _overrides(args))
     except ConfigError as error:
-        print(f"ajpq: config error: {error}", file=sys.stderr)
-        return 2
+        return _fail(error, "config error")
     _configure_logging()
     from ajpq.run.sweep import run_sweep
 
@@ -178,8 +182,7 @@ def _sweep(args: argparse.Namespace) -> int:
         print("ajpq: sweep interrupted; continue it with --resume", file=sys.stderr)
         return 130
     except (FileNotFoundError, ValueError) as error:
-        print(f"ajpq: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(error)
     log = logging.getLogger("ajpq")
     keys = sorted(set(config.sweep.grid) | set(config.sweep.random))
     log.info("")
@@ -215,8 +218,7 @@ def _submit(args: argparse.Namespace) -> int:
     try:
         job = submit_job(args.address, args.config, _overrides(args), wait=args.wait)
     except (ConfigError, ValueError) as error:
-        print(f"ajpq: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(error)
     if not args.wait:
         print(
             f"submitted {job.job_id}; follow it with: ray job logs {job.job_id} --follow "
@@ -226,6 +228,15 @@ def _submit(args: argparse.Namespace) -> int:
     print(job.logs)
     print(f"job {job.job_id}: {job.status}")
     return 0 if job.status == "SUCCEEDED" else 1
+
+
+def _fail(error: BaseException, kind: str = "error") -> int:
+    """One line for the user (secrets masked), exit 2; the traceback with --debug."""
+    if os.environ.get("AJPQ_DEBUG") == "1":
+        traceback.print_exception(error)
+    text = " ".join(str(error).split())  # one line, whatever the message held
+    print(f"ajpq: {kind}: {redact(text)}", file=sys.stderr)
+    return 2
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
@@ -258,6 +269,8 @@ def _configure_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.debug:
+        os.environ["AJPQ_DEBUG"] = "1"
     if args.command == "export":
         return _export(args)
     if args.command == "sync":
@@ -269,8 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, _overrides(args))
     except ConfigError as error:
-        print(f"ajpq: config error: {error}", file=sys.stderr)
-        return 2
+        return _fail(error, "config error")
     _configure_logging()
     from ajpq.run.driver import run_search
     from ajpq.run.resume import ResumeError
@@ -279,12 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcome = run_search(config, resume=args.resume, config_path=args.config)
     except (ResumeError, FileNotFoundError, ValueError) as error:
-        print(f"ajpq: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(error)
     log = logging.getLogger("ajpq")
     best = outcome.best
     if best is None:
-        log.info("no successful evaluation; see %s", outcome.run_dir)
+        why = f", most often: {outcome.top_error}" if outcome.top_error else ""
+        print(
+            f"ajpq: no successful evaluation in {outcome.episodes} episodes{why}; see "
+            f"{outcome.run_dir}",
+            file=sys.stderr,
+        )
         return 1
     log.info("")
     log.info("best policy (episode %d of %d):", best.episode, outcome.episodes)

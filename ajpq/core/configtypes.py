@@ -18,6 +18,8 @@ from typing import Annotated, Any, TypeVar
 import pydantic
 from pydantic import ConfigDict, Field, TypeAdapter
 
+from ajpq.core.redact import quote, redact
+
 __all__ = [
     "ConfigError",
     "config_type",
@@ -80,15 +82,15 @@ def _describe(error: dict[str, Any], root: type) -> str:
         known = ", ".join(_known_keys(root, loc[:-1]))
         return f"unknown key {key}; known keys here: {known}"
     if kind in ("dataclass_type", "dict_type", "model_type"):
-        return f"{key or 'config'}: expected a mapping, got {value!r}"
+        return f"{key or 'config'}: expected a mapping, got {quote(value)}"
     if kind == "value_error":
-        reason = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
+        reason = redact(str(error["ctx"]["error"]) if "ctx" in error else error["msg"])[:300]
         return f"{key}.{reason}" if key and ":" in reason else f"{key}: {reason}".lstrip(": ")
     if kind == "enum":
         expected = error.get("ctx", {}).get("expected", "")
-        return f"{key}: unknown value {value!r}; use one of {expected.replace(' or ', ', ')}"
+        return f"{key}: unknown value {quote(value)}; use one of {expected.replace(' or ', ', ')}"
     reason = re.sub(r"^\w+ should", "must", error["msg"])
-    return f"{key}: {reason}, got {value!r}"
+    return f"{key}: {redact(reason)[:200]}, got {quote(value)}"
 
 
 def parse(cls: type[T], data: Any) -> T:

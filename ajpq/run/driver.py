@@ -8,7 +8,9 @@ env runners and evaluators get everything through Ray, so worker machines need n
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 from pathlib import Path
 
 import ray
@@ -16,6 +18,9 @@ import yaml
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ajpq.core.budget import BudgetKind
+from ajpq.core.builder import uniform_policy
+from ajpq.core.quantize import FLOAT_BITS
+from ajpq.core.redact import redact
 from ajpq.run import binding
 from ajpq.run.context_source import publish_context
 from ajpq.run.evaluator import fit_latency_remote
@@ -26,19 +31,23 @@ from ajpq.run.resources import check_resources, ensure_ray
 from ajpq.run.resume import ResumeError, check_same_search, flatten
 from ajpq.run.rundir import RunDir, RunDirError, latest_run, mark_latest, run_base_name, runs_folder
 from ajpq.run.session import OpenRun
-from ajpq.run.strategies import Progress, Search
+from ajpq.run.strategies import Progress, Search, SearchAborted
 from ajpq.run.tracking import Tracker
 from ajpq.search.config import SearchConfig
 from ajpq.search.context import ContextSchemaError, SearchContext, data_source_for, prepare_context
+from ajpq.task.checks import check_scorer, is_builtin
+from ajpq.task.data import DataSplits
+from ajpq.task.scoring import load_scorer
 
 __all__ = ["run_search"]
 
 logger = logging.getLogger(__name__)
 
+
 FINAL_FLUSH_S = 120.0  # how long the end of a search waits for MLflow to catch up
 
 
-def _fit_latency(context: SearchContext, folder: RunDir) -> SearchContext:
+def _fit_latency(context: SearchContext) -> SearchContext:
     """Fit the latency model on an evaluator's kind of device, then check the budget."""
     ev = context.config.evaluator
     fitted, device = ray.get(fit_latency_remote(context.config).remote(context, ev.torch_threads))
@@ -47,8 +56,17 @@ def _fit_latency(context: SearchContext, folder: RunDir) -> SearchContext:
     )
     context = context.with_latency_model(fitted, device)
     check_budget(context)
-    context.save(folder.context)
     return context
+
+
+def _check_scorer(context: SearchContext, splits: DataSplits) -> None:
+    """The user's scorer, called once on the fp32 network (ajpq's own are trusted)."""
+    ev = context.config.evaluator
+    if is_builtin(ev.scorer):
+        return
+    policy = uniform_policy(context.graph, FLOAT_BITS, FLOAT_BITS, context.config.model)
+    call = (context.model, policy, context.graph, splits, context.config.scoring, "cpu")
+    check_scorer(ev.scorer, load_scorer(ev.scorer), call, ev.scorer_args)
 
 
 def run_search(
@@ -70,7 +88,8 @@ def run_search(
     if run is None:
         run = _new_run(config, config_path)
     if run.context.latency_model is None and config.budget.kind is BudgetKind.LATENCY:
-        run.context = _fit_latency(run.context, run.folder)
+        run.context = _fit_latency(run.context)  # a resumed run from before the fit
+        run.context.save(run.folder.context)
     namespace = ray.get_runtime_context().namespace
     pool_name = f"ajpq-pool-{run.parent_run_id}"
     # prepared once, shipped through the object store (or the user's shared storage): workers
@@ -110,6 +129,10 @@ def run_search(
     except KeyboardInterrupt:
         interrupted = True
         logger.warning("interrupted: resume with the same command plus --resume")
+    except SearchAborted:
+        with contextlib.suppress(Exception):  # MLflow may be what is down
+            run.tracker.set_status(run.parent_run_id, "FAILED")
+        raise
     finally:
         # every record is in the journal already; give MLflow a while to catch up
         waiting = ray.get(pool.flush.remote(FINAL_FLUSH_S))
@@ -132,9 +155,12 @@ def _new_run(config: SearchConfig, config_path: str | None) -> OpenRun:
     base = runs_folder(config)
     folder = RunDir.new(base)
     context, splits = prepare_context(config)
-    # an unreachable budget fails here, with the smallest reachable value, before Ray starts
-    # (a latency budget is checked once the latency model is fitted on an evaluator's device)
-    if config.budget.kind is not BudgetKind.LATENCY:
+    _check_scorer(context, splits)
+    # an unreachable budget fails here, with the smallest reachable value, before anything is
+    # created (a latency budget once the latency model is fitted on an evaluator's device)
+    if config.budget.kind is BudgetKind.LATENCY:
+        context = _fit_latency(context)
+    else:
         check_budget(context)
     folder.path.mkdir(parents=True, exist_ok=True)
     context.save(folder.context)
@@ -150,17 +176,20 @@ def _new_run(config: SearchConfig, config_path: str | None) -> OpenRun:
     plain = config.to_dict()
     for section in ("data", "space", "agent", "scoring", "evaluator"):
         params.update(flatten(plain[section], f"{section}."))
-    tags = {"ajpq.run_dir": str(folder.path)}
+    params = {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}
+    tags = {"ajpq.run_dir": redact(folder.path)}
     if config.tracking.parent_run_id:  # one trial of a sweep: nested under the sweep's run
         tags["mlflow.parentRunId"] = config.tracking.parent_run_id
     if config_path:
-        tags["ajpq.config_path"] = str(config_path)
+        tags["ajpq.config_path"] = redact(config_path)
     parent_run_id = tracker.start_search(run_base_name(config), params, tags)
     pointer = folder.write_pointer(parent_run_id)  # this run's MLflow parent, for ajpq export
     mark_latest(base, pointer)
-    resolved = folder.config
-    resolved.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    tracker.log_artifact(parent_run_id, resolved)
+    folder.config.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))  # sync reads it
+    with tempfile.TemporaryDirectory() as staging:  # MLflow's copy holds no credential
+        shown = Path(staging) / folder.config.name
+        shown.write_text(redact(folder.config.read_text()))
+        tracker.log_artifact(parent_run_id, shown)
     return OpenRun(folder, parent_run_id, context, tracker, splits)
 
 

@@ -21,7 +21,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import sqlite3
 import time
+from collections import Counter
 from typing import Any
 
 import ray
@@ -41,6 +43,7 @@ from ray.util.scheduling_strategies import (
 from ajpq.core.configtypes import to_plain
 from ajpq.core.cost import CostModel
 from ajpq.core.policy import CompressionPolicy
+from ajpq.core.redact import redact
 from ajpq.run.evaluator import Evaluator
 from ajpq.run.journal import Journal
 from ajpq.run.resources import evaluator_bundle
@@ -49,11 +52,15 @@ from ajpq.run.writer import RecordWriter
 from ajpq.search.context import ContextSource, SearchContext
 from ajpq.search.record import PolicyRecord
 from ajpq.search.reward import best_key, compute_reward
+from ajpq.task.checks import cause
 from ajpq.task.scoring import ScoreSettings
 
 __all__ = ["EvaluatorPool", "policy_key"]
 
 logger = logging.getLogger(__name__)
+
+GAVE_UP = "gave up after"  # how a failed evaluation's error starts (not a policy's verdict)
+ABORT_AFTER = 3  # the first evaluations failing with one error stop the search
 
 
 def policy_key(policy_json: str, settings: ScoreSettings) -> str:
@@ -117,6 +124,10 @@ class EvaluatorPool:
             "failed": 0,
             "mlflow_retries": 0,
         }
+        # why the search must stop (the same error on the first evaluations, a full disk):
+        # the driver stops at its next progress check and says this line
+        self.abort: str | None = None
+        self.errors: Counter[str] = Counter()  # failed evaluations by their error
 
     def _new_record_writer(self) -> Any:
         here = ray.get_runtime_context().get_node_id()
@@ -253,10 +264,12 @@ class EvaluatorPool:
             self.stats["scored"] += 1
             self.stats["failed"] += int(record.failed)
             self._update_best(record)
+            self._note_failure(record)
             # durable first: the journal (fsync'd), then the MLflow replica, off the critical
             # path (one writer, in order, retried while MLflow is down)
-            if self.journal is not None:
-                self.journal.append(record, policy_json)
+            if self.journal is not None and not self._journal(record, policy_json):
+                future.set_result(record)  # not durable: not cached, never replicated
+                return {**record.to_dict(), "cached": False}
             if self.tracker is not None:
                 best = dataclasses.replace(self.best) if self.best is not None else None
                 self.pending.put_nowait((policy_json, record, best, False))
@@ -314,20 +327,53 @@ class EvaluatorPool:
                 logger.warning("evaluation raised (attempt %d): %s", attempt + 1, last_error)
                 self.stats["retries"] += 1
         return PolicyRecord.failure(
-            f"gave up after {ev.max_retries + 1} attempts: {last_error}", time.time()
+            f"{GAVE_UP} {ev.max_retries + 1} attempts: {last_error}", time.time()
         )
 
     def context_source(self) -> ContextSource:
         """Where env runners get the search context from."""
         return self.source
 
+    def _journal(self, record: PolicyRecord, policy_json: str) -> bool:
+        """Append to the journal; a write that fails (the run folder's disk is full) stops
+        the search: what was journaled before stays, this record is scored again on resume."""
+        try:
+            self.journal.append(record, policy_json)
+            return True
+        except (OSError, sqlite3.Error) as error:
+            self.abort = self.abort or (
+                f"cannot write the journal {self.journal.path} ({cause(error)}); free space on "
+                "its disk, then continue with --resume (every journaled record is kept)"
+            )
+            return False
+
+    def _note_failure(self, record: PolicyRecord) -> None:
+        """Count failed evaluations by error; when the first ``ABORT_AFTER`` all fail with the
+        same error (the scorer or the model is broken, not a policy), stop the search."""
+        if not (record.failed and record.error and record.error.startswith(GAVE_UP)):
+            return
+        error = record.error.split(": ", 1)[-1]
+        self.errors[error] += 1
+        if (
+            self.abort is None
+            and self.stats["scored"] == ABORT_AFTER
+            and self.errors[error] == ABORT_AFTER
+        ):
+            self.abort = (
+                f"the first {ABORT_AFTER} evaluations all failed with {redact(error)[:300]}; "
+                "fix the scorer or the model (their records are in the run folder)"
+            )
+
     def summary(self) -> dict[str, Any]:
+        common = self.errors.most_common(1)
         return {
             "episodes": self.episode,
             "best": self.best,
             "stats": dict(self.stats),
             "records": len(self.records),
             "waiting": self.waiting(),
+            "abort": self.abort,
+            "top_error": f"{redact(common[0][0])[:300]} ({common[0][1]}x)" if common else None,
         }
 
     def all_records(self) -> list[PolicyRecord]:

@@ -5,7 +5,6 @@ budget is reachable."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from pathlib import Path
 
@@ -15,9 +14,6 @@ from ajpq.core.cost import CostModel
 from ajpq.run.tracking import redact_uri
 from ajpq.search.config import SearchConfig
 from ajpq.search.context import SearchContext
-
-logger = logging.getLogger(__name__)
-
 
 __all__ = [
     "DEFAULT_TRACKING_URI",

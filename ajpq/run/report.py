@@ -19,10 +19,9 @@ from ajpq.search.record import PolicyRecord, learning_curve
 from ajpq.task.data import DataSplits
 from ajpq.task.scoring import load_scorer
 
-logger = logging.getLogger(__name__)
-
-
 __all__ = ["SearchOutcome", "load_best_policy", "report", "test_accuracy"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +40,7 @@ class SearchOutcome:
     waiting: int = 0  # records not yet in MLflow (safe in the journal; ``ajpq sync``)
     # mean val accuracy per quarter of the episodes (``record.learning_curve``)
     curve: list[float] = dataclasses.field(default_factory=list)
+    top_error: str | None = None  # the most frequent error of failed evaluations
 
 
 def report(
@@ -94,6 +94,7 @@ def report(
         tracking_uri=redact_uri(tracker.uri),
         waiting=summary["waiting"],
         curve=curve,
+        top_error=summary.get("top_error"),
     )
 
 

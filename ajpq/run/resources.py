@@ -3,7 +3,6 @@ evaluators), a local Ray sized for it, and the check that some node can host an 
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import time
@@ -12,9 +11,6 @@ from dataclasses import dataclass
 import ray
 
 from ajpq.search.config import SearchConfig
-
-logger = logging.getLogger(__name__)
-
 
 __all__ = [
     "BundleLayout",

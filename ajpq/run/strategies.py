@@ -27,11 +27,18 @@ from ajpq.search.env import CompressionEnv, Stage
 from ajpq.search.methods import make_proposer, run_proposals, uniform_candidates
 from ajpq.search.record import PolicyRecord
 from ajpq.search.reward import best_key
+from ajpq.task.checks import cause
+
+__all__ = [
+    "CHECKPOINT_EVERY_S",
+    "Progress",
+    "Search",
+    "SearchAborted",
+    "ddpg_config",
+    "save_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
-
-
-__all__ = ["CHECKPOINT_EVERY_S", "Progress", "Search", "ddpg_config", "save_checkpoint"]
 
 
 CHECKPOINT_EVERY_S = 10.0
@@ -70,12 +77,24 @@ def ddpg_config(
     )
 
 
+class SearchAborted(ValueError):
+    """The search cannot go on (its scorer fails every time, its disk is full): one line."""
+
+
 def save_checkpoint(algo: DDPG, folder: RunDir, name: str = "checkpoint") -> Path:
-    """Write the agent's checkpoint atomically (a crash leaves the previous one)."""
+    """Write the agent's checkpoint atomically (a crash or a full disk leaves the previous
+    one, and no half-written one); SearchAborted when it cannot be written."""
     final = folder.checkpoint(name)
     tmp = folder.checkpoint(f"{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    algo.save_to_path(str(tmp))
+    try:
+        algo.save_to_path(str(tmp))
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SearchAborted(
+            f"cannot write the agent's checkpoint in {folder.path} ({cause(error)}); free "
+            "space on its disk, then continue with --resume (every journaled record is kept)"
+        ) from None
     old = folder.checkpoint(f"{name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
@@ -266,6 +285,9 @@ class ProgressLog:
         self.last_checkpoint = time.time()
 
     def update(self, episodes: int, done: bool) -> None:
+        abort = ray.get(self.search.pool.summary.remote())["abort"]
+        if abort:
+            raise SearchAborted(abort)
         now = time.time()
         if episodes == self.logged or not (done or now - self.last_log >= PROGRESS_EVERY_S):
             return

@@ -15,9 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from ajpq.core.configtypes import parse
+from ajpq.core.redact import redact
 from ajpq.search.config import SearchConfig, apply_overrides, find_config, read_mapping
 from ajpq.search.sweep_config import parse_sweep_section
 
@@ -44,7 +43,7 @@ class SubmittedJob:
 def entrypoint_for(config_path: Path, overrides: list[str]) -> tuple[str, str]:
     """The job's command (``ajpq sweep`` for a file with a ``sweep:`` section, else ``ajpq
     search``) for the config staged at ``submitted/<name>``; connects to the cluster."""
-    raw = yaml.safe_load(config_path.read_text()) or {}
+    _, raw = read_mapping(config_path)
     command = "sweep" if isinstance(raw, dict) and "sweep" in raw else "search"
     sets = ["ray_address=auto"]
     tracking = any(o.startswith("tracking.uri=") for o in overrides) or (
@@ -65,7 +64,8 @@ def entrypoint_for(config_path: Path, overrides: list[str]) -> tuple[str, str]:
 
 
 def _submission_error(address: str, error: Exception) -> str:
-    text = str(error).splitlines()[0][:200]
+    address = redact(address)
+    text = redact(str(error).splitlines()[0])[:200]
     if "uthentication" in type(error).__name__ + text:
         return (
             f"the Ray cluster at {address} wants its token: export RAY_AUTH_MODE=token (with "
@@ -86,6 +86,20 @@ def _check_schema(config_path: Path, overrides: list[str]) -> None:
     parse(SearchConfig, raw)
     if sweep is not None:
         parse_sweep_section(sweep)
+
+
+def _refuse_secrets_in_the_entrypoint(config_path: Path, overrides: list[str]) -> None:
+    """The job's entrypoint is shown by ``ray job list`` and the dashboard: a password in a
+    ``--set`` value (a tracking URI with ``user:password@``) would be shown to every viewer."""
+    for override in overrides:
+        if redact(override) != override:
+            key = override.split("=", 1)[0]
+            raise ValueError(
+                f"--set {key}=...: the value holds a credential, which the job's entrypoint "
+                "would show to everyone who can list the cluster's jobs; put it in the cluster's "
+                "environment instead (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD for "
+                "MLflow) and give the URI without it"
+            )
 
 
 def _stage(config_path: Path, folder: Path) -> Path:
@@ -116,6 +130,7 @@ def submit_job(
     config_path = find_config(config)
     overrides = list(overrides or [])
     _check_schema(config_path, overrides)
+    _refuse_secrets_in_the_entrypoint(config_path, overrides)
     _, entrypoint = entrypoint_for(config_path, overrides)
     try:
         client = JobSubmissionClient(address)
@@ -131,8 +146,8 @@ def submit_job(
             )
         except Exception as error:  # noqa: BLE001 - one line for the user
             raise ValueError(_submission_error(address, error)) from None
-    job = SubmittedJob(job_id, address, entrypoint)
-    logger.info("submitted %s to %s: %s", job_id, address, entrypoint)
+    job = SubmittedJob(job_id, redact(address), entrypoint)
+    logger.info("submitted %s to %s: %s", job_id, redact(address), entrypoint)
     if not wait:
         return job
     deadline = time.time() + timeout_s

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 import ray
@@ -11,8 +10,6 @@ from ajpq.run.tracking import Tracker
 from ajpq.search.record import PolicyRecord
 
 __all__ = ["RecordWriter"]
-
-logger = logging.getLogger(__name__)
 
 
 @ray.remote(num_cpus=0)

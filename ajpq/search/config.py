@@ -13,7 +13,6 @@ import enum
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import Field
 
 from ajpq.agent.defaults import HAQ, CreditAssignment
@@ -31,6 +30,8 @@ from ajpq.core.configtypes import (
     parse,
     to_plain,
 )
+from ajpq.core.redact import quote, redact
+from ajpq.search.bounded_yaml import MAX_BYTES, load_yaml
 from ajpq.task.data import DataConfig
 from ajpq.task.models import ModelName, check_model_name, is_user_model, load_factory
 from ajpq.task.scoring import DEFAULT_SCORER, ScoreSettings
@@ -251,9 +252,16 @@ class SearchConfig:
 def _check_environment(config: SearchConfig) -> None:
     data = config.data
     if data.path and not data.download and not Path(data.path).exists():
-        raise ConfigError(f"data.path: {data.path} does not exist")
+        raise ConfigError(f"data.path: {redact(data.path)} does not exist")
+    if "://" in config.output_dir:
+        raise ConfigError(
+            f"output_dir: {redact(config.output_dir)} is a URI; give a folder on the driver "
+            "(a path mounted on every node for results that outlive it)"
+        )
     if Path(config.output_dir).exists() and not Path(config.output_dir).is_dir():
-        raise ConfigError(f"output_dir: {config.output_dir} is a file; give a folder")
+        raise ConfigError(f"output_dir: {redact(config.output_dir)} is a file; give a folder")
+    if config.context_uri:
+        _check_context_uri(config.context_uri)
     from ajpq.task.scoring import load_scorer
 
     try:
@@ -271,7 +279,21 @@ def _check_environment(config: SearchConfig) -> None:
         and not Path(config.weights).exists()
         and (own or config.model in (ModelName.DIGITS_CNN, ModelName.FMNIST_CNN))
     ):
-        raise ConfigError(f"weights: {config.weights} does not exist")
+        raise ConfigError(f"weights: {redact(config.weights)} does not exist")
+
+
+def _check_context_uri(uri: str) -> None:
+    """``context_uri`` names storage pyarrow can open (s3://, gs://, a mounted path)."""
+    from pyarrow import fs
+
+    try:
+        fs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
+    except Exception as error:  # noqa: BLE001 - pyarrow raises several kinds; one line
+        reason = redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
+        raise ConfigError(
+            f"context_uri: {redact(uri)} is not storage every node can read ({reason[:160]}); "
+            "use s3://bucket/path, gs://bucket/path or a path mounted on every node"
+        ) from None
 
 
 def set_key(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
@@ -292,9 +314,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config mapping."""
     for override in overrides:
         if "=" not in override:
-            raise ConfigError(f"--set {override!r}: expected key=value, e.g. agent.episodes=10")
+            raise ConfigError(
+                f"--set {quote(override)}: expected key=value, e.g. agent.episodes=10"
+            )
         key, raw = override.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = load_yaml(raw, f"--set {quote(key, 60)}") if raw != "" else None
         for section in ("sweep.grid.", "sweep.random."):  # the rest is one (dotted) key
             if key.startswith(section):
                 name = section.split(".")[1]
@@ -324,10 +348,14 @@ def read_mapping(path: str | Path) -> tuple[Path, dict[str, Any]]:
     path = find_config(path)
     if path.is_dir():
         raise ConfigError(f"config file {path} is a folder; give a YAML file in it")
+    size = path.stat().st_size
+    if size > MAX_BYTES:  # refused before reading it
+        raise ConfigError(f"{path}: {size} bytes, over the {MAX_BYTES}-byte limit of a config")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    raw = load_yaml(text, str(path))
     if raw is None:
         raise ConfigError(f"{path} is empty; start from tune_configs/digits_demo.yaml")
     if not isinstance(raw, dict):

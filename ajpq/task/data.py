@@ -264,8 +264,32 @@ def _imagefolder(config: DataConfig) -> DataSplits:
             transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
         ]
     )
-    train_full = datasets.ImageFolder(str(root / "train"), transform=transform)
-    test = datasets.ImageFolder(str(root / "val"), transform=transform)
+    folders = []
+    for part in ("train", "val"):
+        try:
+            folder = datasets.ImageFolder(str(root / part), transform=transform)
+        except (FileNotFoundError, OSError) as error:
+            raise FileNotFoundError(
+                f"data.path {root / part}: {' '.join(str(error).split())[:200]}"
+            ) from None
+        try:  # one image now: an unreadable file fails here, not deep inside training
+            folder[0]
+        except Exception as error:  # noqa: BLE001 - PIL raises several kinds
+            raise ValueError(
+                f"data.path {folder.samples[0][0]}: cannot read it as an image "
+                f"({type(error).__name__}: {' '.join(str(error).split())[:160]})"
+            ) from None
+        folders.append(folder)
+    train_full, test = folders
+    if len(train_full.classes) < 2:
+        raise ValueError(
+            f"data.path {root / 'train'}: {len(train_full.classes)} class; a classifier needs 2 or more"
+        )
+    if train_full.classes != test.classes:
+        raise ValueError(
+            f"data.path {root}: train/ and val/ hold other classes "
+            f"({len(train_full.classes)} vs {len(test.classes)}); give both the same class folders"
+        )
     train, val = _carve(train_full, config.val_fraction, config.seed)
     return DataSplits(train, val, test, len(train_full.classes), (3, size, size), config.name.value)
 

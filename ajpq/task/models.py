@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ajpq.task.checks import cause, check_model, load_weights
 from ajpq.task.data import DataConfig, DataSplits
 from ajpq.task.loader import load_object
 from ajpq.task.train import FinetuneConfig, evaluate, finetune
@@ -89,10 +90,16 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
 def _user_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
     """Call the factory with the keyword arguments it accepts (``num_classes``, ``in_channels``)."""
     factory = load_factory(spec)
-    accepted = inspect.signature(factory).parameters
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: offer nothing
+        accepted = {}
     offered = {"num_classes": num_classes, "in_channels": in_channels}
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-    model = factory(**{k: v for k, v in offered.items() if takes_all or k in accepted})
+    try:
+        model = factory(**{k: v for k, v in offered.items() if takes_all or k in accepted})
+    except Exception as error:  # noqa: BLE001 - the user's code: one line naming it
+        raise ValueError(f"model {spec!r}: the factory raised {cause(error)}") from error
     if not isinstance(model, nn.Module):
         raise ValueError(
             f"model {spec!r}: the factory returned {type(model).__name__}, not a module"
@@ -165,8 +172,7 @@ def _torchvision(
     if in_channels != 3:
         _replace_stem(model, in_channels)
     if weights and Path(weights).exists():
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        load_weights(model, weights)
     return model
 
 
@@ -210,7 +216,7 @@ def build_model(
     if is_user_model(name):
         model = _user_model(str(name), num_classes, in_channels)
         if weights:
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            load_weights(model, weights)
         return model
     try:
         name = ModelName(name)
@@ -224,7 +230,7 @@ def build_model(
     else:
         return _torchvision(name, num_classes, in_channels, weights)
     if weights:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        load_weights(model, weights)
     return model
 
 
@@ -259,14 +265,15 @@ def pretrained_model(
 ) -> PretrainResult:
     """The model with trained weights: loaded from ``weights``, from the cache, or trained now."""
     in_channels = splits.input_shape[0]
+    label = str(name) if is_user_model(name) else ModelName(name).value
     if weights:
         model = build_model(name, splits.num_classes, in_channels, weights)
+        check_model(model, label, tuple(splits.input_shape), splits.num_classes)
         val = evaluate(model, splits.val, device).top1
         return PretrainResult(
             model, evaluate(model, splits.test, device).top1, val, Path(weights), True
         )
     recipe = recipe or default_recipe(name)
-    label = str(name) if is_user_model(name) else ModelName(name).value
     key_data = {
         "model": label,
         "data": {
@@ -283,6 +290,7 @@ def pretrained_model(
     cache_dir = Path(cache_dir or default_cache_dir())
     path = cache_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '-', label)}-{data_config.name.value}-{key}.pt"
     model = build_model(name, splits.num_classes, in_channels)
+    check_model(model, label, tuple(splits.input_shape), splits.num_classes)
     cached = path.exists()
     if cached:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
