@@ -27,4 +27,7 @@ def quote(value: object, limit: int = 80) -> str:
     """``repr(value)``, redacted and cut to ``limit`` characters (an error message never
     renders an unbounded value)."""
     text = redact(repr(value))
-    return text if len(text) <= limit else f"{text[: limit - 13]}... ({len(text)} chars)"
+    if len(text) <= limit:
+        return text
+    tail = f"... ({len(text)} chars)"
+    return text[: max(0, limit - len(tail))] + tail
