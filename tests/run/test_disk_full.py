@@ -99,10 +99,11 @@ def test_a_full_disk_stops_the_search_and_resume_finishes_it(tmp_path, digits_mo
     finally:
         if shell.poll() is None:
             shell.kill()
-    first_err = (logs / "first.err").read_text().strip().splitlines()
-    assert (logs / "first.rc").read_text().strip() == "2", first_err
-    assert len(first_err) == 1 and "Traceback" not in first_err[0], first_err
-    assert "cannot write" in first_err[0] and str(disk / "runs") in first_err[0]
+    first_err = (logs / "first.err").read_text()
+    assert (logs / "first.rc").read_text().strip() == "2", first_err[-3000:]
+    ours = [line for line in first_err.splitlines() if line.startswith("ajpq:")]  # Ray logs too
+    assert len(ours) == 1 and "Traceback" not in first_err, first_err[-3000:]
+    assert "cannot write" in ours[0] and str(disk / "runs") in ours[0]
     assert (logs / "second.rc").read_text().strip() == "0", (logs / "second.err").read_text()
     state = json.loads((logs / "state.json").read_text())
     keys = [key for key, _ in state["rows"]]
