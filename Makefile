@@ -69,6 +69,8 @@ bench-baselines: install
 	$(BIN)/python bench/joint_vs_baselines.py --out results/fmnist
 
 mlflow-ui: install
+	@echo "open the link a search printed (experiment runs, Model training view), or"
+	@echo "http://127.0.0.1:5000 and switch the top-left toggle to 'Model training'"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
 
 clean:

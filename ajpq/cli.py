@@ -336,7 +336,12 @@ def main(argv: list[str] | None = None) -> int:
             outcome.waiting,
             outcome.run_dir,
         )
-    log.info("  open the MLflow UI with: make mlflow-ui   (then http://127.0.0.1:5000)")
+    if outcome.tracking_uri and outcome.tracking_uri.startswith(("http://", "https://")):
+        log.info("  compare the policies in the MLflow UI: %s", outcome.ui_link)
+    else:
+        log.info(
+            "  compare the policies in the MLflow UI: make mlflow-ui, then %s", outcome.ui_link
+        )
     if outcome.interrupted:
         log.info("  interrupted: continue with --resume")
         return 130

@@ -50,7 +50,8 @@ def measure(config_path: str, root: Path, concurrent: int, episodes: int | None)
     searches = [r for r in runs if r.data.tags.get("ajpq.role") == "search"]
     policies = [r for r in runs if r.data.tags.get("ajpq.role") == "policy"]
     busy = sum(
-        r.data.metrics.get("eval_end_ts", 0.0) - r.data.metrics.get("eval_start_ts", 0.0)
+        float(r.data.tags.get("ajpq.eval_end_ts", 0.0))
+        - float(r.data.tags.get("ajpq.eval_start_ts", 0.0))
         for r in policies
     )
     slots = sum(

@@ -37,6 +37,9 @@ class LayerKnobs:
     weight_bits: int = 8
     act_bits: int = 8
     spread: float = 0.0
+    # the range the spread may reach (the search space's weight bits)
+    min_bits: int = MIN_QUANT_BITS
+    max_bits: int = MAX_QUANT_BITS
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
@@ -50,10 +53,22 @@ class LayerKnobs:
             raise ValueError(f"act_bits {self.act_bits} must be 2..8 or 32 (float)")
         if self.spread < 0:
             raise ValueError(f"spread {self.spread} must be >= 0 bits")
+        if not MIN_QUANT_BITS <= self.min_bits <= self.max_bits <= MAX_QUANT_BITS:
+            raise ValueError(
+                f"bit range {self.min_bits}..{self.max_bits} must lie within "
+                f"{MIN_QUANT_BITS}..{MAX_QUANT_BITS}"
+            )
 
 
-def channel_bits_by_rank(importance: np.ndarray, bits: int, spread: float) -> np.ndarray:
-    """Bits for kept channels: linear in importance rank, from bits+spread (best) to bits-spread."""
+def channel_bits_by_rank(
+    importance: np.ndarray,
+    bits: int,
+    spread: float,
+    low: int = MIN_QUANT_BITS,
+    high: int = MAX_QUANT_BITS,
+) -> np.ndarray:
+    """Bits for kept channels: linear in importance rank, from bits+spread (best) to
+    bits-spread, within ``low``..``high`` (the search space's range)."""
     count = len(importance)
     if bits == FLOAT_BITS:
         return np.full(count, FLOAT_BITS, dtype=np.int64)
@@ -63,7 +78,7 @@ def channel_bits_by_rank(importance: np.ndarray, bits: int, spread: float) -> np
     rank = np.empty(count, dtype=np.float64)
     rank[order] = np.arange(count)
     offsets = spread * (1.0 - 2.0 * rank / (count - 1))
-    return np.clip(np.round(bits + offsets), MIN_QUANT_BITS, MAX_QUANT_BITS).astype(np.int64)
+    return np.clip(np.round(bits + offsets), low, high).astype(np.int64)
 
 
 def build_policy(
@@ -114,7 +129,11 @@ def build_policy(
         keep = group.member_mask(layer.out_channels, keep_masks[group.index])
         bits = np.zeros(layer.out_channels, dtype=np.int64)
         bits[keep] = channel_bits_by_rank(
-            per_layer[layer.index][keep], knob.weight_bits, knob.spread
+            per_layer[layer.index][keep],
+            knob.weight_bits,
+            knob.spread,
+            knob.min_bits,
+            knob.max_bits,
         )
         layers.append(LayerPolicy(layer.name, tuple(int(b) for b in bits), knob.act_bits))
     return CompressionPolicy(model_name, graph.input_shape, graph.signature, tuple(layers))

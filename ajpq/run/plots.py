@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_fronts", "plot_search"]
+from ajpq.search.pareto import pareto_front
+
+__all__ = ["TRADEOFFS", "plot_fronts", "plot_search", "plot_tradeoff", "plot_tradeoffs"]
 
 
 def _pyplot() -> Any:
@@ -89,3 +91,39 @@ def plot_fronts(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+# (metric on the x axis, its label, the file name under plots/): what separates policies of
+# one budget (a size budget is filled, so the compression ratio barely varies within a search)
+TRADEOFFS = (
+    ("bitops_ratio", "BitOps (share of fp32)", "accuracy_vs_bitops.png"),
+    ("latency_ms", "latency (ms, measured on the evaluator)", "accuracy_vs_latency.png"),
+)
+
+
+def plot_tradeoff(points: list[dict[str, Any]], x: str, label: str, path: Path) -> Path | None:
+    """Validation accuracy against ``x`` for every scored policy, its Pareto front (more
+    accuracy, less ``x``) marked in red."""
+    ok = [p for p in points if not p.get("failed") and (p.get(x) or 0) > 0]
+    if not ok:
+        return None
+    front = sorted(pareto_front(ok, lambda p: (p["accuracy"], -p[x])), key=lambda p: p[x])
+    plt = _pyplot()
+    fig, axis = plt.subplots(figsize=(6, 4.2))
+    axis.scatter([p[x] for p in ok], [p["accuracy"] for p in ok], s=10, c="0.6", label="policy")
+    axis.plot([p[x] for p in front], [p["accuracy"] for p in front], "o-", c="C3", label="Pareto")
+    axis.set_xscale("log")
+    axis.set_xlabel(label)
+    axis.set_ylabel("validation accuracy")
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_tradeoffs(points: list[dict[str, Any]], folder: Path) -> list[Path]:
+    """Every plot of :data:`TRADEOFFS` into ``folder`` (those with something to plot)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = [plot_tradeoff(points, x, label, folder / name) for x, label, name in TRADEOFFS]
+    return [path for path in made if path is not None]

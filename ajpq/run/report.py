@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from ajpq.core.policy import CompressionPolicy
-from ajpq.run.plots import plot_search
+from ajpq.run.journal import Journal
+from ajpq.run.plots import plot_search, plot_tradeoffs
+from ajpq.run.rundir import RunDir
 from ajpq.run.session import OpenRun
-from ajpq.run.tracking import redact_uri
+from ajpq.run.tracking import policy_row, redact_uri, ui_link
 from ajpq.search.context import SearchContext
 from ajpq.search.record import PolicyRecord, learning_curve
 from ajpq.task.data import DataSplits
@@ -41,6 +43,7 @@ class SearchOutcome:
     # mean val accuracy per quarter of the episodes (``record.learning_curve``)
     curve: list[float] = dataclasses.field(default_factory=list)
     top_error: str | None = None  # the most frequent error of failed evaluations
+    ui_link: str | None = None  # the experiment's runs table in the MLflow UI
 
 
 def report(
@@ -64,7 +67,9 @@ def report(
     rows = [record.to_dict() for record in records]
     curve = learning_curve(records)
     plot = plot_search(rows, run.folder.plot)
+    tradeoffs = plot_tradeoffs(rows, run.folder.plots)
     run.folder.records.write_text(json.dumps(rows, indent=1, default=str))
+    table = _policy_rows(run.folder, [r for r in records if not r.failed])
     try:
         if best_path is not None:
             tracker.log_artifact(parent_run_id, best_path)
@@ -75,8 +80,9 @@ def report(
             )
         for quarter, value in enumerate(curve, start=1):
             tracker.client.log_metric(parent_run_id, f"val_acc_quarter_{quarter}", value)
-        if plot:
-            tracker.log_artifact(parent_run_id, plot, "plots")
+        for path in ([plot] if plot else []) + tradeoffs:
+            tracker.log_artifact(parent_run_id, path, "plots")
+        tracker.log_policies(parent_run_id, table)
         tracker.set_status(parent_run_id, "KILLED" if interrupted else "FINISHED")
     except Exception as error:  # noqa: BLE001 - the run folder has it all; report, do not fail
         logger.warning("could not finish the MLflow parent run (%s); see %s", error, run.run_dir)
@@ -95,7 +101,22 @@ def report(
         waiting=summary["waiting"],
         curve=curve,
         top_error=summary.get("top_error"),
+        ui_link=ui_link(tracker.uri, tracker.experiment_id),
     )
+
+
+def _policy_rows(folder: RunDir, records: list[PolicyRecord]) -> list[dict[str, Any]]:
+    """Each scored policy's metrics and layer choices (policies from the run's journal)."""
+    journal = Journal(folder.journal) if folder.journal.exists() else None
+    try:
+        rows = []
+        for record in records:
+            text = journal.policy_json(record.policy_key) if journal else None
+            rows.append(policy_row(record, CompressionPolicy.from_json(text) if text else None))
+        return rows
+    finally:
+        if journal is not None:
+            journal.close()
 
 
 def test_accuracy(context: SearchContext, splits: DataSplits, policy: CompressionPolicy) -> float:

@@ -76,6 +76,11 @@ class RunDir:
         return self.path / "search.png"
 
     @property
+    def plots(self) -> Path:
+        """The trade-off plots (accuracy vs BitOps, vs latency)."""
+        return self.path / "plots"
+
+    @property
     def stepwise_base(self) -> Path:
         return self.path / "stepwise_base.json"
 

@@ -29,7 +29,7 @@ from ray import tune
 
 from ajpq.core.budget import Budget, BudgetKind
 from ajpq.run.driver import run_search
-from ajpq.run.plots import plot_fronts
+from ajpq.run.plots import plot_fronts, plot_tradeoffs
 from ajpq.run.preflight import check_tracking_uri, resolve_locations
 from ajpq.run.resources import ensure_ray, local_num_cpus, search_bundles
 from ajpq.run.rundir import latest_pointer, runs_folder
@@ -247,7 +247,8 @@ def _within_budget(tags: dict[str, str], metrics: dict[str, float]) -> bool:
 def summarize_sweep(tracker: Tracker, sweep_run_id: str, sweep_dir: Path) -> SweepOutcome:
     """Pareto fronts and each trial's best, from MLflow (every node's records end there)."""
     keys = _swept_keys(tracker, sweep_run_id)
-    points = []
+    points: list[dict[str, Any]] = []
+    layers: dict[str, dict[str, float]] = {}  # per policy run: its per-layer choices
     for run in _policy_runs(tracker, sweep_run_id):
         metrics, tags = run.data.metrics, run.data.tags
         points.append(
@@ -259,10 +260,12 @@ def summarize_sweep(tracker: Tracker, sweep_run_id: str, sweep_dir: Path) -> Swe
                 "reward": metrics.get("reward", metrics.get("accuracy", 0.0)),
                 "compression_ratio": metrics.get("compression_ratio", 0.0),
                 "bitops_ratio": metrics.get("bitops_ratio", 1.0),
+                "latency_ms": metrics.get("latency_ms", -1.0),
                 "policy_run_id": run.info.run_id,
                 "within_budget": _within_budget(tags, metrics),
             }
         )
+        layers[run.info.run_id] = {k: v for k, v in metrics.items() if k.startswith("layers/")}
     by_ratio = pareto_front(points, lambda p: (p["accuracy"], p["compression_ratio"]))
     by_bitops = pareto_front(points, lambda p: (p["accuracy"], -p["bitops_ratio"]))
     best: dict[str, dict[str, Any]] = {}
@@ -294,9 +297,14 @@ def summarize_sweep(tracker: Tracker, sweep_run_id: str, sweep_dir: Path) -> Swe
     png = plot_fronts(points, by_ratio, by_bitops, list(best.values()), sweep_dir / "pareto.png")
     if png is not None:
         files["pareto_png"] = png
+    tradeoffs = plot_tradeoffs(points, sweep_dir / "plots")
+    table = [{**p, **layers[p["policy_run_id"]]} for p in points]
     try:
         for path in files.values():
             tracker.log_artifact(sweep_run_id, path)
+        for path in tradeoffs:
+            tracker.log_artifact(sweep_run_id, path, "plots")
+        tracker.log_policies(sweep_run_id, table)
         tracker.client.log_metric(sweep_run_id, "policies", float(len(points)))
         tracker.client.log_metric(sweep_run_id, "trials", float(len(best)))
         if points:

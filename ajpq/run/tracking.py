@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -17,20 +16,36 @@ from typing import Any
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from ajpq.core.policy import CompressionPolicy
+from ajpq.core.policy import CompressionPolicy, LayerPolicy
+from ajpq.core.redact import redact
 from ajpq.search.config import SearchConfig
-from ajpq.search.record import METRIC_FIELDS, POLICY_METRICS, TAG_FIELDS, PolicyRecord
+from ajpq.search.record import (
+    METRIC_FIELDS,
+    POLICY_METRICS,
+    TAG_FIELDS,
+    TIMESTAMP_FIELDS,
+    PolicyRecord,
+)
 
-__all__ = ["Tracker", "POLICY_METRICS", "artifact_root_for", "redact_uri", "search_tags"]
+__all__ = [
+    "Tracker",
+    "POLICY_METRICS",
+    "artifact_root_for",
+    "experiment_tags",
+    "layer_metric",
+    "ui_link",
+    "policies_table",
+    "policy_row",
+    "redact_uri",
+    "search_tags",
+]
 
 logger = logging.getLogger(__name__)
 
 
 def redact_uri(uri: str | None) -> str | None:
     """The URI with any password replaced, for logs and messages (never print a secret)."""
-    if not uri:
-        return uri
-    return re.sub(r"(://[^/:@]+):[^/@]*@", r"\1:***@", uri)
+    return redact(uri) if uri else uri
 
 
 def artifact_root_for(uri: str) -> str | None:
@@ -39,6 +54,45 @@ def artifact_root_for(uri: str) -> str | None:
         db = Path(uri[len("sqlite:///") :]).resolve()
         return (db.parent / "mlartifacts").as_uri()
     return None
+
+
+EXPERIMENT_KIND = "mlflow.experimentKind"
+DESCRIPTION = "mlflow.note.content"
+HOW_TO_COMPARE = """ajpq compression searches. One parent run per search (tags.ajpq.role = 'search'),
+one child run per evaluated policy (tags.ajpq.role = 'policy'); expand a search's row to see its
+policies.
+
+Compare policies: filter with `tags.ajpq.role = 'policy'` (add `and tags.budget_value = '0.1'`
+or `and tags.method = 'tpe'` across searches), select runs, Compare. Plot `accuracy` against
+`bitops_ratio` or `latency_ms` (a size budget fills the file, so `compression_ratio` is nearly
+constant within one search). Per-layer choices are metrics `layers/<index>.<layer>/wbits`,
+`/sparsity`, `/abits`, and the table artifact `layers.json` of each policy.
+
+Each search run holds plots/accuracy_vs_bitops.png and plots/accuracy_vs_latency.png (the Pareto
+front marked) and policies.json, a table of every policy's metrics and per-layer choices (open it
+in the run's Artifacts or the Evaluation view to sort and filter). A sweep run holds the same
+over all its trials.
+"""
+
+
+LOCAL_UI = "http://127.0.0.1:5000"  # `make mlflow-ui` over the default SQLite store
+
+
+def ui_link(uri: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI. MLflow 3.17 keeps a per-browser
+    GenAI / Model-training switch (GenAI in a fresh browser, whatever the experiment's kind),
+    so the link asks for Model training: it opens on the runs, not on a traces overview."""
+    base = redact(uri).rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def experiment_tags(existing: dict[str, str] | None = None) -> dict[str, str]:
+    """Open on the runs table (a model-development experiment, not MLflow's GenAI overview),
+    with a description of how to compare; a description someone wrote is kept."""
+    tags = {EXPERIMENT_KIND: "custom_model_development"}
+    if not (existing or {}).get(DESCRIPTION):
+        tags[DESCRIPTION] = HOW_TO_COMPARE
+    return tags
 
 
 def search_tags(config: SearchConfig) -> dict[str, str]:
@@ -57,6 +111,62 @@ def search_tags(config: SearchConfig) -> dict[str, str]:
     }
 
 
+def layer_metric(index: int, name: str, what: str) -> str:
+    """``layers/03.block2.conv1/wbits``: named with the layer, grouped under ``layers/``."""
+    return f"layers/{index:02d}.{name}/{what}"[:250]
+
+
+def layer_choices(lp: LayerPolicy) -> dict[str, float]:
+    return {
+        "sparsity": float(lp.sparsity),
+        "wbits": float(lp.mean_bits),
+        "abits": float(lp.act_bits),
+    }
+
+
+def layer_table(policy: CompressionPolicy) -> dict[str, list[Any]]:
+    """One row per layer: what the policy keeps and at which bits (an MLflow table artifact)."""
+    return {
+        "index": list(range(len(policy.layers))),
+        "layer": [lp.name for lp in policy.layers],
+        "kept": [lp.kept for lp in policy.layers],
+        "channels": [len(lp.weight_bits) for lp in policy.layers],
+        "sparsity": [round(float(lp.sparsity), 4) for lp in policy.layers],
+        "wbits": [round(float(lp.mean_bits), 3) for lp in policy.layers],
+        "abits": [lp.act_bits for lp in policy.layers],
+    }
+
+
+TABLE_METRICS = (
+    "episode",
+    "accuracy",
+    "reward",
+    "compression_ratio",
+    "size_bytes",
+    "bitops_ratio",
+    "latency_ms",
+)
+
+
+def policies_table(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Columns of one table over policies, in the order the rows name them, per-layer choices
+    (``layers/03.block2.conv1/wbits`` -> ``03.block2.conv1/wbits``) last; missing cells None."""
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    ordered = [k for k in names if not k.startswith("layers/")] + sorted(
+        k for k in names if k.startswith("layers/")
+    )
+    return {k.removeprefix("layers/"): [row.get(k) for row in rows] for k in ordered}
+
+
+def policy_row(record: PolicyRecord, policy: CompressionPolicy | None) -> dict[str, Any]:
+    """One row of :func:`policies_table`: a record's metrics and its policy's layer choices."""
+    row: dict[str, Any] = {name: getattr(record, name) for name in TABLE_METRICS}
+    for index, lp in enumerate(policy.layers if policy else ()):
+        for what, value in layer_choices(lp).items():
+            row[layer_metric(index, lp.name, what)] = round(value, 4)
+    return row
+
+
 class Tracker:
     def __init__(self, uri: str, experiment: str, tags: dict[str, str] | None = None) -> None:
         self.uri = uri
@@ -65,8 +175,12 @@ class Tracker:
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=artifact_root_for(uri)
+                experiment, artifact_location=artifact_root_for(uri), tags=experiment_tags()
             )
+        elif found.tags.get(EXPERIMENT_KIND) is None:  # made by an older ajpq, or by hand
+            self.experiment_id = found.experiment_id
+            for key, value in experiment_tags(found.tags).items():
+                self.client.set_experiment_tag(self.experiment_id, key, value)
         else:
             self.experiment_id = found.experiment_id
 
@@ -107,6 +221,11 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
 
+    def log_policies(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        """``policies.json``: a table artifact the UI can sort and filter (one row a policy)."""
+        if rows:
+            self.client.log_table(run_id, policies_table(rows), "policies.json")
+
     # -- children ---------------------------------------------------------------------------
     def log_policy(self, parent_id: str, policy_json: str, record: PolicyRecord) -> str:
         policy = CompressionPolicy.from_json(policy_json)
@@ -123,7 +242,7 @@ class Tracker:
                 **({"ajpq.error": str(record.error)[:4000]} if record.error else {}),
                 **{
                     f"ajpq.{name}": str(getattr(record, name))
-                    for name in TAG_FIELDS
+                    for name in (*TAG_FIELDS, *TIMESTAMP_FIELDS)
                     if getattr(record, name) is not None
                 },
             },
@@ -137,28 +256,15 @@ class Tracker:
                 continue
             value = float(value)
             metrics.append(Metric(name, value if math.isfinite(value) else -1.0, now, 0))
-        for index, lp in enumerate(policy.layers):  # numeric: plots in the compare view
-            metrics.append(Metric(f"L{index:03d}.sparsity", float(lp.sparsity), now, 0))
-            metrics.append(Metric(f"L{index:03d}.wbits", float(lp.mean_bits), now, 0))
-            metrics.append(Metric(f"L{index:03d}.abits", float(lp.act_bits), now, 0))
-        params = [
-            Param(
-                f"L{index:03d}.{lp.name}"[:250],
-                f"keep={lp.kept}/{len(lp.weight_bits)} w={lp.mean_bits:.2f} a={lp.act_bits}",
-            )
-            for index, lp in enumerate(policy.layers)
-        ]
-        params.append(
-            Param(
-                "mean_sparsity",
-                f"{sum(lp.sparsity for lp in policy.layers) / len(policy.layers):.4f}",
-            )
-        )
+        sparsity = [float(lp.sparsity) for lp in policy.layers]
+        metrics.append(Metric("mean_sparsity", sum(sparsity) / len(sparsity), now, 0))
+        # numeric per-layer choices, grouped under layers/ (the UI's charts and compare view)
+        for index, lp in enumerate(policy.layers):
+            for what, value in layer_choices(lp).items():
+                metrics.append(Metric(layer_metric(index, lp.name, what), value, now, 0))
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
-        self.client.log_batch(run_id, params=params[:100])
-        for start in range(100, len(params), 100):
-            self.client.log_batch(run_id, params=params[start : start + 100])
+        self.client.log_table(run_id, layer_table(policy), "layers.json")
         self.client.log_text(run_id, policy.to_json(indent=2), "policy.json")
         self.client.set_terminated(run_id, status="FAILED" if status == "failed" else "FINISHED")
         return run_id

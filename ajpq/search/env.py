@@ -83,7 +83,13 @@ class CompressionEnv(gym.Env):
         self.space = config.space
         self.stage = stage or Stage()
         self.budget = self.stage.budget or config.budget
-        self.rules = WallRules(self.space.precision, self.stage.prune, self.stage.bits)
+        self.rules = WallRules(
+            self.space.precision,
+            self.stage.prune,
+            self.stage.bits,
+            self.space.min_weight_bits,
+            self.space.min_act_bits,
+        )
         self.base_pruned = None
         if self.stage.base_policy is not None:
             base = CompressionPolicy.from_json(self.stage.base_policy)

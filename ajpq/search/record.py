@@ -15,7 +15,14 @@ from typing import Any
 
 from ajpq.task.scoring import PolicyScore
 
-__all__ = ["PolicyRecord", "POLICY_METRICS", "METRIC_FIELDS", "TAG_FIELDS", "learning_curve"]
+__all__ = [
+    "PolicyRecord",
+    "POLICY_METRICS",
+    "METRIC_FIELDS",
+    "TAG_FIELDS",
+    "TIMESTAMP_FIELDS",
+    "learning_curve",
+]
 
 # the headline metrics of a policy's MLflow run; then timings; fields stored as tags (strings)
 POLICY_METRICS = (
@@ -30,17 +37,9 @@ POLICY_METRICS = (
     "reward",
     "episode",
 )
-METRIC_FIELDS = (
-    *POLICY_METRICS,
-    "top5",
-    "finetune_s",
-    "eval_s",
-    "queued_ts",
-    "dispatched_ts",
-    "eval_start_ts",
-    "eval_end_ts",
-    "returned_ts",
-)
+METRIC_FIELDS = (*POLICY_METRICS, "top5", "finetune_s", "eval_s")
+# when it was queued, dispatched, scored, returned: tags (they clutter every metric list)
+TIMESTAMP_FIELDS = ("queued_ts", "dispatched_ts", "eval_start_ts", "eval_end_ts", "returned_ts")
 TAG_FIELDS = ("node", "node_id", "device", "latency_device")
 
 
@@ -134,9 +133,9 @@ class PolicyRecord:
         values: dict[str, Any] = {name: metrics[name] for name in METRIC_FIELDS if name in metrics}
         values.update({name: tags[f"ajpq.{name}"] for name in TAG_FIELDS if f"ajpq.{name}" in tags})
         values["episode"] = int(values.get("episode", 0))
-        for name in ("queued_ts", "dispatched_ts", "eval_start_ts", "eval_end_ts", "returned_ts"):
-            if values.get(name, 0) < 0:
-                values[name] = None
+        for name in TIMESTAMP_FIELDS:  # tags; metrics in runs of older versions
+            value = tags.get(f"ajpq.{name}", metrics.get(name))
+            values[name] = float(value) if value is not None and float(value) >= 0 else None
         return cls(
             policy_key=tags.get("ajpq.policy_key", ""),
             failed=tags.get("ajpq.status") == "failed",

@@ -59,4 +59,6 @@ def action_to_knobs(action: np.ndarray, space: SpaceSection) -> LayerKnobs:
         weight_bits=w_bits,
         act_bits=a_bits,
         spread=float(a[3] * space.max_spread),
+        min_bits=space.min_weight_bits,
+        max_bits=space.max_weight_bits,
     )

@@ -87,7 +87,8 @@ def test_search_records_every_policy_in_budget_and_in_parallel(ray_session, sear
     )
     # 2 env runners x 2 evaluators: some evaluation intervals overlap in time
     spans = sorted(
-        (r.data.metrics["eval_start_ts"], r.data.metrics["eval_end_ts"]) for r in children
+        (float(r.data.tags["ajpq.eval_start_ts"]), float(r.data.tags["ajpq.eval_end_ts"]))
+        for r in children
     )
     overlaps = sum(1 for (s1, e1), (s2, e2) in zip(spans, spans[1:]) if s2 < e1)
     assert overlaps >= 1, spans

@@ -136,3 +136,44 @@ def test_large_datasets_are_read_on_each_node_and_a_missing_path_names_node_and_
     assert len(source.data().load().train) == len(splits.train)
     with pytest.raises(FileNotFoundError, match="context_uri must be storage"):
         UriSource(str(tmp_path / "nowhere.pt")).context()
+
+
+@pytest.mark.parametrize("precision", ["mixed", "layer", "fixed"])
+@pytest.mark.parametrize("kind", ["size", "bitops"])
+def test_every_channel_stays_in_the_configured_bit_range(
+    tmp_path, model_cache, monkeypatch, precision, kind
+):
+    """Spread, wall and fill included: over random episodes at a tight budget, every kept
+    channel's bits lie in [min_weight_bits, max_weight_bits], every activation in
+    [min_act_bits, max_act_bits]."""
+    monkeypatch.setenv("AJPQ_CACHE", str(model_cache))
+    config = SearchConfig.from_dict(
+        {
+            "budget": {"kind": kind, "value": 0.06},
+            "space": {
+                "min_weight_bits": 3,
+                "max_weight_bits": 6,
+                "min_act_bits": 4,
+                "max_act_bits": 6,
+                "max_spread": 3.0,
+                "precision": precision,
+            },
+            "output_dir": str(tmp_path),
+        }
+    )
+    context, _ = prepare_context(config)
+    scorer = _Recorder()
+    env = CompressionEnv(context, scorer)
+    rng = np.random.default_rng(1)
+    widths, acts = set(), set()
+    for _ in range(12):
+        env.reset()
+        done = False
+        while not done:
+            _, _, done, _, _ = env.step(rng.uniform(0, 1, 4).astype(np.float32))
+        for lp in scorer.last_policy.layers:
+            widths |= {b for b in lp.weight_bits if b > 0}
+            acts.add(lp.act_bits)
+        assert budget_value(scorer.last_policy, config.budget, CostModel(env.graph)) <= 0.06
+    assert widths and min(widths) >= 3 and max(widths) <= 6, sorted(widths)
+    assert min(acts) >= 4 and max(acts) <= 6, sorted(acts)

@@ -42,11 +42,14 @@ class Precision(str, enum.Enum):
 @dataclass(frozen=True)
 class WallRules:
     """Which moves the budget wall may make: lower bits in the ``precision`` mode's unit (a
-    channel, a layer, the network), prune channels, lower activation bits."""
+    channel, a layer, the network), prune channels, lower activation bits; never below
+    ``min_weight_bits`` / ``min_act_bits`` (the search space's lower ends)."""
 
     precision: Precision = Precision.MIXED
     prune: bool = True
     bits: bool = True
+    min_weight_bits: int = 1
+    min_act_bits: int = MIN_ACT_BITS
 
 
 @config_type

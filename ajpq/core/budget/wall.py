@@ -16,7 +16,6 @@ import numpy as np
 
 from ajpq.core.budget.state import PolicyState, quant_error
 from ajpq.core.budget.types import (
-    MIN_ACT_BITS,
     QUANT_TOP_BITS,
     Budget,
     BudgetKind,
@@ -38,20 +37,6 @@ __all__ = ["Squeezer", "enforce_budget", "floor_policy"]
 logger = logging.getLogger(__name__)
 
 
-def _next_bits(bits: int) -> int | None:
-    if bits >= FLOAT_BITS:
-        return QUANT_TOP_BITS
-    if bits >= 2:
-        return bits - 1
-    return None
-
-
-def _next_act(bits: int) -> int | None:
-    if bits >= FLOAT_BITS:
-        return QUANT_TOP_BITS
-    return bits - 1 if bits > MIN_ACT_BITS else None
-
-
 def _damage_per_saving(evaluated: tuple[float, float]) -> float | None:
     """A lowering move's key: estimated damage per unit of cost saved (None saves nothing)."""
     damage, saving = evaluated
@@ -63,13 +48,24 @@ class Squeezer(PolicyState):
     every kept channel of a layer (layer) or of the network (fixed); an activation move lowers
     one layer (the whole network when fixed)."""
 
+    def _next_bits(self, bits: int) -> int | None:
+        """One weight bit fewer (a float channel goes to 8 bits), never below the minimum."""
+        if bits >= FLOAT_BITS:
+            return QUANT_TOP_BITS
+        return bits - 1 if bits > self.rules.min_weight_bits else None
+
+    def _next_act(self, bits: int) -> int | None:
+        if bits >= FLOAT_BITS:
+            return QUANT_TOP_BITS
+        return bits - 1 if bits > self.rules.min_act_bits else None
+
     def _lower_channels(self, index: int, channels: np.ndarray) -> tuple[float, float] | None:
         """(damage, saving) of one bit fewer for ``channels`` of layer ``index``."""
         wpc = self.costs.weights_per_channel(index, self.pruned)
         damage = saving = 0.0
         for channel in channels:
             current = int(self.bits[index][channel])
-            target = _next_bits(current)
+            target = self._next_bits(current)
             if target is None:
                 return None
             saving += self.channel_cost(index, current, wpc) - self.channel_cost(index, target, wpc)
@@ -78,7 +74,7 @@ class Squeezer(PolicyState):
 
     def _lower_act(self, index: int) -> tuple[float, float] | None:
         current = self.act[index]
-        target = _next_act(current)
+        target = self._next_act(current)
         if target is None:
             return None
         layer = self.graph.layers[index]
@@ -146,7 +142,7 @@ class Squeezer(PolicyState):
 
     def _lower(self, index: int, channels: np.ndarray) -> None:
         for channel in channels:
-            self.bits[index][channel] = _next_bits(int(self.bits[index][channel]))
+            self.bits[index][channel] = self._next_bits(int(self.bits[index][channel]))
 
     def _apply(self, move: tuple) -> None:
         kind = move[0]
@@ -168,7 +164,7 @@ class Squeezer(PolicyState):
             self.push(("netbit",))
         elif kind == "netact":
             for layer in self.graph.layers:
-                self.act[layer.index] = _next_act(self.act[layer.index])
+                self.act[layer.index] = self._next_act(self.act[layer.index])
             self.push(("netact",))
         elif kind == "prune":
             _, group_index, position = move
@@ -179,7 +175,7 @@ class Squeezer(PolicyState):
             self.pruned[group_index] += len(unit)
         else:
             _, index, current = move
-            self.act[index] = _next_act(current)
+            self.act[index] = self._next_act(current)
             self.push(("act", index, self.act[index]))
 
     def _initial_moves(self) -> None:
@@ -230,7 +226,7 @@ def floor_policy(
     rules: WallRules | None = None,
 ) -> CompressionPolicy:
     """The cheapest policy the wall can reach from ``policy``: with pruning, one channel per
-    prunable group; with bit moves, 1-bit weights and 2-bit inputs."""
+    prunable group; with bit moves, the rules' smallest weight and activation bits."""
     rules = rules or WallRules()
     layers = []
     group_keep = {}
@@ -245,8 +241,8 @@ def floor_policy(
         bits = np.array(lp.weight_bits, dtype=np.int64)
         act = lp.act_bits
         if rules.bits:
-            bits[bits > 0] = 1
-            act = MIN_ACT_BITS
+            bits = np.where(bits > 0, np.minimum(bits, rules.min_weight_bits), 0)
+            act = min(act, rules.min_act_bits)
         group = graph.layer_group[layer.index]
         if group in group_keep:
             keep = graph.groups[group].member_unit(len(bits), group_keep[group])
@@ -296,7 +292,11 @@ def enforce_budget(
         how = ", ".join(
             part
             for part, allowed in (
-                ("every layer at 1-bit weights, 2-bit activations", rules.bits),
+                (
+                    f"every layer at {rules.min_weight_bits}-bit weights, "
+                    f"{rules.min_act_bits}-bit activations",
+                    rules.bits,
+                ),
                 ("one channel per prunable group", rules.prune),
             )
             if allowed
