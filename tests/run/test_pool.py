@@ -8,7 +8,7 @@ from ajpq.run.pool import EvaluatorPool
 from ajpq.run.tracking import Tracker
 from ajpq.search.config import load_config
 from ajpq.search.context import data_source_for, prepare_context
-from ajpq.search.record import METRIC_FIELDS, TAG_FIELDS
+from ajpq.search.record import METRIC_FIELDS, TAG_FIELDS, TIMESTAMP_FIELDS
 
 pytestmark = pytest.mark.ray
 
@@ -61,7 +61,7 @@ def test_pool_caches_identical_policies_and_records_divergence(
     finally:
         ray.kill(pool)
     # the record came back from MLflow as the same PolicyRecord it went in as
-    for name in (*METRIC_FIELDS, *TAG_FIELDS, "policy_key", "failed", "error"):
+    for name in (*METRIC_FIELDS, *TAG_FIELDS, *TIMESTAMP_FIELDS, "policy_key", "failed", "error"):
         if isinstance(first[name], float):
             assert again[name] == pytest.approx(first[name]), name
         else:
