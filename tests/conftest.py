@@ -95,8 +95,10 @@ class MlflowServer:
     """A real ``mlflow server`` on loopback that a test can stop and start again (same port,
     same database): a tracking server outage."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, store_uri: str | None = None, command: str = "server") -> None:
         self.root = root
+        self.store_uri = store_uri or f"sqlite:///{root}/server.db"
+        self.command = command  # "server", or "ui" for the UI over an existing store
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -109,17 +111,19 @@ class MlflowServer:
             self.process = subprocess.Popen(
                 [
                     str(Path(sys.executable).with_name("mlflow")),
-                    "server",
+                    self.command,
                     "--backend-store-uri",
-                    f"sqlite:///{self.root}/server.db",
-                    "--artifacts-destination",
-                    str(self.root / "server-artifacts"),
+                    self.store_uri,
+                    *(
+                        ["--artifacts-destination", str(self.root / "server-artifacts")]
+                        if self.command == "server"
+                        else []
+                    ),
                     "--host",
                     "127.0.0.1",
                     "--port",
                     str(self.port),
-                    "--workers",
-                    "1",
+                    *(["--workers", "1"] if self.command == "server" else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -156,6 +160,22 @@ def mlflow_server(tmp_path: Path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture()
+def mlflow_ui(tmp_path: Path):
+    """Start ``mlflow ui`` on loopback over a given store; stopped (by its process) after."""
+    started: list[MlflowServer] = []
+
+    def start(store_uri: str) -> MlflowServer:
+        server = MlflowServer(tmp_path, store_uri, command="ui")
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture()

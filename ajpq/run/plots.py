@@ -46,6 +46,26 @@ def plot_search(records: list[dict[str, Any]], path: Path) -> Path | None:
     )
     right.set_xlabel("compression ratio (fp32 size / size)")
     right.set_ylabel("validation accuracy")
+    return _save(fig, plt, path)
+
+
+def _front_axis(
+    axis: Any, points: list[dict[str, Any]], front: list[dict[str, Any]], x: str, label: str
+) -> None:
+    """Accuracy against ``x`` on a log axis: every policy in grey, the Pareto front in red."""
+    axis.scatter(
+        [p[x] for p in points], [p["accuracy"] for p in points], s=8, c="0.6", label="policy"
+    )
+    ordered = sorted(front, key=lambda p: p[x])
+    axis.plot(
+        [p[x] for p in ordered], [p["accuracy"] for p in ordered], "o-", c="C3", label="Pareto"
+    )
+    axis.set_xscale("log")
+    axis.set_xlabel(label)
+    axis.set_ylabel("validation accuracy")
+
+
+def _save(fig: Any, plt: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -68,13 +88,7 @@ def plot_fronts(
         (left, "compression_ratio", by_ratio, "compression ratio (fp32 size / size)"),
         (right, "bitops_ratio", by_bitops, "BitOps (share of fp32)"),
     ):
-        axis.scatter(
-            [p[x] for p in points], [p["accuracy"] for p in points], s=8, c="0.7", label="policy"
-        )
-        ordered = sorted(front, key=lambda p: p[x])
-        axis.plot(
-            [p[x] for p in ordered], [p["accuracy"] for p in ordered], "o-", c="C3", label="Pareto"
-        )
+        _front_axis(axis, points, front, x, label)
         axis.scatter(
             [p[x] for p in bests],
             [p["accuracy"] for p in bests],
@@ -83,14 +97,8 @@ def plot_fronts(
             c="C0",
             label="best of a trial",
         )
-        axis.set_xscale("log")
-        axis.set_xlabel(label)
-        axis.set_ylabel("validation accuracy")
     left.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, plt, path)
 
 
 # (metric on the x axis, its label, the file name under plots/): what separates policies of
@@ -107,19 +115,12 @@ def plot_tradeoff(points: list[dict[str, Any]], x: str, label: str, path: Path) 
     ok = [p for p in points if not p.get("failed") and (p.get(x) or 0) > 0]
     if not ok:
         return None
-    front = sorted(pareto_front(ok, lambda p: (p["accuracy"], -p[x])), key=lambda p: p[x])
+    front = pareto_front(ok, lambda p: (p["accuracy"], -p[x]))
     plt = _pyplot()
     fig, axis = plt.subplots(figsize=(6, 4.2))
-    axis.scatter([p[x] for p in ok], [p["accuracy"] for p in ok], s=10, c="0.6", label="policy")
-    axis.plot([p[x] for p in front], [p["accuracy"] for p in front], "o-", c="C3", label="Pareto")
-    axis.set_xscale("log")
-    axis.set_xlabel(label)
-    axis.set_ylabel("validation accuracy")
+    _front_axis(axis, ok, front, x, label)
     axis.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, plt, path)
 
 
 def plot_tradeoffs(points: list[dict[str, Any]], folder: Path) -> list[Path]:

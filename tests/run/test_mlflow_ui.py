@@ -6,11 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -31,41 +26,8 @@ pytestmark = [
 ]
 
 
-class MlflowUi:
-    """``mlflow ui`` on loopback over one store; stopped by its process id."""
-
-    def __init__(self, store_uri: str, log: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        command = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri"]
-        command += [store_uri, "--host", "127.0.0.1", "--port", str(self.port)]
-        with log.open("w") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-
-    def wait(self, timeout_s: float = 90.0) -> None:
-        deadline = time.time() + timeout_s
-        while time.time() < deadline and self.process.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.5)
-        pytest.fail(f"mlflow ui did not start: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
-
-
 def test_the_ui_opens_on_runs_lists_policies_under_their_search_and_compares_them(
-    ray_session, search_config_file, tmp_path
+    ray_session, search_config_file, mlflow_ui, tmp_path
 ):
     from playwright.sync_api import sync_playwright
 
@@ -100,38 +62,33 @@ def test_the_ui_opens_on_runs_lists_policies_under_their_search_and_compares_the
     assert len(table["data"]) == 6 and "accuracy" in table["columns"]
     assert any(column.endswith("/wbits") for column in table["columns"])
 
-    ui = MlflowUi(config.tracking.uri, tmp_path / "mlflow-ui.log")
-    try:
-        ui.wait()
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            # 1. the link the search printed opens on the runs table, not the GenAI overview
-            page.goto(outcome.ui_link.replace(LOCAL_UI, ui.uri))
-            page.get_by_text(search_name).first.wait_for(timeout=60_000)
-            assert "/runs" in page.url and "/overview" not in page.url, page.url
-            page.screenshot(path=str(tmp_path / "runs.png"))
-            # 2. expanding the search lists its policy runs under it
-            row = page.locator("[role=row]", has_text=search_name).first
-            row.locator("button").first.click()
-            page.get_by_text("episode-0001").first.wait_for(timeout=30_000)
-            shown = page.inner_text("body")
-            assert all(f"episode-{n:04d}" in shown for n in range(1, 7))
-            page.screenshot(path=str(tmp_path / "policies.png"))
-            # 3. the compare page of three policy runs renders the numeric per-layer metrics
-            ids = json.dumps([run.info.run_id for run in policies[:3]])
-            experiments = json.dumps([experiment.experiment_id])
-            page.goto(f"{ui.uri}/#/compare-runs?runs={ids}&experiments={experiments}")
-            page.get_by_text("Comparing 3 Runs").first.wait_for(timeout=60_000)
-            page.get_by_text("layers/00.").first.wait_for(timeout=30_000)
-            compare = page.inner_text("body")
-            first = policies[0].data.metrics
-            layer_keys = sorted(k for k in first if k.startswith("layers/"))
-            assert layer_keys and all(key in compare for key in layer_keys[:6])
-            assert "bitops_ratio" in compare and "latency_ms" in compare
-            assert "queued_ts" not in compare.split("Tags")[0]  # timestamps are tags now
-            page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
-            browser.close()
-    finally:
-        ui.stop()
-    assert ui.process.returncode is not None
+    ui = mlflow_ui(config.tracking.uri)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        # 1. the link the search printed opens on the runs table, not the GenAI overview
+        page.goto(outcome.ui_link.replace(LOCAL_UI, ui.uri))
+        page.get_by_text(search_name).first.wait_for(timeout=60_000)
+        assert "/runs" in page.url and "/overview" not in page.url, page.url
+        page.screenshot(path=str(tmp_path / "runs.png"))
+        # 2. expanding the search lists its policy runs under it
+        row = page.locator("[role=row]", has_text=search_name).first
+        row.locator("button").first.click()
+        page.get_by_text("episode-0001").first.wait_for(timeout=30_000)
+        shown = page.inner_text("body")
+        assert all(f"episode-{n:04d}" in shown for n in range(1, 7))
+        page.screenshot(path=str(tmp_path / "policies.png"))
+        # 3. the compare page of three policy runs renders the numeric per-layer metrics
+        ids = json.dumps([run.info.run_id for run in policies[:3]])
+        experiments = json.dumps([experiment.experiment_id])
+        page.goto(f"{ui.uri}/#/compare-runs?runs={ids}&experiments={experiments}")
+        page.get_by_text("Comparing 3 Runs").first.wait_for(timeout=60_000)
+        page.get_by_text("layers/00.").first.wait_for(timeout=30_000)
+        compare = page.inner_text("body")
+        first = policies[0].data.metrics
+        layer_keys = sorted(k for k in first if k.startswith("layers/"))
+        assert layer_keys and all(key in compare for key in layer_keys[:6])
+        assert "bitops_ratio" in compare and "latency_ms" in compare
+        assert "queued_ts" not in compare.split("Tags")[0]  # timestamps are tags now
+        page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+        browser.close()
