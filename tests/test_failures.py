@@ -336,3 +336,31 @@ def test_debug_shows_the_traceback(search_config_file, tmp_path, monkeypatch, ca
     assert main(["--debug", *_search(config)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("ajpq: error: weights")
+
+
+def test_a_search_whose_evaluations_keep_failing_stops_with_the_error(
+    ray_session, search_config_file, tmp_path, capsys
+):
+    """A scorer that passes its check but fails on every policy: the first 3 evaluations fail
+    with one exception type, the search stops (exit 2, one line naming it) instead of scoring
+    every episode; what was scored is in the run folder."""
+    path = search_config_file(
+        agent={"episodes": 16, "warmup_episodes": 4, "env_runners": 1},
+        evaluator={
+            "num_evaluators": 1,
+            "max_retries": 0,
+            "scorer": "ajpq.task.scoring:chaos_scorer",
+            "scorer_args": {"error_rate": 1.0, "death_rate": 0.0, "min_s": 0.01, "max_s": 0.02},
+        },
+    )
+    assert main(_search(path)) == 2
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("ajpq:")]  # Ray may log too
+    assert len(ours) == 1 and "Traceback" not in err, err[-2000:]
+    assert "the first 3 evaluations all failed with RuntimeError: injected fault" in ours[0]
+    journals = list((tmp_path / "runs").rglob("journal.sqlite"))
+    assert len(journals) == 1
+    from ajpq.run.journal import Journal
+
+    scored = Journal(journals[0]).records()
+    assert 3 <= len(scored) < 16 and all(record.failed for record in scored.values())

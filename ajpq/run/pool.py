@@ -127,7 +127,8 @@ class EvaluatorPool:
         # why the search must stop (the same error on the first evaluations, a full disk):
         # the driver stops at its next progress check and says this line
         self.abort: str | None = None
-        self.errors: Counter[str] = Counter()  # failed evaluations by their error
+        self.errors: Counter[str] = Counter()  # failed evaluations by exception type
+        self.examples: dict[str, str] = {}  # the first message of each type
 
     def _new_record_writer(self) -> Any:
         here = ray.get_runtime_context().get_node_id()
@@ -348,16 +349,18 @@ class EvaluatorPool:
             return False
 
     def _note_failure(self, record: PolicyRecord) -> None:
-        """Count failed evaluations by error; when the first ``ABORT_AFTER`` all fail with the
-        same error (the scorer or the model is broken, not a policy), stop the search."""
+        """Count failed evaluations by exception type; when the first ``ABORT_AFTER`` all fail
+        with one type (the scorer or the model is broken, not a policy), stop the search."""
         if not (record.failed and record.error and record.error.startswith(GAVE_UP)):
             return
-        error = record.error.split(": ", 1)[-1]
-        self.errors[error] += 1
+        error = record.error.split(": ", 1)[-1]  # "ValueError: the message"
+        kind = error.split(":", 1)[0].strip() or error
+        self.errors[kind] += 1
+        self.examples.setdefault(kind, error)
         if (
             self.abort is None
             and self.stats["scored"] == ABORT_AFTER
-            and self.errors[error] == ABORT_AFTER
+            and self.errors[kind] == ABORT_AFTER
         ):
             self.abort = (
                 f"the first {ABORT_AFTER} evaluations all failed with {redact(error)[:300]}; "
@@ -373,7 +376,9 @@ class EvaluatorPool:
             "records": len(self.records),
             "waiting": self.waiting(),
             "abort": self.abort,
-            "top_error": f"{redact(common[0][0])[:300]} ({common[0][1]}x)" if common else None,
+            "top_error": (
+                f"{redact(self.examples[common[0][0]])[:300]} ({common[0][1]}x)" if common else None
+            ),
         }
 
     def all_records(self) -> list[PolicyRecord]:
