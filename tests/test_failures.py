@@ -5,6 +5,9 @@ run left behind, within a time limit."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -329,7 +332,7 @@ def test_every_surface_fails_in_one_line(
 
 
 def test_debug_shows_the_traceback(search_config_file, tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("AJPQ_DEBUG", raising=False)
+    monkeypatch.setenv("AJPQ_DEBUG", "0")  # recorded, so the "1" that --debug sets is undone
     (tmp_path / "usernets.py").write_text(USER_CODE)
     monkeypatch.syspath_prepend(str(tmp_path))
     config = search_config_file(weights=_weights(tmp_path, [torch.zeros(2)]))
@@ -339,11 +342,11 @@ def test_debug_shows_the_traceback(search_config_file, tmp_path, monkeypatch, ca
 
 
 def test_a_search_whose_evaluations_keep_failing_stops_with_the_error(
-    ray_session, search_config_file, tmp_path, capsys
+    search_config_file, model_cache, tmp_path
 ):
     """A scorer that passes its check but fails on every policy: the first 3 evaluations fail
     with one exception type, the search stops (exit 2, one line naming it) instead of scoring
-    every episode; what was scored is in the run folder."""
+    every episode; what was scored is in the run folder. Its own process, as a user runs it."""
     path = search_config_file(
         agent={"episodes": 16, "warmup_episodes": 4, "env_runners": 1},
         evaluator={
@@ -353,10 +356,17 @@ def test_a_search_whose_evaluations_keep_failing_stops_with_the_error(
             "scorer_args": {"error_rate": 1.0, "death_rate": 0.0, "min_s": 0.01, "max_s": 0.02},
         },
     )
-    assert main(_search(path)) == 2
-    err = capsys.readouterr().err
-    ours = [line for line in err.splitlines() if line.startswith("ajpq:")]  # Ray may log too
-    assert len(ours) == 1 and "Traceback" not in err, err[-2000:]
+    done = subprocess.run(
+        [sys.executable, "-m", "ajpq.cli", *_search(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "AJPQ_CACHE": str(model_cache)},
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    ours = [line for line in done.stderr.splitlines() if line.startswith("ajpq:")]  # Ray logs too
+    assert len(ours) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "the first 3 evaluations all failed with RuntimeError: injected fault" in ours[0]
     journals = list((tmp_path / "runs").rglob("journal.sqlite"))
     assert len(journals) == 1
