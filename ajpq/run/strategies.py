@@ -285,15 +285,14 @@ class ProgressLog:
         self.last_checkpoint = time.time()
 
     def update(self, episodes: int, done: bool) -> None:
-        abort = ray.get(self.search.pool.summary.remote())["abort"]
-        if abort:
-            raise SearchAborted(abort)
+        summary = ray.get(self.search.pool.summary.remote())  # one call: the abort and the best
+        if summary["abort"]:
+            raise SearchAborted(summary["abort"])
         now = time.time()
         if episodes == self.logged or not (done or now - self.last_log >= PROGRESS_EVERY_S):
             return
-        best = _log_progress(
-            episodes, self.search.pool, self.search.open_run, self.target, self.started
-        )
+        best = summary["best"]
+        _log_progress(episodes, best, self.search.open_run, self.target, self.started)
         self.logged, self.last_log = episodes, now
         if self.search.on_progress is not None:
             self.search.on_progress(_progress_metrics(episodes, best))
@@ -312,12 +311,11 @@ def _progress_metrics(episodes: int, best: PolicyRecord | None) -> dict[str, flo
 
 
 def _log_progress(
-    episodes: int, pool: Any, run: OpenRun, target: int, started: float
-) -> PolicyRecord | None:
-    best = ray.get(pool.summary.remote())["best"]
+    episodes: int, best: PolicyRecord | None, run: OpenRun, target: int, started: float
+) -> None:
     if best is None:
         logger.info("episode %d/%d | no successful evaluation yet", episodes, target)
-        return None
+        return
     logger.info(
         "episode %d/%d | best val acc %.4f (fp32 %.4f) at %.1fx smaller, %.3f BitOps | %.2f s/episode",
         episodes,
@@ -328,4 +326,3 @@ def _log_progress(
         best.bitops_ratio,
         (time.time() - started) / max(1, episodes),
     )
-    return best
