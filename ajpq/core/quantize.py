@@ -80,13 +80,15 @@ def fake_quantize_weight(
 
 
 class _RoundToGrid(torch.autograd.Function):
-    """Forward: clamp(round(x / scale), low, high) * scale. Backward: straight through."""
+    """Forward: clamp(round(x / scale), low, high) * scale, computed in float32 (also under
+    autocast) with the grid as device tensors, so nothing is read back to the host.
+    Backward: straight through."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float, low: int, high: int) -> torch.Tensor:  # noqa: ANN001
-        out = x.mul(1.0 / scale)
+    def forward(ctx, x: torch.Tensor, scale, low, high) -> torch.Tensor:  # noqa: ANN001
+        out = x.float() * (1.0 / scale)
         out.round_().clamp_(low, high).mul_(scale)
-        return out
+        return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple:  # noqa: ANN001
@@ -94,23 +96,33 @@ class _RoundToGrid(torch.autograd.Function):
 
 
 def fake_quantize_activation(
-    x: torch.Tensor, bits: int, max_abs: torch.Tensor, signed: bool
+    x: torch.Tensor, bits: int, max_abs: torch.Tensor | float, signed: torch.Tensor | bool
 ) -> torch.Tensor:
     """Linear fake quantization of ``x`` over [-max_abs, max_abs] (signed) or [0, max_abs].
 
-    In-place passes on one new tensor (faster on CPU than the fused fake-quant kernel); the
-    gradient passes straight through.
+    ``max_abs`` and ``signed`` may be device tensors (a calibrated quantizer's buffers): the
+    grid is then computed on the device, without a host sync. The gradient passes straight
+    through.
     """
     if bits >= FLOAT_BITS:
         return x
-    return _RoundToGrid.apply(x, *activation_grid(bits, max_abs, signed))
+    if not isinstance(max_abs, torch.Tensor) and not isinstance(signed, torch.Tensor):
+        return _RoundToGrid.apply(x, *activation_grid(bits, max_abs, signed))
+    max_abs = torch.as_tensor(max_abs, dtype=torch.float32, device=x.device).float()
+    signed = torch.as_tensor(signed, dtype=torch.bool, device=x.device)
+    levels = torch.where(
+        signed, max_abs.new_tensor(2.0 ** (bits - 1) - 1), max_abs.new_tensor(2.0**bits - 1)
+    )
+    scale = max_abs.clamp_min(1e-8) / levels
+    low = torch.where(signed, -levels, torch.zeros_like(levels))
+    return _RoundToGrid.apply(x, scale, low, levels)
 
 
 def activation_grid(
     bits: int, max_abs: torch.Tensor | float, signed: bool
 ) -> tuple[float, int, int]:
     """(scale, low, high) of the activation grid: x -> clamp(round(x / scale), low, high) x scale
-    over [-max_abs, max_abs] (signed) or [0, max_abs]."""
+    over [-max_abs, max_abs] (signed) or [0, max_abs]. Reads ``max_abs`` on the host (export)."""
     levels = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
     return max(float(max_abs), 1e-8) / levels, -levels if signed else 0, levels
 
@@ -120,7 +132,9 @@ class ActivationQuantizer(nn.Module):
 
     In training mode the range follows an exponential moving average of the batch's max |x|
     (the first batch sets it). In eval mode the calibrated range is used; an uncalibrated
-    quantizer falls back to the batch's own range.
+    quantizer falls back to the batch's own range. The range and sign live in device buffers
+    and are never read back during forward (whether it is calibrated is mirrored on the host,
+    kept in step when a state dict is loaded).
     """
 
     def __init__(self, bits: int, momentum: float = 0.1) -> None:
@@ -130,28 +144,37 @@ class ActivationQuantizer(nn.Module):
         self.register_buffer("max_abs", torch.zeros(()))
         self.register_buffer("signed", torch.zeros((), dtype=torch.bool))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+        self.is_calibrated = False  # host mirror of ``calibrated``
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super()._load_from_state_dict(*args, **kwargs)
+        self.is_calibrated = bool(self.calibrated)  # once per load, not per forward
+
+    @staticmethod
+    def _batch_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        low, high = torch.aminmax(x.detach())
+        return torch.maximum(high, -low).float(), low < 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bits >= FLOAT_BITS:
             return x
-        if self.training or not bool(self.calibrated):
+        if self.training:
             with torch.no_grad():
-                low, high = torch.aminmax(x.detach())
-                batch_max = torch.maximum(high, -low)
-                batch_signed = bool(low < 0)
-            if self.training:
-                with torch.no_grad():
-                    if bool(self.calibrated):
-                        self.max_abs.lerp_(batch_max, self.momentum)
-                        if batch_signed:
-                            self.signed.fill_(True)
-                    else:
-                        self.max_abs.copy_(batch_max)
-                        self.signed.fill_(batch_signed)
-                        self.calibrated.fill_(True)
-                return fake_quantize_activation(x, self.bits, self.max_abs, bool(self.signed))
+                batch_max, batch_signed = self._batch_range(x)
+                if self.is_calibrated:
+                    self.max_abs.lerp_(batch_max, self.momentum)
+                    self.signed.logical_or_(batch_signed)
+                else:
+                    self.max_abs.copy_(batch_max)
+                    self.signed.copy_(batch_signed)
+                    self.calibrated.fill_(True)
+                    self.is_calibrated = True
+            return fake_quantize_activation(x, self.bits, self.max_abs, self.signed)
+        if not self.is_calibrated:
+            with torch.no_grad():
+                batch_max, batch_signed = self._batch_range(x)
             return fake_quantize_activation(x, self.bits, batch_max, batch_signed)
-        return fake_quantize_activation(x, self.bits, self.max_abs, bool(self.signed))
+        return fake_quantize_activation(x, self.bits, self.max_abs, self.signed)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"

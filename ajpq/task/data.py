@@ -7,6 +7,7 @@ reports and never feeds the reward.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import gzip
 import logging
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from ajpq.core.configtypes import Count, Flag, NonNegativeInt, OpenFraction, Text, config_type
 
 __all__ = [
+    "on_device",
     "DatasetName",
     "DataConfig",
     "DataSplits",
@@ -328,20 +330,49 @@ def load_dataset(config: DataConfig) -> DataSplits:
 
 
 def batches(
-    dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One pass over ``dataset`` in batches; fast path for in-memory tensor datasets."""
+    """One pass over ``dataset`` in batches; fast path for in-memory tensor datasets (batched
+    where the tensors live: on the device once :func:`on_device` moved them there)."""
     generator = torch.Generator().manual_seed(seed)
     if isinstance(dataset, TensorDataset):
         x, y = dataset.tensors
         count = len(x)
         order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
+        order = order.to(x.device)
         stop = count - count % batch_size if drop_last and count >= batch_size else count
         for start in range(0, stop, batch_size):
             idx = order[start : start + batch_size]
             yield x[idx], y[idx]
         return
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
     )
     yield from loader
+
+
+def on_device(splits: DataSplits, device: torch.device | str) -> DataSplits:
+    """The splits with every in-memory tensor dataset moved to ``device`` once (an evaluator
+    then batches on its GPU instead of gathering and copying every batch from the host)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return splits
+
+    def move(part: Dataset) -> Dataset:
+        if isinstance(part, TensorDataset):
+            return TensorDataset(*(t.to(device) for t in part.tensors))
+        return part
+
+    return dataclasses.replace(
+        splits, train=move(splits.train), val=move(splits.val), test=move(splits.test)
+    )

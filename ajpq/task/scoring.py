@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import random
 import time
@@ -20,14 +19,14 @@ from pydantic import Field
 from torch import nn
 
 from ajpq.core.apply import apply_policy
-from ajpq.core.configtypes import RESUMABLE, Count, config_type
+from ajpq.core.configtypes import RESUMABLE, Count, Flag, config_type
 from ajpq.core.cost import CostModel, measure_latency
 from ajpq.core.graph import ModelGraph
 from ajpq.core.materialize import materialize
 from ajpq.core.policy import CompressionPolicy
 from ajpq.task.data import DataSplits
 from ajpq.task.loader import load_object
-from ajpq.task.train import FinetuneConfig, evaluate, finetune
+from ajpq.task.train import Amp, FinetuneConfig, evaluate, finetune
 
 __all__ = [
     "ScoreSettings",
@@ -48,12 +47,15 @@ logger = logging.getLogger(__name__)
 @config_type
 class ScoreSettings:
     """Everything that changes a policy's score (``scoring:``): the finetune, how much of the
-    validation split is used (None: all of it), and how latency is measured."""
+    validation split is used (None: all of it), and how latency is measured; ``amp`` and
+    ``channels_last`` say how the device computes (``auto``: bf16 autocast on CUDA only)."""
 
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     val_samples: Count | None = None
     latency_batch_size: Count = 1
     latency_repeats: Annotated[Count, RESUMABLE] = 10  # may change on --resume
+    amp: Annotated[Amp, RESUMABLE] = Amp.AUTO
+    channels_last: Annotated[Flag, RESUMABLE] = False
 
 
 @dataclass(frozen=True)
@@ -88,15 +90,15 @@ def score_policy(
     start = time.time()
     cost = CostModel(graph).cost(policy)
     simulated = apply_policy(model, policy, graph)
-    tuned = finetune(simulated, splits.train, settings.finetune, device)
+    fast = {"amp": settings.amp, "channels_last": settings.channels_last}
+    tuned = finetune(simulated, splits.train, settings.finetune, device, **fast)
     finetune_end = time.time()
-    diverged = tuned.diverged or not all(
-        math.isfinite(float(p.detach().sum())) for p in simulated.parameters()
-    )
+    sums = torch.stack([p.detach().float().sum() for p in simulated.parameters()])
+    diverged = tuned.diverged or not bool(torch.isfinite(sums).all())  # one host read
     top1 = top5 = 0.0
     latency = float("nan")
     if not diverged:
-        result = evaluate(simulated, splits.val, device, max_samples=settings.val_samples)
+        result = evaluate(simulated, splits.val, device, max_samples=settings.val_samples, **fast)
         top1, top5 = result.top1, result.top5
         latency = measure_latency(
             materialize(simulated, policy, graph),

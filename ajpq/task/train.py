@@ -24,6 +24,8 @@ from ajpq.core.configtypes import (
 from ajpq.task.data import batches
 
 __all__ = [
+    "Amp",
+    "autocast_dtype",
     "OptimizerName",
     "FinetuneConfig",
     "FinetuneResult",
@@ -33,6 +35,41 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+CHECK_EVERY = 50  # finetune steps between reads of the loss (each read syncs with the device)
+
+
+class Amp(str, enum.Enum):
+    """Mixed precision for finetuning and evaluation (``scoring.amp``): ``auto`` is bf16
+    autocast on CUDA and off on the CPU."""
+
+    AUTO = "auto"
+    OFF = "off"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+def autocast_dtype(amp: Amp | str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of ``amp`` on ``device`` (None: full precision)."""
+    amp, device = Amp(amp), torch.device(device)
+    if amp is Amp.AUTO:
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {Amp.OFF: None, Amp.BF16: torch.bfloat16, Amp.FP16: torch.float16}[amp]
+
+
+def _prepare(model: nn.Module, device: torch.device, channels_last: bool) -> torch.memory_format:
+    """Move ``model`` to ``device`` (channels-last when asked); the input layout to match."""
+    model.to(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model.to(memory_format=layout)
+    return layout
+
+
+def _inputs(x: torch.Tensor, device: torch.device, layout: torch.memory_format) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=layout) if x.dim() == 4 else x
 
 
 class OptimizerName(str, enum.Enum):
@@ -83,40 +120,64 @@ def finetune(
     train: Dataset,
     config: FinetuneConfig,
     device: torch.device | str = "cpu",
+    amp: Amp | str = Amp.AUTO,
+    channels_last: bool = False,
 ) -> FinetuneResult:
-    """Train ``model`` in place for ``config.steps`` steps; stops early (diverged) on a NaN loss."""
+    """Train ``model`` in place for ``config.steps`` steps; stops early (diverged) on a NaN loss.
+
+    The loss stays on the device: it is read every ``CHECK_EVERY`` steps and at the end, so a
+    step makes no host sync (bf16 autocast needs none; fp16 adds a gradient scaler, which does)."""
     device = torch.device(device)
     torch.manual_seed(config.seed)
-    model.to(device).train()
+    layout = _prepare(model, device, channels_last)
+    model.train()
     if config.steps == 0:
         return FinetuneResult(0, float("nan"), False)
+    dtype = autocast_dtype(amp, device)
+    scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
     optimizer = _make_optimizer(model, config)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
         if config.cosine
         else None
     )
-    step, epoch, loss_value = 0, 0, float("nan")
+    step, epoch, last, value = 0, 0, None, float("nan")
+    pin = device.type == "cuda"
     while step < config.steps:
         for x, y in batches(
-            train, config.batch_size, shuffle=True, seed=config.seed + epoch, drop_last=True
+            train,
+            config.batch_size,
+            shuffle=True,
+            seed=config.seed + epoch,
+            drop_last=True,
+            pin_memory=pin,
         ):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(x), y)
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                logger.warning("finetune diverged at step %d (loss %s)", step, loss_value)
-                return FinetuneResult(step, loss_value, True)
+            x, y = _inputs(x, device, layout), y.to(device, non_blocking=True)
+            with torch.autocast(
+                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+            ):
+                loss = F.cross_entropy(model(x), y)
+            last = loss.detach()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             step += 1
+            if step % CHECK_EVERY == 0 or step >= config.steps:
+                value = float(last)  # the one read of the loss
+                if not math.isfinite(value):
+                    logger.warning("finetune diverged by step %d (loss %s)", step, value)
+                    return FinetuneResult(step, value, True)
             if step >= config.steps:
                 break
         epoch += 1
-    return FinetuneResult(step, loss_value, False)
+    return FinetuneResult(step, value, False)
 
 
 @torch.no_grad()
@@ -126,23 +187,31 @@ def evaluate(
     device: torch.device | str = "cpu",
     batch_size: int = 256,
     max_samples: int | None = None,
+    amp: Amp | str = Amp.AUTO,
+    channels_last: bool = False,
 ) -> EvalResult:
-    """Top-1 / top-5 accuracy (in [0, 1]) and mean cross-entropy of ``model`` on ``data``."""
+    """Top-1 / top-5 accuracy (in [0, 1]) and mean cross-entropy of ``model`` on ``data``.
+    Counts stay on the device until the end (one host read)."""
     device = torch.device(device)
-    model.to(device).eval()
-    correct1 = correct5 = seen = 0
-    total_loss = 0.0
-    for x, y in batches(data, batch_size, shuffle=False):
+    layout = _prepare(model, device, channels_last)
+    model.eval()
+    dtype = autocast_dtype(amp, device)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # top-1, top-5, loss
+    seen = 0
+    for x, y in batches(data, batch_size, shuffle=False, pin_memory=device.type == "cuda"):
         if max_samples is not None and seen >= max_samples:
             break
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        x, y = _inputs(x, device, layout), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x)
+        logits = logits.float()
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
-        correct1 += int((top[:, 0] == y).sum())
-        correct5 += int((top == y[:, None]).any(dim=1).sum())
+        totals[0] += (top[:, 0] == y).sum()
+        totals[1] += (top == y[:, None]).any(dim=1).sum()
+        totals[2] += F.cross_entropy(logits, y, reduction="sum")
         seen += len(y)
     if seen == 0:
         raise ValueError("evaluation data is empty")
-    return EvalResult(correct1 / seen, correct5 / seen, total_loss / seen, seen)
+    top1, top5, loss = (float(v) / seen for v in totals.cpu())
+    return EvalResult(top1, top5, loss, seen)
