@@ -24,7 +24,9 @@ from ray.rllib.utils.metrics import (
 
 from ajpq.agent.config import CreditAssignment, DDPGConfig
 
-__all__ = ["DDPG", "ExplorationSetter", "greedy_action"]
+__all__ = ["DDPG", "DISCARD_INFO_KEY", "ExplorationSetter", "greedy_action"]
+
+DISCARD_INFO_KEY = "infra_failed"  # an episode whose final info sets this is not learned from
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +232,7 @@ class DDPG(DQN):
             )
             self.metrics.aggregate(runner_metrics, key=ENV_RUNNER_RESULTS)
         sampled_steps = sum(len(e) for e in episodes)
+        episodes = [e for e in episodes if not _discarded(e)]
         returns = self._assign_credit(episodes)
         self.local_replay_buffer.add(episodes)
         self.episodes_done += len(returns)
@@ -300,6 +303,16 @@ class DDPG(DQN):
             self.updates_done = own["updates_done"]
             if own.get("replay") is not None:
                 self.local_replay_buffer.set_state(own["replay"])
+
+
+def _discarded(episode: Any) -> bool:
+    """An episode whose last info says ``DISCARD_INFO_KEY`` (its evaluation failed on the
+    infrastructure, so its reward says nothing about its actions): never learned from and not
+    counted as done; the search plays another instead."""
+    if not episode.is_done:
+        return False
+    info = episode.get_infos(-1)
+    return bool(isinstance(info, dict) and info.get(DISCARD_INFO_KEY))
 
 
 def greedy_action(algo: Algorithm, observation: np.ndarray) -> np.ndarray:

@@ -19,24 +19,33 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ajpq.core.budget import BudgetKind
 from ajpq.core.builder import uniform_policy
+from ajpq.core.policy import CompressionPolicy
 from ajpq.core.quantize import FLOAT_BITS
 from ajpq.core.redact import redact
 from ajpq.run import binding
 from ajpq.run.context_source import publish_context
-from ajpq.run.evaluator import fit_latency_remote
+from ajpq.run.devicework import Placement, run_on_evaluator
+from ajpq.run.evaluator import fit_latency_on
 from ajpq.run.pool import EvaluatorPool
 from ajpq.run.preflight import check_budget, check_tracking_uri, check_writable, resolve_locations
-from ajpq.run.report import SearchOutcome, report
-from ajpq.run.resources import check_resources, ensure_ray
+from ajpq.run.report import SearchOutcome, report, test_accuracy_on
+from ajpq.run.reservation import Reservation, reserve
+from ajpq.run.resources import ensure_ray
 from ajpq.run.resume import ResumeError, check_same_search, flatten
 from ajpq.run.rundir import RunDir, RunDirError, latest_run, mark_latest, run_base_name, runs_folder
 from ajpq.run.session import OpenRun
 from ajpq.run.strategies import Progress, Search, SearchAborted
 from ajpq.run.tracking import Tracker
 from ajpq.search.config import SearchConfig
-from ajpq.search.context import ContextSchemaError, SearchContext, data_source_for, prepare_context
+from ajpq.search.context import (
+    ContextSchemaError,
+    SearchContext,
+    data_source_for,
+    reference_context,
+)
 from ajpq.task.checks import check_scorer, is_builtin
-from ajpq.task.data import DataSplits
+from ajpq.task.data import DataSplits, load_dataset
+from ajpq.task.models import plan_pretraining, store_pretrained
 from ajpq.task.scoring import load_scorer
 
 __all__ = ["run_search"]
@@ -47,14 +56,18 @@ logger = logging.getLogger(__name__)
 FINAL_FLUSH_S = 120.0  # how long the end of a search waits for MLflow to catch up
 
 
-def _fit_latency(context: SearchContext) -> SearchContext:
+def _fit_latency(context: SearchContext, reservation: Reservation) -> SearchContext:
     """Fit the latency model on an evaluator's kind of device, then check the budget."""
-    ev = context.config.evaluator
-    fitted, device = ray.get(fit_latency_remote(context.config).remote(context, ev.torch_threads))
-    logger.info(
-        "latency model on %s: %.3f ms + %.3g ms/MAC", device, fitted.intercept_ms, fitted.ms_per_mac
+    fitted, where = run_on_evaluator(
+        context.config, "latency", fit_latency_on, context, reservation=reservation
     )
-    context = context.with_latency_model(fitted, device)
+    logger.info(
+        "latency model on %s: %.3f ms + %.3g ms/MAC",
+        where.device,
+        fitted.intercept_ms,
+        fitted.ms_per_mac,
+    )
+    context = context.with_latency_model(fitted, where.device)
     check_budget(context)
     return context
 
@@ -84,11 +97,27 @@ def run_search(
     check_writable(Path(config.output_dir))
     run = _resume_run(config) if resume else None
     ensure_ray(config)
-    check_resources(config)
+    # asked for, not polled: an autoscaler starts the nodes this reservation needs
+    reservation = reserve(config)
+    try:
+        return _search(config, run, config_path, on_progress, resume, reservation)
+    finally:
+        reservation.release()
+
+
+def _search(
+    config: SearchConfig,
+    run: OpenRun | None,
+    config_path: str | None,
+    on_progress: Progress | None,
+    resume: bool,
+    reservation: Reservation,
+) -> SearchOutcome:
+    placements: list[Placement] = []
     if run is None:
-        run = _new_run(config, config_path)
+        run = _new_run(config, config_path, reservation, placements)
     if run.context.latency_model is None and config.budget.kind is BudgetKind.LATENCY:
-        run.context = _fit_latency(run.context)  # a resumed run from before the fit
+        run.context = _fit_latency(run.context, reservation)  # a resumed run from before the fit
         run.context.save(run.folder.context)
     namespace = ray.get_runtime_context().namespace
     pool_name = f"ajpq-pool-{run.parent_run_id}"
@@ -99,9 +128,8 @@ def run_search(
         if config.context_uri
         else None
     )
-    source = publish_context(
-        run.context, data_source_for(run.context.config, run.splits), context_uri
-    )
+    data = data_source_for(run.context.config, run.splits)
+    source = publish_context(run.context, data, context_uri)
     driver_node = ray.get_runtime_context().get_node_id()
     pool = EvaluatorPool.options(
         name=pool_name,
@@ -112,7 +140,7 @@ def run_search(
         source,
         run.parent_run_id,
         str(run.folder.journal),
-        ray.util.get_current_placement_group(),
+        reservation,
     )
     where = ray.get(pool.wait_ready.remote())
     logger.info(
@@ -147,19 +175,63 @@ def run_search(
             run.folder.journal,
             run.run_dir,
         )
-    return report(run, summary, records, best_policy, interrupted)
+
+    def on_test(policy: CompressionPolicy) -> float:
+        accuracy, where = run_on_evaluator(
+            config,
+            "report",
+            test_accuracy_on,
+            run.context,
+            data,
+            policy.to_json(),
+            reservation=reservation,
+        )
+        _record_placements(run, [where])
+        return accuracy
+
+    _record_placements(run, placements)
+    return report(run, summary, records, best_policy, interrupted, on_test)
 
 
-def _new_run(config: SearchConfig, config_path: str | None) -> OpenRun:
+def _record_placements(run: OpenRun, placements: list[Placement]) -> None:
+    """Where device work ran: ``run.json`` and the MLflow parent run's tags."""
+    for where in placements:
+        run.folder.record_placement(where.step, where.to_dict())
+        with contextlib.suppress(Exception):  # MLflow may be down: run.json has it
+            run.tracker.client.set_tag(run.parent_run_id, f"ajpq.ran_on.{where.step}", where.tag())
+
+
+def _prepare(
+    config: SearchConfig, reservation: Reservation
+) -> tuple[SearchContext, DataSplits, Placement]:
+    """Build the network and read the data here; train it (when the cache has no weights),
+    measure its fp32 accuracies and rank its channels on an evaluator's device."""
+    splits = load_dataset(config.data)
+    plan = plan_pretraining(config.model, config.data, splits, weights=config.weights)
+    data = data_source_for(config, splits)
+    context, where = run_on_evaluator(
+        config, "prepare", reference_context, config, plan, data, reservation=reservation
+    )
+    store_pretrained(plan, context.model)  # the cache lives with the driver
+    return context, splits, where
+
+
+def _new_run(
+    config: SearchConfig,
+    config_path: str | None,
+    reservation: Reservation,
+    placements: list[Placement],
+) -> OpenRun:
     """Prepare the context (model, data, graph, importance) and open the MLflow parent run."""
     base = runs_folder(config)
     folder = RunDir.new(base)
-    context, splits = prepare_context(config)
+    context, splits, where = _prepare(config, reservation)
+    placements.append(where)
     _check_scorer(context, splits)
     # an unreachable budget fails here, with the smallest reachable value, before anything is
     # created (a latency budget once the latency model is fitted on an evaluator's device)
     if config.budget.kind is BudgetKind.LATENCY:
-        context = _fit_latency(context)
+        context = _fit_latency(context, reservation)
     else:
         check_budget(context)
     folder.path.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """The evaluator actor: gets the search context and the data through Ray's object store (never
 from the driver's disk), holds them on its own device (a GPU only when Ray assigned it one,
 fractions allowed; the CPU otherwise, with CUDA hidden) and scores one policy at a time with
-the configured scorer. The latency model is fitted by a task with an evaluator's resources."""
+the configured scorer."""
 
 from __future__ import annotations
 
@@ -15,60 +15,69 @@ import torch
 
 from ajpq.core.budget import LatencyModel, fit_latency_model
 from ajpq.core.policy import CompressionPolicy
-from ajpq.search.config import SearchConfig
 from ajpq.search.context import ContextSource, SearchContext
 from ajpq.search.record import PolicyRecord
-from ajpq.task.scoring import load_scorer
+from ajpq.task.data import on_device
+from ajpq.task.scoring import PolicyScore, load_scorer
 
-__all__ = ["Evaluator", "assigned_device", "fit_latency_remote"]
+__all__ = ["Evaluator", "assigned_device", "cuda_index", "fit_latency_on"]
 
 logger = logging.getLogger(__name__)
 
 
-def assigned_device() -> tuple[str, str]:
+def cuda_index(gpu_id: str | int, visible: str | None) -> int:
+    """The CUDA device index of Ray's GPU ``gpu_id`` in this process: its position in
+    ``CUDA_VISIBLE_DEVICES`` when Ray set it (then usually 0), else the id itself (with
+    ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES`` every GPU of the node is visible)."""
+    ids = [part.strip() for part in (visible or "").split(",") if part.strip()]
+    if ids:
+        return ids.index(str(gpu_id)) if str(gpu_id) in ids else 0
+    return int(gpu_id)
+
+
+def assigned_device(share: float = 1.0) -> tuple[str, str]:
     """The device Ray assigned to this process, and a label saying which kind it is.
 
-    A GPU only when Ray assigned one (Ray sets ``CUDA_VISIBLE_DEVICES`` to it); without one,
-    CUDA is hidden before anything can initialise it, since Ray 2.60 no longer hides GPUs from
-    tasks and actors that reserved none."""
+    A GPU only when Ray assigned one: ``cuda:<index>`` of that GPU, fenced to ``share`` of its
+    memory when the evaluator asked for a fraction of it (two evaluators at 0.5 cannot take
+    each other's memory). Without one, CUDA is hidden before anything can initialise it,
+    since Ray 2.60 no longer hides GPUs from tasks and actors that reserved none."""
     gpu_ids = ray.get_gpu_ids()
     if not gpu_ids:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
         return "cpu", "cpu"
     if torch.cuda.is_available():
-        return "cuda", f"cuda:{torch.cuda.get_device_name(0)}"
+        index = cuda_index(gpu_ids[0], os.environ.get("CUDA_VISIBLE_DEVICES"))
+        if 0 < share < 1:
+            torch.cuda.set_per_process_memory_fraction(share, index)
+        torch.backends.cudnn.benchmark = True
+        return f"cuda:{index}", f"cuda:{torch.cuda.get_device_name(index)}"
     logger.warning("Ray assigned GPU %s but CUDA is not available here; using the CPU", gpu_ids)
     return "cpu", "cpu"
 
 
-def _fit_latency(context: SearchContext, threads: int) -> tuple[LatencyModel, str]:
-    torch.set_num_threads(max(1, threads))
-    device, label = assigned_device()
+def fit_latency_on(device: str, context: SearchContext) -> LatencyModel:
+    """Fit the latency model on ``device`` (run by :func:`ajpq.run.devicework.run_on_evaluator`
+    on an evaluator's kind of device, not on the driver's CPU)."""
     model = context.model.to(device)
-    fitted = fit_latency_model(
+    return fit_latency_model(
         model, context.graph, context.config.scoring.latency_batch_size, device
     )
-    return fitted, label
-
-
-def fit_latency_remote(config: SearchConfig) -> Any:
-    """A Ray task that fits the latency model on an evaluator's kind of device (same resources
-    as an evaluator), not on the driver's CPU."""
-    ev = config.evaluator
-    return ray.remote(_fit_latency).options(num_cpus=ev.num_cpus, num_gpus=ev.num_gpus)
 
 
 @ray.remote
 class Evaluator:
     """Scores policies on its own device; one evaluation at a time."""
 
-    def __init__(self, source: ContextSource, threads: int) -> None:
+    def __init__(self, source: ContextSource, threads: int, gpu_share: float = 1.0) -> None:
         # context and data come from the object store (or the user's shared storage)
         torch.set_num_threads(max(1, threads))
-        self.device, self.device_label = assigned_device()
+        self.device, self.device_label = assigned_device(gpu_share)
+        self.gpu_share = gpu_share
         context = source.context()
         self.context = context
-        self.splits = source.data().load()
+        # tensors move to the device once; batches are cut there
+        self.splits = on_device(source.data().load(), self.device)
         self.settings = context.config.scoring
         self.scorer = load_scorer(context.config.evaluator.scorer)
         self.scorer_args = dict(context.config.evaluator.scorer_args)
@@ -84,11 +93,35 @@ class Evaluator:
             "device": self.device_label,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "cuda_initialized": bool(torch.cuda.is_initialized()),
+            # the share of its GPU's memory this process may take (None: no GPU)
+            "memory_fraction": self.gpu_share if self.device.startswith("cuda") else None,
         }
 
     def evaluate(self, policy_json: str) -> PolicyRecord:
         policy = CompressionPolicy.from_json(policy_json)
-        score = self.scorer(
+        cuda = self.device.startswith("cuda")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        try:
+            score = self._score(policy)
+        finally:
+            if cuda:  # what this evaluation cached goes back to the sibling evaluators
+                torch.cuda.empty_cache()
+        where = self.ready()
+        where.pop("cuda_initialized")
+        where.pop("memory_fraction")
+        gpu = (
+            {
+                "gpu_name": torch.cuda.get_device_name(self.device),
+                "gpu_mem_peak_mb": torch.cuda.max_memory_allocated(self.device) / 2**20,
+            }
+            if cuda
+            else {}
+        )
+        return PolicyRecord.from_score(score, latency_device=self.device_label, **where, **gpu)
+
+    def _score(self, policy: CompressionPolicy) -> PolicyScore:
+        return self.scorer(
             self.model,
             policy,
             self.context.graph,
@@ -97,6 +130,3 @@ class Evaluator:
             self.device,
             **self.scorer_args,
         )
-        where = self.ready()
-        where.pop("cuda_initialized")
-        return PolicyRecord.from_score(score, latency_device=self.device_label, **where)

@@ -2,6 +2,8 @@
 
 ``ajpq export --config <yaml>`` (the latest run of that config) or ``--run-dir <dir>``. The
 artifact is reloaded and scored on the test split, so the reported accuracy is the file's own.
+The finetune, the scoring and the ONNX check run as a Ray task on an evaluator's device (a GPU
+worker on a cluster); this process only writes the files and the MLflow records.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,13 +22,16 @@ import torch
 from ajpq.core.apply import apply_policy
 from ajpq.core.policy import CompressionPolicy
 from ajpq.export.packed import export_compressed, load_compressed
+from ajpq.run.devicework import run_on_evaluator
+from ajpq.run.resources import ensure_ray
 from ajpq.run.rundir import RunDir, RunDirError, latest_run, runs_folder
 from ajpq.run.tracking import Tracker
 from ajpq.search.config import SearchConfig
-from ajpq.search.context import SearchContext
-from ajpq.task.train import evaluate, finetune
+from ajpq.search.context import DataSource, SearchContext, data_source_for
+from ajpq.task.data import on_device
+from ajpq.task.train import FinetuneConfig, evaluate, finetune
 
-__all__ = ["export_best", "latest_run_dir", "EXPORT_STEPS_FACTOR"]
+__all__ = ["export_best", "export_on", "latest_run_dir", "EXPORT_STEPS_FACTOR"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,35 +74,75 @@ def export_best(
     if steps < 0:
         raise ValueError(f"finetune steps must be >= 0, got {steps}")
     recipe = dataclasses.replace(settings.finetune, steps=steps)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    splits = context.load_data()
+    ensure_ray(context.config)
+    data = data_source_for(context.config, context.load_data())
+    # the long finetune runs where evaluators run (a GPU worker), never on the head
+    result, where = run_on_evaluator(
+        context.config, "export", export_on, context, data, policy.to_json(), recipe, onnx
+    )
+    path = Path(out) if out else folder.compressed
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(result.pop("compressed"))
+    onnx_bytes = result.pop("onnx", None)
+    if onnx_bytes is not None:
+        onnx_path = path.with_suffix(".onnx")
+        onnx_path.write_bytes(onnx_bytes)
+        result["onnx_path"] = str(onnx_path)
+    result["ran_on"] = where.to_dict()
+    folder.export_report.write_text(json.dumps(result, indent=2))
+    if folder.pointer.exists():
+        folder.record_placement("export", where.to_dict())
+    _record(run_dir, context.config, result, path, where.tag())
+    return result
+
+
+def export_on(
+    device: str,
+    context: SearchContext,
+    data: DataSource,
+    policy_json: str,
+    recipe: FinetuneConfig,
+    onnx: bool,
+) -> dict[str, Any]:
+    """The device work of an export (a task on an evaluator's device): finetune, write the
+    compressed file, reload it and score it on the test split (and its ONNX); returns the
+    numbers and the files' bytes for the driver to write."""
     started = time.time()
+    policy = CompressionPolicy.from_json(policy_json)
+    splits = data.load()
+    near = on_device(splits, device)
+    fast = {
+        "amp": context.config.scoring.amp,
+        "channels_last": context.config.scoring.channels_last,
+    }
     simulated = apply_policy(context.model.to(device), policy, context.graph)
-    trained = finetune(simulated, splits.train, recipe, device)
+    trained = finetune(simulated, near.train, recipe, device, **fast)
     if trained.diverged:
         raise ValueError(f"the export finetune diverged at lr {recipe.lr}; lower it and rerun")
-    simulated_val = evaluate(simulated, splits.val, device).top1
-    simulated_test = evaluate(simulated, splits.test, device).top1
-    path = Path(out) if out else folder.compressed
-    report = export_compressed(simulated, policy, path, splits.num_classes, context.graph)
-    loaded = load_compressed(path)
-    loaded_test = evaluate(loaded, splits.test).top1
-    extra: dict[str, Any] = {}
-    if onnx:
-        extra = _onnx(loaded, context.graph.input_shape, path.with_suffix(".onnx"), splits)
-    result = {
+    simulated_val = evaluate(simulated, near.val, device).top1
+    simulated_test = evaluate(simulated, near.test, device).top1
+    with tempfile.TemporaryDirectory() as staging:
+        path = Path(staging) / "compressed.pt"
+        report = export_compressed(simulated.cpu(), policy, path, splits.num_classes, context.graph)
+        loaded = load_compressed(path)
+        loaded_test = evaluate(loaded, near.test, device).top1
+        files: dict[str, Any] = {"compressed": path.read_bytes()}
+        extra: dict[str, Any] = {}
+        if onnx:
+            onnx_path = path.with_suffix(".onnx")
+            extra = _onnx(loaded.cpu(), context.graph.input_shape, onnx_path, splits)
+            files["onnx"] = onnx_path.read_bytes()
+    return {
         **report.to_dict(),
-        "finetune_steps": steps,
+        "finetune_steps": recipe.steps,
         "val_accuracy": simulated_val,
         "test_accuracy": loaded_test,
         "simulated_test_accuracy": simulated_test,
         "fp32_test_accuracy": context.fp32_test_accuracy,
         "seconds": time.time() - started,
         **extra,
+        **files,
     }
-    folder.export_report.write_text(json.dumps(result, indent=2))
-    _record(run_dir, context.config, result, path)
-    return result
 
 
 def _onnx(loaded: Any, input_shape: tuple[int, ...], path: Path, splits: Any) -> dict[str, Any]:
@@ -125,7 +171,9 @@ def _onnx(loaded: Any, input_shape: tuple[int, ...], path: Path, splits: Any) ->
     }
 
 
-def _record(run_dir: Path, config: SearchConfig, result: dict[str, Any], path: Path) -> None:
+def _record(
+    run_dir: Path, config: SearchConfig, result: dict[str, Any], path: Path, ran_on: str
+) -> None:
     """Log the export into the search's MLflow parent run (named in ``<run_dir>/run.json``)."""
     folder = RunDir(run_dir)
     try:
@@ -136,5 +184,6 @@ def _record(run_dir: Path, config: SearchConfig, result: dict[str, Any], path: P
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     for name in ("test_accuracy", "file_bytes", "file_ratio", "finetune_steps"):
         tracker.client.log_metric(parent_run_id, f"export_{name}", float(result[name]))
+    tracker.client.set_tag(parent_run_id, "ajpq.ran_on.export", ran_on)
     tracker.log_artifact(parent_run_id, path, "export")
     tracker.log_artifact(parent_run_id, folder.export_report, "export")

@@ -30,7 +30,13 @@ class Journal:
         )
 
     def append(self, record: PolicyRecord, policy_json: str) -> None:
-        """Durably add a scored policy (a key already present is kept as it was)."""
+        """Durably add a scored policy (a key already present is kept as it was, unless it was
+        an infrastructure failure: the policy's own score replaces that)."""
+        if not record.infra_failed:
+            self._db.execute(
+                "DELETE FROM records WHERE policy_key = ? AND record LIKE ?",
+                (record.policy_key, '%"infra_failed": true%'),
+            )
         self._db.execute(
             "INSERT OR IGNORE INTO records (policy_key, episode, record, policy, run_id) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -43,17 +49,33 @@ class Journal:
             ),
         )
 
-    def mark_written(self, policy_key: str, run_id: str) -> None:
-        self._db.execute("UPDATE records SET run_id = ? WHERE policy_key = ?", (run_id, policy_key))
+    def mark_written(self, policy_key: str, run_id: str, episode: int | None = None) -> None:
+        """Note the MLflow run of a record (of ``episode``: a replaced row is not marked)."""
+        if episode is None:
+            self._db.execute(
+                "UPDATE records SET run_id = ? WHERE policy_key = ?", (run_id, policy_key)
+            )
+        else:
+            self._db.execute(
+                "UPDATE records SET run_id = ? WHERE policy_key = ? AND episode = ?",
+                (run_id, policy_key, episode),
+            )
 
     def records(self) -> dict[str, PolicyRecord]:
+        """The policies' verdicts by key (infrastructure failures are left out: a resumed
+        search scores them again)."""
         rows = self._db.execute("SELECT record, run_id FROM records ORDER BY episode").fetchall()
         out = {}
         for text, run_id in rows:
             record = PolicyRecord.from_dict(json.loads(text))
             record.run_id = run_id
-            out[record.policy_key] = record
+            if not record.infra_failed:
+                out[record.policy_key] = record
         return out
+
+    def last_episode(self) -> int:
+        """The highest episode number journaled (infrastructure failures included)."""
+        return self._db.execute("SELECT COALESCE(MAX(episode), 0) FROM records").fetchone()[0]
 
     def unwritten(self) -> list[tuple[PolicyRecord, str]]:
         """Records not yet in MLflow, in episode order, with their policy JSON."""

@@ -27,18 +27,16 @@ from collections import Counter
 from typing import Any
 
 import ray
+import torch
 from ray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
     GetTimeoutError,
     RayActorError,
+    RayError,
     RayTaskError,
 )
-from ray.util.placement_group import PlacementGroup
-from ray.util.scheduling_strategies import (
-    NodeAffinitySchedulingStrategy,
-    PlacementGroupSchedulingStrategy,
-)
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ajpq.core.configtypes import to_plain
 from ajpq.core.cost import CostModel
@@ -46,7 +44,7 @@ from ajpq.core.policy import CompressionPolicy
 from ajpq.core.redact import redact
 from ajpq.run.evaluator import Evaluator
 from ajpq.run.journal import Journal
-from ajpq.run.resources import evaluator_bundle
+from ajpq.run.reservation import Reservation
 from ajpq.run.tracking import Tracker
 from ajpq.run.writer import RecordWriter
 from ajpq.search.context import ContextSource, SearchContext
@@ -55,12 +53,27 @@ from ajpq.search.reward import best_key, compute_reward
 from ajpq.task.checks import cause
 from ajpq.task.scoring import ScoreSettings
 
-__all__ = ["EvaluatorPool", "policy_key"]
+__all__ = ["EvaluatorPool", "is_infra_error", "policy_key"]
 
 logger = logging.getLogger(__name__)
 
 GAVE_UP = "gave up after"  # how a failed evaluation's error starts (not a policy's verdict)
 ABORT_AFTER = 3  # the first evaluations failing with one error stop the search
+INFRA_ABORT_AFTER = 5  # this many infrastructure failures in a row stop the search too
+INFRA_CAUSES = (MemoryError, ImportError, torch.OutOfMemoryError)
+
+
+def is_infra_error(error: BaseException) -> bool:
+    """Whether an evaluation's exception is the infrastructure's (out of memory on the device
+    or the host, a scorer that cannot be imported there, a lost object or worker), not the
+    policy's."""
+    if not isinstance(error, RayTaskError):
+        return isinstance(error, RayError)  # a lost object, a dead worker, Ray's OOM killer
+    cause = error.cause
+    if isinstance(cause, INFRA_CAUSES):
+        return True
+    text = str(cause if cause is not None else error).lower()
+    return "out of memory" in text or "cuda error" in text
 
 
 def policy_key(policy_json: str, settings: ScoreSettings) -> str:
@@ -83,12 +96,12 @@ class EvaluatorPool:
         source: ContextSource,
         parent_run_id: str | None,
         journal_path: str | None = None,
-        placement_group: PlacementGroup | None = None,
+        reservation: Reservation | None = None,
     ) -> None:
         # the pool keeps the source to give to every evaluator it starts (replacements too)
         # and to env runners
         self.source = source
-        self.placement_group = placement_group  # a sweep trial's: evaluators go into it
+        self.reservation = reservation  # the search's bundles: evaluators go into them
         self.context: SearchContext = source.context()
         self.config = self.context.config
         self.settings = self.config.scoring
@@ -106,7 +119,11 @@ class EvaluatorPool:
             self.record_writer = self._new_record_writer()
         if self.journal is not None:
             self.records.update(self.journal.records())
-        self.episode = max((r.episode for r in self.records.values()), default=0)
+        self.episode = max(
+            [r.episode for r in self.records.values()]
+            + ([self.journal.last_episode()] if self.journal is not None else []),
+            default=0,
+        )
         self.best: PolicyRecord | None = None
         for record in self.records.values():
             self._update_best(record)
@@ -122,8 +139,11 @@ class EvaluatorPool:
             "retries": 0,
             "replaced": 0,
             "failed": 0,
+            "infra_failed": 0,
             "mlflow_retries": 0,
         }
+        self.infra_records: list[PolicyRecord] = []  # infrastructure failures (not cached)
+        self.infra_streak = 0  # infrastructure failures in a row
         # why the search must stop (the same error on the first evaluations, a full disk):
         # the driver stops at its next progress check and says this line
         self.abort: str | None = None
@@ -138,19 +158,12 @@ class EvaluatorPool:
 
     def _new_worker(self, index: int) -> Any:
         ev = self.config.evaluator
-        strategy = (
-            # evaluator i has its own bundle, so an env runner never takes the room an
-            # evaluator (or its replacement) needs
-            PlacementGroupSchedulingStrategy(
-                self.placement_group,
-                placement_group_bundle_index=evaluator_bundle(self.config, index),
-            )
-            if self.placement_group is not None
-            else None
-        )
+        # evaluator i has its own bundle, so an env runner never takes the room an evaluator
+        # (or its replacement) needs
+        strategy = self.reservation.strategy(index) if self.reservation is not None else None
         return Evaluator.options(
             num_cpus=ev.num_cpus, num_gpus=ev.num_gpus, scheduling_strategy=strategy
-        ).remote(self.source, ev.torch_threads)
+        ).remote(self.source, ev.torch_threads, ev.num_gpus or 1.0)
 
     def _setup(self) -> None:
         if self.free is None:
@@ -191,7 +204,7 @@ class EvaluatorPool:
                     delay = min(60.0, delay * 2)
                     check_existing = True
             if self.journal is not None:
-                self.journal.mark_written(record.policy_key, record.run_id)
+                self.journal.mark_written(record.policy_key, record.run_id, record.episode)
             self.unwritten -= 1
             self.pending.task_done()
 
@@ -260,12 +273,17 @@ class EvaluatorPool:
                 episode=self.episode,
                 queued_ts=queued,
                 accuracy_drop=fp32 - record.accuracy,
-                reward=compute_reward(self.config.agent, record.accuracy, fp32, record.failed),
+                # an infrastructure failure is no verdict: no reward (the agent drops it)
+                reward=0.0
+                if record.infra_failed
+                else compute_reward(self.config.agent, record.accuracy, fp32, record.failed),
             )
             self.stats["scored"] += 1
+            self._note_failure(record)
+            if record.infra_failed:
+                return self._infra_failed(record, policy_json, future)
             self.stats["failed"] += int(record.failed)
             self._update_best(record)
-            self._note_failure(record)
             # durable first: the journal (fsync'd), then the MLflow replica, off the critical
             # path (one writer, in order, retried while MLflow is down)
             if self.journal is not None and not self._journal(record, policy_json):
@@ -286,11 +304,23 @@ class EvaluatorPool:
         finally:
             self.inflight.pop(key, None)
 
+    async def _take(self, avoid: int | None) -> int:
+        """A free evaluator, another than ``avoid`` when one is free (a retry moves on)."""
+        index = await self.free.get()
+        if index == avoid and not self.free.empty():
+            other = self.free.get_nowait()
+            self.free.put_nowait(index)
+            index = other
+        return index
+
     async def _score(self, policy_json: str) -> PolicyRecord:
         ev = self.config.evaluator
         last_error = ""
+        infra = True  # whether the last failure was the infrastructure's
+        avoid: int | None = None
         for attempt in range(ev.max_retries + 1):
-            index = await self.free.get()
+            index = await self._take(avoid)
+            avoid = index
             worker = self.workers[index]
             try:
                 dispatched = time.time()
@@ -307,6 +337,7 @@ class EvaluatorPool:
                 asyncio.TimeoutError,
                 GetTimeoutError,
             ) as error:
+                infra = True
                 last_error = f"{type(error).__name__}: {error}"
                 logger.warning(
                     "evaluator %d lost (%s); replacing it and retrying (attempt %d)",
@@ -320,16 +351,35 @@ class EvaluatorPool:
                 self.stats["replaced"] += 1
                 self.stats["retries"] += 1
                 self.free.put_nowait(index)
-            except RayTaskError as error:
-                # an exception may be transient (out of memory, a flaky file system): retried
-                # like a lost evaluator; one that keeps raising is recorded with its error
+            except RayError as error:
+                # out of memory, a lost object, an import error: the infrastructure's, retried
+                # on another evaluator; any other exception may be transient too (a flaky file
+                # system): retried; one that keeps raising is the policy's verdict
                 self.free.put_nowait(index)
+                infra = is_infra_error(error)
                 last_error = str(error).splitlines()[-1]
                 logger.warning("evaluation raised (attempt %d): %s", attempt + 1, last_error)
                 self.stats["retries"] += 1
         return PolicyRecord.failure(
-            f"{GAVE_UP} {ev.max_retries + 1} attempts: {last_error}", time.time()
+            f"{GAVE_UP} {ev.max_retries + 1} attempts: {last_error}", time.time(), infra=infra
         )
+
+    def _infra_failed(
+        self, record: PolicyRecord, policy_json: str, future: asyncio.Future
+    ) -> dict[str, Any]:
+        """Journal and replicate an infrastructure failure (it shows as ``infra_failed``) but
+        neither cache nor reward it: the same policy is scored again when proposed again and
+        on ``--resume``."""
+        self.stats["infra_failed"] += 1
+        self.infra_records.append(record)
+        if self.journal is not None and not self._journal(record, policy_json):
+            future.set_result(record)
+            return {**record.to_dict(), "cached": False}
+        if self.tracker is not None:
+            self.pending.put_nowait((policy_json, record, None, False))
+            self.unwritten += 1
+        future.set_result(record)
+        return {**record.to_dict(), "cached": False}
 
     def context_source(self) -> ContextSource:
         """Where env runners get the search context from."""
@@ -351,6 +401,13 @@ class EvaluatorPool:
     def _note_failure(self, record: PolicyRecord) -> None:
         """Count failed evaluations by exception type; when the first ``ABORT_AFTER`` all fail
         with one type (the scorer or the model is broken, not a policy), stop the search."""
+        self.infra_streak = self.infra_streak + 1 if record.infra_failed else 0
+        if self.abort is None and self.infra_streak >= INFRA_ABORT_AFTER:
+            self.abort = (
+                f"the last {INFRA_ABORT_AFTER} evaluations failed on the infrastructure "
+                f"({redact(record.error or '')[:300]}); fix the nodes, then continue with "
+                "--resume (these policies are scored again)"
+            )
         if not (record.failed and record.error and record.error.startswith(GAVE_UP)):
             return
         error = record.error.split(": ", 1)[-1]  # "ValueError: the message"
@@ -382,7 +439,8 @@ class EvaluatorPool:
         }
 
     def all_records(self) -> list[PolicyRecord]:
-        return sorted(self.records.values(), key=lambda r: r.episode)
+        """Every record of the search, infrastructure failures included, by episode."""
+        return sorted([*self.records.values(), *self.infra_records], key=lambda r: r.episode)
 
     def worker_handles(self) -> list[Any]:
         return list(self.workers)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,12 @@ from ajpq.run.plots import plot_search, plot_tradeoffs
 from ajpq.run.rundir import RunDir
 from ajpq.run.session import OpenRun
 from ajpq.run.tracking import policy_row, redact_uri, ui_link
-from ajpq.search.context import SearchContext
+from ajpq.search.context import DataSource, SearchContext
 from ajpq.search.record import PolicyRecord, learning_curve
-from ajpq.task.data import DataSplits
+from ajpq.task.data import DataSplits, on_device
 from ajpq.task.scoring import load_scorer
 
-__all__ = ["SearchOutcome", "load_best_policy", "report", "test_accuracy"]
+__all__ = ["SearchOutcome", "load_best_policy", "report", "test_accuracy", "test_accuracy_on"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,11 @@ def report(
     records: list[PolicyRecord],
     best_policy: str | None,
     interrupted: bool,
+    on_test: Callable[[CompressionPolicy], float] | None = None,
 ) -> SearchOutcome:
-    """Best policy file, its test accuracy (unless interrupted), plot, records, run status.
-    The files come from the journal; MLflow gets them too, unless it is unreachable now."""
+    """Best policy file, its test accuracy (unless interrupted; measured by ``on_test``, the
+    driver's task on an evaluator, else here), plot, records, run status. The files come from
+    the journal; MLflow gets them too, unless it is unreachable now."""
     tracker, parent_run_id, context = run.tracker, run.parent_run_id, run.context
     best = summary["best"]
     best_path = None
@@ -63,7 +66,8 @@ def report(
         best_path.write_text(best_policy)
     best_test = None
     if best_path is not None and not interrupted:
-        best_test = test_accuracy(context, run.splits, CompressionPolicy.load(best_path))
+        policy = CompressionPolicy.load(best_path)
+        best_test = on_test(policy) if on_test else test_accuracy(context, run.splits, policy)
     rows = [record.to_dict() for record in records]
     curve = learning_curve(records)
     plot = plot_search(rows, run.folder.plot)
@@ -119,15 +123,30 @@ def _policy_rows(folder: RunDir, records: list[PolicyRecord]) -> list[dict[str, 
             journal.close()
 
 
-def test_accuracy(context: SearchContext, splits: DataSplits, policy: CompressionPolicy) -> float:
+def test_accuracy(
+    context: SearchContext,
+    splits: DataSplits,
+    policy: CompressionPolicy,
+    device: str = "cpu",
+) -> float:
     """Final report: the best policy scored by the search's own scorer (seeded finetune as in
     the search) on the test split in place of the validation split."""
     settings = dataclasses.replace(context.config.scoring, val_samples=None)
     ev = context.config.evaluator
     on_test = dataclasses.replace(splits, val=splits.test)
     scorer = load_scorer(ev.scorer)
-    score = scorer(context.model, policy, context.graph, on_test, settings, "cpu", **ev.scorer_args)
+    score = scorer(
+        context.model, policy, context.graph, on_test, settings, device, **ev.scorer_args
+    )
     return score.accuracy
+
+
+def test_accuracy_on(
+    device: str, context: SearchContext, data: DataSource, policy_json: str
+) -> float:
+    """:func:`test_accuracy` where the data is read (a task on an evaluator's device)."""
+    splits = on_device(data.load(), device)
+    return test_accuracy(context, splits, CompressionPolicy.from_json(policy_json), device)
 
 
 def load_best_policy(outcome: SearchOutcome) -> CompressionPolicy | None:

@@ -92,13 +92,15 @@ def ensure_ray(config: SearchConfig, local_cpus: int | None = None) -> None:
         )
 
 
-def check_resources(config: SearchConfig) -> None:
+def check_resources(config: SearchConfig, wait_s: float | None = None) -> None:
     """Some node must be able to host one evaluator. On a Ray of our own that is known now; on
-    a cluster an autoscaler may still add nodes, so wait ``evaluator.start_timeout_s`` first.
-    Otherwise the evaluators would wait forever: say what is missing instead."""
+    a cluster of fixed nodes, some may still join: wait ``wait_s`` (default
+    ``evaluator.start_timeout_s``) first. Otherwise the evaluators would wait forever: say
+    what is missing instead. (With an autoscaler, :mod:`ajpq.run.reservation` asks it.)"""
     ev = config.evaluator
     need = {"CPU": ev.num_cpus, "GPU": ev.num_gpus}
-    wait_s = 0.0 if config.ray_address is None else ev.start_timeout_s
+    if wait_s is None:
+        wait_s = 0.0 if config.ray_address is None else ev.start_timeout_s
     deadline = time.time() + wait_s
     while True:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]

@@ -108,6 +108,20 @@ class RunDir:
         self.pointer.write_text(text)
         return text
 
+    def record_placement(self, step: str, where: dict) -> None:
+        """Note in ``run.json`` where a step's device work ran (``ran_on``: step -> node)."""
+        state = json.loads(self.pointer.read_text())
+        state.setdefault("ran_on", {})[step] = where
+        tmp = self.pointer.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.pointer)
+
+    def placements(self) -> dict[str, dict]:
+        """``run.json``'s ``ran_on``: where each step's device work ran."""
+        if not self.pointer.exists():
+            return {}
+        return json.loads(self.pointer.read_text()).get("ran_on", {})
+
     def parent_run_id(self) -> str:
         """The MLflow parent run of this folder; RunDirError when the folder is not a run's or
         was written by another schema."""

@@ -20,6 +20,7 @@ from ajpq.core.policy import CompressionPolicy, LayerPolicy
 from ajpq.core.redact import redact
 from ajpq.search.config import SearchConfig
 from ajpq.search.record import (
+    INFRA_FAILED,
     METRIC_FIELDS,
     POLICY_METRICS,
     TAG_FIELDS,
@@ -229,7 +230,7 @@ class Tracker:
     # -- children ---------------------------------------------------------------------------
     def log_policy(self, parent_id: str, policy_json: str, record: PolicyRecord) -> str:
         policy = CompressionPolicy.from_json(policy_json)
-        status = "failed" if record.failed else "ok"
+        status = record.status
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"episode-{record.episode:04d}",
@@ -266,7 +267,7 @@ class Tracker:
             self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
         self.client.log_table(run_id, layer_table(policy), "layers.json")
         self.client.log_text(run_id, policy.to_json(indent=2), "policy.json")
-        self.client.set_terminated(run_id, status="FAILED" if status == "failed" else "FINISHED")
+        self.client.set_terminated(run_id, status="FINISHED" if status == "ok" else "FAILED")
         return run_id
 
     def runs_where(self, filter_string: str) -> list[Any]:
@@ -294,7 +295,8 @@ class Tracker:
         for run in self.child_runs(parent_id):
             if run.data.tags.get("ajpq.policy_key") and run.info.status != "RUNNING":
                 record = PolicyRecord.from_mlflow(run)
-                records[record.policy_key] = record
+                if not record.infra_failed:  # the infrastructure's failure: scored again
+                    records[record.policy_key] = record
         return records
 
     def write_once(self, parent_id: str, policy_json: str, record: PolicyRecord) -> str:
@@ -304,7 +306,9 @@ class Tracker:
             [self.experiment_id],
             filter_string=(
                 f"tags.mlflow.parentRunId = '{parent_id}' "
-                f"and tags.`ajpq.policy_key` = '{record.policy_key}'"
+                f"and tags.`ajpq.policy_key` = '{record.policy_key}' "
+                # an infrastructure failure and the policy's later score are two runs
+                f"and tags.`ajpq.status` {'=' if record.infra_failed else '!='} '{INFRA_FAILED}'"
             ),
         )
         for run in found:

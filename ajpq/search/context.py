@@ -31,7 +31,13 @@ from ajpq.core.graph import ModelGraph
 from ajpq.core.importance import layer_importance
 from ajpq.search.config import SearchConfig
 from ajpq.task.data import DataConfig, DatasetName, DataSplits, load_dataset
-from ajpq.task.models import build_model, pretrained_model
+from ajpq.task.models import (
+    PretrainPlan,
+    build_model,
+    fit_reference,
+    plan_pretraining,
+    store_pretrained,
+)
 
 __all__ = [
     "SearchContext",
@@ -39,6 +45,7 @@ __all__ = [
     "ShippedData",
     "NodeLocalData",
     "prepare_context",
+    "reference_context",
     "data_source_for",
     "ContextSource",
     "CONTEXT_SCHEMA",
@@ -192,17 +199,18 @@ def data_source_for(config: SearchConfig, splits: DataSplits) -> DataSource:
     return ShippedData(splits)
 
 
-def prepare_context(config: SearchConfig, device: str = "cpu") -> tuple[SearchContext, DataSplits]:
-    """Load data, get the trained model (cache or train now), analyse it. Driver only."""
-    splits = load_dataset(config.data)
-    pre = pretrained_model(config.model, config.data, splits, weights=config.weights, device=device)
+def reference_context(
+    device: torch.device | str, config: SearchConfig, plan: PretrainPlan, data: DataSource
+) -> SearchContext:
+    """The device work of preparing a search (on an evaluator's device, not the driver's):
+    train the network when ``plan`` says so, measure its fp32 accuracies, analyse it and rank
+    its channels."""
+    splits = data.load()
+    pre = fit_reference(plan, splits, device)
     logger.info(
-        "fp32 %s: val accuracy %.4f, test accuracy %.4f",
-        config.model,
-        pre.val_top1,
-        pre.test_top1,
+        "fp32 %s: val accuracy %.4f, test accuracy %.4f", config.model, pre.val_top1, pre.test_top1
     )
-    context = _assemble(
+    return _assemble(
         config,
         pre.model,
         tuple(splits.input_shape),
@@ -210,6 +218,15 @@ def prepare_context(config: SearchConfig, device: str = "cpu") -> tuple[SearchCo
         pre.val_top1,
         pre.test_top1,
     )
+
+
+def prepare_context(config: SearchConfig, device: str = "cpu") -> tuple[SearchContext, DataSplits]:
+    """Load data, get the trained model (cache or train now), analyse it, all in this process
+    (a notebook; the search driver runs :func:`reference_context` on an evaluator)."""
+    splits = load_dataset(config.data)
+    plan = plan_pretraining(config.model, config.data, splits, weights=config.weights)
+    context = reference_context(device, config, plan, ShippedData(splits))
+    store_pretrained(plan, context.model)
     return context, splits
 
 

@@ -46,7 +46,9 @@ class Proposer(Protocol):
     def ask(self) -> tuple[Any, np.ndarray]:
         """A token and one action row per group (in step order)."""
 
-    def tell(self, token: Any, reward: float) -> None: ...
+    def tell(self, token: Any, reward: float | None) -> None:
+        """The reward of the proposal ``token`` (None: its evaluation failed on the
+        infrastructure, no verdict)."""
 
 
 class RandomProposer:
@@ -59,7 +61,7 @@ class RandomProposer:
     def ask(self) -> tuple[None, np.ndarray]:
         return None, self.rng.uniform(0.0, 1.0, (self.groups, ACTION_DIM)).astype(np.float32)
 
-    def tell(self, token: None, reward: float) -> None:
+    def tell(self, token: None, reward: float | None) -> None:
         return None
 
 
@@ -71,6 +73,7 @@ class TPEProposer:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.failed_state = optuna.trial.TrialState.FAIL
         self.groups = groups
         sampler = optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=max(1, startup), multivariate=True, constant_liar=True
@@ -87,9 +90,12 @@ class TPEProposer:
             ]
         return trial, np.asarray(rows, dtype=np.float32)
 
-    def tell(self, token: Any, reward: float) -> None:
+    def tell(self, token: Any, reward: float | None) -> None:
         with self.lock:
-            self.study.tell(token, float(reward))
+            if reward is None:  # no verdict: the sampler learns nothing from it
+                self.study.tell(token, state=self.failed_state)
+            else:
+                self.study.tell(token, float(reward))
 
 
 def make_proposer(method: Method, groups: int, seed: int, startup: int) -> Proposer:
@@ -115,7 +121,8 @@ def run_proposals(
 
     def play(env: CompressionEnv, token: Any, actions: np.ndarray) -> Mapping[str, Any]:
         record = env.play(actions)
-        proposer.tell(token, float(record["reward"]))
+        # an infrastructure failure is no verdict on the actions: told as None (not counted)
+        proposer.tell(token, None if record.get("infra_failed") else float(record["reward"]))
         return record
 
     with ThreadPoolExecutor(len(envs), thread_name_prefix="ajpq-propose") as pool:
@@ -131,6 +138,9 @@ def run_proposals(
             for future in finished:
                 free.append(running.pop(future))
                 record = future.result()
+                if record.get("infra_failed"):
+                    asked -= 1  # proposed again
+                    continue
                 played += 1
                 if on_episode is not None:
                     on_episode(record)

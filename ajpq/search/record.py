@@ -21,6 +21,7 @@ __all__ = [
     "METRIC_FIELDS",
     "TAG_FIELDS",
     "TIMESTAMP_FIELDS",
+    "INFRA_FAILED",
     "learning_curve",
 ]
 
@@ -37,10 +38,11 @@ POLICY_METRICS = (
     "reward",
     "episode",
 )
-METRIC_FIELDS = (*POLICY_METRICS, "top5", "finetune_s", "eval_s")
+METRIC_FIELDS = (*POLICY_METRICS, "top5", "finetune_s", "eval_s", "gpu_mem_peak_mb")
 # when it was queued, dispatched, scored, returned: tags (they clutter every metric list)
 TIMESTAMP_FIELDS = ("queued_ts", "dispatched_ts", "eval_start_ts", "eval_end_ts", "returned_ts")
-TAG_FIELDS = ("node", "node_id", "device", "latency_device")
+TAG_FIELDS = ("node", "node_id", "device", "latency_device", "gpu_name")
+INFRA_FAILED = "infra_failed"  # the status of an evaluation the infrastructure failed
 
 
 @dataclass
@@ -51,6 +53,9 @@ class PolicyRecord:
     episode: int = 0
     reward: float = 0.0
     failed: bool = False
+    # out of memory, a timeout, a lost node: not the policy's verdict (never rewarded or
+    # cached, scored again on --resume); ``failed`` is set too
+    infra_failed: bool = False
     error: str | None = None
     accuracy: float = 0.0
     accuracy_drop: float = 0.0
@@ -70,6 +75,8 @@ class PolicyRecord:
     device: str | None = None
     latency_device: str | None = None
     cuda_visible_devices: str | None = None
+    gpu_name: str | None = None
+    gpu_mem_peak_mb: float | None = None  # torch.cuda.max_memory_allocated of the evaluation
     # when (seconds since the epoch): at the pool, at the evaluator, back at the pool
     finetune_s: float = 0.0
     eval_s: float = 0.0
@@ -103,9 +110,15 @@ class PolicyRecord:
         )
 
     @classmethod
-    def failure(cls, error: str, at: float) -> PolicyRecord:
-        """An evaluation that produced no score (an exception, or every retry lost)."""
-        return cls(failed=True, error=error, eval_start_ts=at, eval_end_ts=at)
+    def failure(cls, error: str, at: float, infra: bool = False) -> PolicyRecord:
+        """An evaluation that produced no score (an exception, or every retry lost);
+        ``infra``: the infrastructure's failure, not the policy's."""
+        return cls(failed=True, infra_failed=infra, error=error, eval_start_ts=at, eval_end_ts=at)
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``failed`` (the policy's verdict) or ``infra_failed``."""
+        return INFRA_FAILED if self.infra_failed else "failed" if self.failed else "ok"
 
     def with_costs(self, cost: Any) -> PolicyRecord:
         """Fill size, BitOps and MACs from the cost model (a failure still has its costs)."""
@@ -138,7 +151,8 @@ class PolicyRecord:
             values[name] = float(value) if value is not None and float(value) >= 0 else None
         return cls(
             policy_key=tags.get("ajpq.policy_key", ""),
-            failed=tags.get("ajpq.status") == "failed",
+            failed=tags.get("ajpq.status") in ("failed", INFRA_FAILED),
+            infra_failed=tags.get("ajpq.status") == INFRA_FAILED,
             error=tags.get("ajpq.error"),
             run_id=run.info.run_id,
             **values,

@@ -37,6 +37,10 @@ __all__ = [
     "default_cache_dir",
     "default_recipe",
     "PretrainResult",
+    "PretrainPlan",
+    "plan_pretraining",
+    "fit_reference",
+    "store_pretrained",
 ]
 
 logger = logging.getLogger(__name__)
@@ -254,25 +258,39 @@ class PretrainResult:
     cached: bool
 
 
-def pretrained_model(
+@dataclass
+class PretrainPlan:
+    """What getting the trained network takes, decided without a device: the network built
+    (its weights loaded when they exist: a file, torchvision's, the cache), the ``recipe`` to
+    train it with when they do not (None: nothing to train), and the file its weights come
+    from or go to (the cache entry)."""
+
+    model: nn.Module
+    label: str
+    path: Path
+    recipe: FinetuneConfig | None
+
+    @property
+    def cached(self) -> bool:
+        return self.recipe is None
+
+
+def plan_pretraining(
     name: ModelName | str,
     data_config: DataConfig,
     splits: DataSplits,
     recipe: FinetuneConfig | None = None,
     cache_dir: Path | None = None,
     weights: str | None = None,
-    device: torch.device | str = "cpu",
-) -> PretrainResult:
-    """The model with trained weights: loaded from ``weights``, from the cache, or trained now."""
+) -> PretrainPlan:
+    """Build the network and find its trained weights (``weights``, else the cache keyed by
+    model, data and recipe); plain CPU work, where the caller's files are."""
     in_channels = splits.input_shape[0]
     label = str(name) if is_user_model(name) else ModelName(name).value
     if weights:
         model = build_model(name, splits.num_classes, in_channels, weights)
         check_model(model, label, tuple(splits.input_shape), splits.num_classes)
-        val = evaluate(model, splits.val, device).top1
-        return PretrainResult(
-            model, evaluate(model, splits.test, device).top1, val, Path(weights), True
-        )
+        return PretrainPlan(model, label, Path(weights), None)
     recipe = recipe or default_recipe(name)
     key_data = {
         "model": label,
@@ -291,25 +309,50 @@ def pretrained_model(
     path = cache_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '-', label)}-{data_config.name.value}-{key}.pt"
     model = build_model(name, splits.num_classes, in_channels)
     check_model(model, label, tuple(splits.input_shape), splits.num_classes)
-    cached = path.exists()
-    if cached:
+    if path.exists():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         logger.info("loaded cached %s from %s", label, path)
-    else:
-        logger.info(
-            "training %s on %s for %d steps (cached afterwards)",
-            label,
-            data_config.name.value,
-            recipe.steps,
-        )
-        torch.manual_seed(recipe.seed)
-        model = build_model(name, splits.num_classes, in_channels)
-        finetune(model, splits.train, recipe, device)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(path)
-    model.cpu().eval()
+        return PretrainPlan(model, label, path, None)
+    torch.manual_seed(recipe.seed)  # the same initial weights on every machine
+    return PretrainPlan(build_model(name, splits.num_classes, in_channels), label, path, recipe)
+
+
+def fit_reference(
+    plan: PretrainPlan, splits: DataSplits, device: torch.device | str = "cpu"
+) -> PretrainResult:
+    """The device work of :func:`pretrained_model`: train when the plan says so, then the fp32
+    validation and test accuracies (the reference every policy is compared with)."""
+    model = plan.model
+    if plan.recipe is not None:
+        logger.info("training %s for %d steps (cached afterwards)", plan.label, plan.recipe.steps)
+        finetune(model, splits.train, plan.recipe, device)
     val = evaluate(model, splits.val, device).top1
     test = evaluate(model, splits.test, device).top1
-    return PretrainResult(model.cpu().eval(), test, val, path, cached)
+    return PretrainResult(model.cpu().eval(), test, val, plan.path, plan.cached)
+
+
+def store_pretrained(plan: PretrainPlan, model: nn.Module) -> None:
+    """Cache weights the plan had to train (atomically); nothing for weights that existed."""
+    if plan.recipe is None:
+        return
+    plan.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = plan.path.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(plan.path)
+
+
+def pretrained_model(
+    name: ModelName | str,
+    data_config: DataConfig,
+    splits: DataSplits,
+    recipe: FinetuneConfig | None = None,
+    cache_dir: Path | None = None,
+    weights: str | None = None,
+    device: torch.device | str = "cpu",
+) -> PretrainResult:
+    """The model with trained weights: loaded from ``weights``, from the cache, or trained now
+    (:func:`plan_pretraining`, :func:`fit_reference`, :func:`store_pretrained` in one)."""
+    plan = plan_pretraining(name, data_config, splits, recipe, cache_dir, weights)
+    result = fit_reference(plan, splits, device)
+    store_pretrained(plan, result.model)
+    return result

@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Annotated
 
 import torch
@@ -35,6 +36,7 @@ __all__ = [
     "score_policy",
     "sleep_scorer",
     "chaos_scorer",
+    "oom_scorer",
     "load_scorer",
     "DEFAULT_SCORER",
 ]
@@ -198,3 +200,29 @@ def chaos_scorer(
     if draw < death_rate + error_rate:
         raise RuntimeError("injected fault (chaos_scorer)")
     return sleep_scorer(model, policy, graph, splits, settings, device, min_s=min_s, max_s=max_s)
+
+
+def oom_scorer(
+    model: nn.Module,
+    policy: CompressionPolicy,
+    graph: ModelGraph,
+    splits: DataSplits,
+    settings: ScoreSettings,
+    device: torch.device | str = "cpu",
+    *,
+    marker_dir: str,
+    times: int = 1,
+) -> PolicyScore:
+    """Fault injection for infrastructure-failure tests: the first ``times`` calls for each
+    policy raise ``torch.OutOfMemoryError`` (counted in files under ``marker_dir``, shared by
+    the evaluators of one machine), later ones score like :func:`sleep_scorer`, briefly."""
+    digest = hashlib.sha256(policy.to_json().encode()).hexdigest()[:16]
+    marker = Path(marker_dir) / digest
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    with marker.open("a+") as handle:
+        handle.seek(0)
+        raised = len(handle.read())
+        if raised < times:
+            handle.write("x")
+            raise torch.OutOfMemoryError("CUDA out of memory (injected by oom_scorer)")
+    return sleep_scorer(model, policy, graph, splits, settings, device, min_s=0.01, max_s=0.02)

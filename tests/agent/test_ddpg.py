@@ -132,3 +132,19 @@ def test_config_validation_errors():
         _config(tau=0.0).validate()
     with pytest.raises(ValueError, match="credit"):
         _config(credit_assignment="nope").validate()
+
+
+def test_an_episode_the_infrastructure_failed_is_not_learned_from():
+    """Its final info says so: dropped before credit assignment and the replay buffer."""
+    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+    from ajpq.agent.algorithm import DISCARD_INFO_KEY, _discarded
+
+    def episode(info: dict) -> SingleAgentEpisode:
+        played = SingleAgentEpisode(observations=[0.0], infos=[{}])
+        played.add_env_step(1.0, 0.5, 0.0, infos=info, terminated=True)
+        return played
+
+    assert _discarded(episode({DISCARD_INFO_KEY: True}))
+    assert not _discarded(episode({DISCARD_INFO_KEY: False, "reward": -1.0}))
+    assert not _discarded(episode({}))
