@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= tune_configs/digits_demo.yaml
 SWEEP ?= tune_configs/sweep_demo.yaml
 
-.PHONY: install test test-slow test-all lint format search sweep bench bench-ddpg bench-search bench-scale bench-sweep bench-zoo bench-baselines bench-demo bench-ddpg-few mlflow-ui clean
+.PHONY: install test test-slow test-all lint format search sweep bench bench-ddpg bench-search bench-scale bench-sweep bench-zoo bench-baselines bench-demo bench-ddpg-few bench-eval gpu-check mlflow-ui clean
 
 install: $(STAMP)
 
@@ -49,6 +49,13 @@ bench-ddpg: install
 
 bench-ddpg-few: install
 	$(BIN)/python bench/bench_ddpg_few_episodes.py
+
+bench-eval: install
+	$(BIN)/python bench/bench_eval_throughput.py
+
+# on a machine with a CUDA GPU: the gpu-marked tests and the evaluations-per-minute table
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py
 
 bench-search: install
 	$(BIN)/python bench/bench_search.py

@@ -31,12 +31,11 @@ class Journal:
 
     def append(self, record: PolicyRecord, policy_json: str) -> None:
         """Durably add a scored policy (a key already present is kept as it was, unless it was
-        an infrastructure failure: the policy's own score replaces that)."""
-        if not record.infra_failed:
-            self._db.execute(
-                "DELETE FROM records WHERE policy_key = ? AND record LIKE ?",
-                (record.policy_key, '%"infra_failed": true%'),
-            )
+        an infrastructure failure: a later attempt replaces that)."""
+        self._db.execute(
+            "DELETE FROM records WHERE policy_key = ? AND record LIKE ?",
+            (record.policy_key, '%"infra_failed": true%'),
+        )
         self._db.execute(
             "INSERT OR IGNORE INTO records (policy_key, episode, record, policy, run_id) "
             "VALUES (?, ?, ?, ?, ?)",

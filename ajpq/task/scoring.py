@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -210,14 +211,15 @@ def oom_scorer(
     settings: ScoreSettings,
     device: torch.device | str = "cpu",
     *,
-    marker_dir: str,
+    tag: int,
     times: int = 1,
 ) -> PolicyScore:
     """Fault injection for infrastructure-failure tests: the first ``times`` calls for each
-    policy raise ``torch.OutOfMemoryError`` (counted in files under ``marker_dir``, shared by
-    the evaluators of one machine), later ones score like :func:`sleep_scorer`, briefly."""
+    policy raise ``torch.OutOfMemoryError`` (counted in files under the temp folder's
+    ``ajpq-oom-<tag>``, shared by the evaluators of one machine), later ones score like
+    :func:`sleep_scorer`, briefly."""
     digest = hashlib.sha256(policy.to_json().encode()).hexdigest()[:16]
-    marker = Path(marker_dir) / digest
+    marker = Path(tempfile.gettempdir()) / f"ajpq-oom-{int(tag)}" / digest
     marker.parent.mkdir(parents=True, exist_ok=True)
     with marker.open("a+") as handle:
         handle.seek(0)

@@ -58,7 +58,14 @@ class AutoscalingCluster:
             "max_workers": self.max_workers,
             "upscaling_speed": 1.0,
             "idle_timeout_minutes": 5,
-            "provider": {"type": "fake_multinode", "gcs_address": self.address},
+            "provider": {
+                "type": "fake_multinode",
+                "gcs_address": self.address,
+                # the nodes share this machine's IP, and none is reached over SSH
+                "use_node_id_as_ip": True,
+                "disable_node_updaters": True,
+                "disable_launch_config_check": True,
+            },
             "auth": {"ssh_user": "ubuntu"},
             "available_node_types": {
                 "ray.head.default": {
@@ -132,7 +139,7 @@ class AutoscalingCluster:
         """Alive nodes (asked from a separate process: this one keeps its own Ray)."""
         probe = (
             "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR');"
-            "print(sum(1 for n in ray.nodes() if n['Alive']))"
+            "print('alive', sum(1 for n in ray.nodes() if n['Alive']))"
         )
         try:
             done = subprocess.run(
@@ -144,8 +151,8 @@ class AutoscalingCluster:
             )
         except subprocess.TimeoutExpired:
             return 0
-        lines = done.stdout.strip().splitlines()
-        return int(lines[-1]) if done.returncode == 0 and lines else 0
+        counts = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("alive ")]
+        return int(counts[-1]) if done.returncode == 0 and counts else 0
 
     def stop(self) -> None:
         """End the head's process group: the head, its autoscaler and the raylets it started."""

@@ -1,3 +1,5 @@
+import random
+
 import pytest
 import ray
 from mlflow.tracking import MlflowClient
@@ -76,7 +78,7 @@ def _oom_config(search_config_file, tmp_path, times):
                 "num_evaluators": 2,
                 "max_retries": 1,
                 "scorer": "ajpq.task.scoring:oom_scorer",
-                "scorer_args": {"marker_dir": str(tmp_path / "oom"), "times": times},
+                "scorer_args": {"tag": random.randrange(10**9), "times": times},
             },
         ),
         ["agent.failed_reward=-3.0"],
