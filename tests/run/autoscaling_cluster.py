@@ -126,12 +126,16 @@ class AutoscalingCluster:
             start_new_session=True,
         )
         deadline = time.time() + timeout_s
-        while time.time() < deadline:
-            if self.nodes() >= 1:
-                return self
-            if self.process.poll() is not None:
-                break
-            time.sleep(1.0)
+        try:
+            while time.time() < deadline:
+                if self.nodes() >= 1:
+                    return self
+                if self.process.poll() is not None:
+                    break
+                time.sleep(1.0)
+        except BaseException:
+            self.stop()  # nothing this test started may outlive it
+            raise
         self.stop()
         raise RuntimeError(f"head did not start: {(self.folder / 'head.log').read_text()[-2000:]}")
 
