@@ -303,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     log.info("")
+    if outcome.stats.get("infra_failed"):
+        log.info(
+            "%d evaluation(s) failed on the infrastructure (out of memory, lost nodes); "
+            "--resume scores them again",
+            outcome.stats["infra_failed"],
+        )
     log.info("best policy (episode %d of %d):", best.episode, outcome.episodes)
     log.info(
         "  validation accuracy %.4f (fp32 %.4f, drop %.4f)",

@@ -202,6 +202,8 @@ TESTED_IN = {
     "ajpq/search/sweep_config.py": "tests/run/test_sweep.py",
     "ajpq/run/context_source.py": "tests/run/test_cluster.py",
     "ajpq/run/driver.py": "tests/run/test_search_e2e.py",
+    "ajpq/run/reservation.py": "tests/run/test_autoscaling.py",
+    "ajpq/run/devicework.py": "tests/run/test_cluster.py",
     "ajpq/run/strategies.py": "tests/run/test_methods.py",
     "ajpq/run/report.py": "tests/run/test_search_e2e.py",
     "ajpq/run/session.py": "tests/run/test_search_e2e.py",

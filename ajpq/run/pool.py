@@ -27,14 +27,12 @@ from collections import Counter
 from typing import Any
 
 import ray
-import torch
 from ray.exceptions import (
     ActorDiedError,
     ActorUnavailableError,
     GetTimeoutError,
     RayActorError,
     RayError,
-    RayTaskError,
 )
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -43,6 +41,7 @@ from ajpq.core.cost import CostModel
 from ajpq.core.policy import CompressionPolicy
 from ajpq.core.redact import redact
 from ajpq.run.evaluator import Evaluator
+from ajpq.run.infra import INFRA_ABORT_AFTER, is_infra_error
 from ajpq.run.journal import Journal
 from ajpq.run.reservation import Reservation
 from ajpq.run.tracking import Tracker
@@ -53,27 +52,12 @@ from ajpq.search.reward import best_key, compute_reward
 from ajpq.task.checks import cause
 from ajpq.task.scoring import ScoreSettings
 
-__all__ = ["EvaluatorPool", "is_infra_error", "policy_key"]
+__all__ = ["EvaluatorPool", "policy_key"]
 
 logger = logging.getLogger(__name__)
 
 GAVE_UP = "gave up after"  # how a failed evaluation's error starts (not a policy's verdict)
 ABORT_AFTER = 3  # the first evaluations failing with one error stop the search
-INFRA_ABORT_AFTER = 5  # this many infrastructure failures in a row stop the search too
-INFRA_CAUSES = (MemoryError, ImportError, torch.OutOfMemoryError)
-
-
-def is_infra_error(error: BaseException) -> bool:
-    """Whether an evaluation's exception is the infrastructure's (out of memory on the device
-    or the host, a scorer that cannot be imported there, a lost object or worker), not the
-    policy's."""
-    if not isinstance(error, RayTaskError):
-        return isinstance(error, RayError)  # a lost object, a dead worker, Ray's OOM killer
-    cause = error.cause
-    if isinstance(cause, INFRA_CAUSES):
-        return True
-    text = str(cause if cause is not None else error).lower()
-    return "out of memory" in text or "cuda error" in text
 
 
 def policy_key(policy_json: str, settings: ScoreSettings) -> str:

@@ -293,6 +293,12 @@ class ProgressLog:
             return
         best = summary["best"]
         _log_progress(episodes, best, self.search.open_run, self.target, self.started)
+        infra = summary["stats"].get("infra_failed", 0)
+        if infra:
+            logger.info(
+                "  %d evaluation(s) failed on the infrastructure (not counted; scored again)",
+                infra,
+            )
         self.logged, self.last_log = episodes, now
         if self.search.on_progress is not None:
             self.search.on_progress(_progress_metrics(episodes, best))

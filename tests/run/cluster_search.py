@@ -18,6 +18,7 @@ import time
 import ray
 
 from ajpq.run.driver import run_search
+from ajpq.run.export_run import export_best
 from ajpq.search.config import load_config
 
 
@@ -59,6 +60,8 @@ def main(config_path: str, out_path: str, address: str) -> None:
     watcher.start()
     try:
         outcome = run_search(config)
+        # the export's long finetune runs on a worker too (a task with an evaluator's needs)
+        exported = export_best(outcome.run_dir, finetune_steps=5)
         nodes = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
         head = ray.get_runtime_context().get_node_id()
         context_file = str(outcome.run_dir / "context" / "context.json")
@@ -78,6 +81,8 @@ def main(config_path: str, out_path: str, address: str) -> None:
         "killed": killed,
         "driver_sees_context": os.path.exists(context_file),
         "worker_views": views,
+        "ran_on": json.loads((outcome.run_dir / "run.json").read_text())["ran_on"],
+        "export_ran_on": exported["ran_on"],
     }
     with open(out_path, "w") as handle:
         json.dump(result, handle)

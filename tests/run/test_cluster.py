@@ -78,6 +78,12 @@ def test_search_on_nodes_without_the_drivers_disk(
     assert outcome["killed"], "the watcher saw no moment with work left to kill into"
     assert outcome["killed"]["node_id"] != outcome["head"]
     assert outcome["stats"]["failed"] == 0 and not any(r["failed"] for r in records)
+    # the head orchestrates: pretraining / fp32 reference / importance, the final report and
+    # the export finetune ran on worker nodes (where the evaluators' GPUs are), never the head
+    ran_on = {**outcome["ran_on"], "export": outcome["export_ran_on"]}
+    assert {"prepare", "report", "export"} <= set(ran_on)
+    assert all(w["node_id"] != outcome["head"] for w in ran_on.values()), ran_on
+    assert all(w["node_id"] in outcome["nodes"] for w in ran_on.values())
     assert outcome["stats"]["replaced"] >= 1
     # every evaluation ran on a worker node (they hold the GPUs), with the GPU ids Ray gave it
     workers = {node for node in outcome["nodes"] if node != outcome["head"]}
