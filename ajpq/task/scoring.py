@@ -107,8 +107,7 @@ def score_policy(
             materialize(simulated, policy, graph),
             graph.input_shape,
             settings.latency_batch_size,
-            device,
-            warmup=2,
+            device,  # warm-up and CUDA synchronisation as the latency fit's
             repeats=settings.latency_repeats,
         )
     end = time.time()
