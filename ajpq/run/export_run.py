@@ -83,6 +83,7 @@ def export_best(
     path = Path(out) if out else folder.compressed
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(result.pop("compressed"))
+    result["path"] = str(path)  # the file here, not the task's staging copy
     onnx_bytes = result.pop("onnx", None)
     if onnx_bytes is not None:
         onnx_path = path.with_suffix(".onnx")

@@ -57,8 +57,8 @@ class ScoreSettings:
     val_samples: Count | None = None
     latency_batch_size: Count = 1
     latency_repeats: Annotated[Count, RESUMABLE] = 10  # may change on --resume
-    amp: Annotated[Amp, RESUMABLE] = Amp.AUTO
-    channels_last: Annotated[Flag, RESUMABLE] = False
+    amp: Amp = Amp.AUTO  # bf16 changes the numbers: fixed for a run, like the finetune
+    channels_last: Flag = False
 
 
 @dataclass(frozen=True)
