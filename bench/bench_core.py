@@ -23,7 +23,7 @@ from ajpq.core.builder import LayerKnobs, build_policy
 from ajpq.core.cost import CostModel, measure_latency
 from ajpq.core.materialize import materialize
 from ajpq.task.data import DataConfig, load_dataset
-from ajpq.task.models import default_cache_dir, pretrained_model
+from ajpq.task.pretrain import default_cache_dir, pretrained_model
 
 
 def train_step_ms(

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from ajpq.task.data import DataConfig, DataSplits, load_dataset
-from ajpq.task.models import PretrainResult, pretrained_model
+from ajpq.task.pretrain import PretrainResult, pretrained_model
 
 torch.set_num_threads(2)
 

@@ -45,7 +45,7 @@ from ajpq.search.context import (
 )
 from ajpq.task.checks import check_scorer, is_builtin
 from ajpq.task.data import DataSplits, load_dataset
-from ajpq.task.models import plan_pretraining, store_pretrained
+from ajpq.task.pretrain import plan_pretraining, store_pretrained
 from ajpq.task.scoring import load_scorer
 
 __all__ = ["run_search"]
@@ -207,7 +207,9 @@ def _prepare(
     """Build the network and read the data here; train it (when the cache has no weights),
     measure its fp32 accuracies and rank its channels on an evaluator's device."""
     splits = load_dataset(config.data)
-    plan = plan_pretraining(config.model, config.data, splits, weights=config.weights)
+    plan = plan_pretraining(
+        config.model, config.data, splits, weights=config.weights, head=config.head
+    )
     data = data_source_for(config, splits)
     context, where = run_on_evaluator(
         config, "prepare", reference_context, config, plan, data, reservation=reservation

@@ -34,6 +34,7 @@ from ajpq.core.redact import quote, redact
 from ajpq.search.bounded_yaml import MAX_BYTES, load_yaml
 from ajpq.task.data import DataConfig
 from ajpq.task.models import ModelName, check_model_name, is_user_model, load_factory
+from ajpq.task.pretrain import HeadRecipe
 from ajpq.task.scoring import DEFAULT_SCORER, ScoreSettings
 
 __all__ = [
@@ -211,6 +212,8 @@ class SearchConfig:
     # a zoo model (ajpq.task.models.ModelName) or your own as package.module:factory
     model: Text = ModelName.DIGITS_CNN.value
     weights: Text | None = None
+    # how a head (or stem) the weights do not fit is trained before the search
+    head: HeadRecipe = Field(default_factory=HeadRecipe)
     method: Method = Method.DDPG
     data: DataConfig = Field(default_factory=DataConfig)
     budget: Budget = Field(default_factory=Budget)

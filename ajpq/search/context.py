@@ -31,13 +31,8 @@ from ajpq.core.graph import ModelGraph
 from ajpq.core.importance import layer_importance
 from ajpq.search.config import SearchConfig
 from ajpq.task.data import DataConfig, DatasetName, DataSplits, load_dataset
-from ajpq.task.models import (
-    PretrainPlan,
-    build_model,
-    fit_reference,
-    plan_pretraining,
-    store_pretrained,
-)
+from ajpq.task.models import build_model
+from ajpq.task.pretrain import PretrainPlan, fit_reference, plan_pretraining, store_pretrained
 
 __all__ = [
     "SearchContext",
@@ -54,6 +49,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# a network whose fp32 accuracy is this close to chance makes every reward noise
+CHANCE_MARGIN = 0.05
 CONTEXT_SCHEMA = 2  # bump when the saved context's files change incompatibly
 
 
@@ -210,6 +207,14 @@ def reference_context(
     logger.info(
         "fp32 %s: val accuracy %.4f, test accuracy %.4f", config.model, pre.val_top1, pre.test_top1
     )
+    chance = 1.0 / splits.num_classes
+    if config.data.name is not DatasetName.RANDOM and pre.val_top1 < chance + CHANCE_MARGIN:
+        raise ValueError(
+            f"the fp32 {config.model} reaches {pre.val_top1:.3f} validation accuracy, within "
+            f"{CHANCE_MARGIN:.2f} of chance ({chance:.3f} for {splits.num_classes} classes): it "
+            "has not learned this data; give weights trained on it, or train its new head "
+            "longer (head.steps, head.finetune_steps)"
+        )
     return _assemble(
         config,
         pre.model,
@@ -224,7 +229,9 @@ def prepare_context(config: SearchConfig, device: str = "cpu") -> tuple[SearchCo
     """Load data, get the trained model (cache or train now), analyse it, all in this process
     (a notebook; the search driver runs :func:`reference_context` on an evaluator)."""
     splits = load_dataset(config.data)
-    plan = plan_pretraining(config.model, config.data, splits, weights=config.weights)
+    plan = plan_pretraining(
+        config.model, config.data, splits, weights=config.weights, head=config.head
+    )
     context = reference_context(device, config, plan, ShippedData(splits))
     store_pretrained(plan, context.model)
     return context, splits

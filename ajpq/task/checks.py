@@ -24,9 +24,15 @@ def cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {redact(text)[:200]}".rstrip(": ")
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
+def load_weights(
+    model: nn.Module, path: str | Path, replaceable: tuple[str, ...] = ()
+) -> tuple[str, ...]:
     """Load the state-dict file ``path`` into ``model``; a ValueError names the file and what
-    is wrong with it (not a state dict, a pickled object, keys or shapes of another network)."""
+    is wrong with it (not a state dict, a pickled object, keys or shapes of another network).
+
+    Tensors of the ``replaceable`` modules (the classifier head, the stem) whose shapes differ
+    (another number of classes or input channels) are left as the model has them: those
+    modules are returned, to be trained before the search."""
     label = f"weights {redact(path)}"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -56,13 +62,21 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             "(saved from another network?)"
         )
     shapes = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
-    if shapes:
-        key = shapes[0]
+    fresh = tuple(sorted({m for m in replaceable for k in shapes if k.startswith(f"{m}.")}))
+    kept = [k for k in shapes if not any(k.startswith(f"{m}.") for m in fresh)]
+    if kept:
+        key = kept[0]
         raise ValueError(
-            f"{label}: {len(shapes)} tensors have other shapes than the model's, e.g. {key} "
-            f"{tuple(state[key].shape)} vs {tuple(own[key].shape)} (another number of classes?)"
+            f"{label}: {len(kept)} tensors have other shapes than the model's, e.g. {key} "
+            f"{tuple(state[key].shape)} vs {tuple(own[key].shape)} (another variant of the network?)"
         )
+    if fresh:  # e.g. a 1000-class head on 4 classes: the head stays new, the rest loads
+        prefixes = tuple(f"{m}." for m in fresh)
+        state = {k: v for k, v in state.items() if not k.startswith(prefixes)}
+        model.load_state_dict(state, strict=False)
+        return fresh
     model.load_state_dict(state)
+    return ()
 
 
 def check_model(

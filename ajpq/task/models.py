@@ -1,30 +1,25 @@
-"""Model zoo: torchvision classifiers by name and small residual CNNs trained on the spot.
+"""Model zoo: torchvision classifiers by name, small residual CNNs, and the user's factories.
 
 Weights come from a local file (``weights=/path/to/state_dict.pt``) or, where a network exists,
-torchvision's weight enums (``weights=DEFAULT`` or e.g. ``IMAGENET1K_V1``). The small CNNs for
-digits and Fashion-MNIST are trained once and cached on disk (keyed by model, data and recipe).
+torchvision's weight enums (``weights=DEFAULT`` or e.g. ``IMAGENET1K_V1``); a head or stem the
+weights do not cover is reported by :func:`build_model_fresh` (``ajpq.task.pretrain`` trains
+it). The small CNNs for digits and Fashion-MNIST are trained by ``ajpq.task.pretrain``.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
 import inspect
-import json
 import logging
-import os
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ajpq.task.checks import cause, check_model, load_weights
-from ajpq.task.data import DataConfig, DataSplits
+from ajpq.task.checks import cause, load_weights
 from ajpq.task.loader import load_object
-from ajpq.task.train import FinetuneConfig, evaluate, finetune
 
 __all__ = [
     "ModelName",
@@ -33,14 +28,7 @@ __all__ = [
     "load_factory",
     "check_model_name",
     "build_model",
-    "pretrained_model",
-    "default_cache_dir",
-    "default_recipe",
-    "PretrainResult",
-    "PretrainPlan",
-    "plan_pretraining",
-    "fit_reference",
-    "store_pretrained",
+    "build_model_fresh",
 ]
 
 logger = logging.getLogger(__name__)
@@ -154,7 +142,7 @@ class SmallResNet(nn.Module):
 
 def _torchvision(
     name: ModelName, num_classes: int, in_channels: int, weights: str | None
-) -> nn.Module:
+) -> tuple[nn.Module, tuple[str, ...]]:
     import torchvision
 
     builder = getattr(torchvision.models, name.value)
@@ -167,21 +155,33 @@ def _torchvision(
                 f"weights {weights!r} is neither a file nor a torchvision weight of {name.value} "
                 "(e.g. DEFAULT, IMAGENET1K_V1)"
             ) from error
+    fresh: list[str] = []
     if enum_weights is not None:
         model = builder(weights=enum_weights)  # downloads where a network exists
         if num_classes != 1000:
-            _replace_head(model, num_classes)
+            fresh.append(_replace_head(model, num_classes))
     else:
         model = builder(num_classes=num_classes)
     if in_channels != 3:
-        _replace_stem(model, in_channels)
+        fresh.append(_replace_stem(model, in_channels))
     if weights and Path(weights).exists():
-        load_weights(model, weights)
-    return model
+        # a state dict of the network with another head (1000 ImageNet classes) or stem loads
+        # all but those, which are trained before the search
+        fresh = list(load_weights(model, weights, _replaceable(model)))
+    return model, tuple(sorted(set(fresh))) if weights else ()
 
 
-def _replace_head(model: nn.Module, num_classes: int) -> None:
-    """The last Linear (or, in SqueezeNet, the last 1x1 conv classifier) gets ``num_classes``."""
+def _replaceable(model: nn.Module) -> tuple[str, ...]:
+    """The modules a weights file may lack in shape: the stem (the first convolution: other
+    input channels) and the head (the last Linear or convolution: another number of classes)."""
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    return tuple(dict.fromkeys([*convs[:1], *layers[-1:]]))
+
+
+def _replace_head(model: nn.Module, num_classes: int) -> str:
+    """The last Linear (or, in SqueezeNet, the last 1x1 conv classifier) gets ``num_classes``;
+    returns its name."""
     for name, module in reversed(list(model.named_modules())):
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             parent_name, _, child = name.rpartition(".")
@@ -191,10 +191,12 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
             else:
                 head = nn.Conv2d(module.in_channels, num_classes, module.kernel_size)
             setattr(parent, child, head)
-            return
+            return name
+    raise ValueError("the network has no Linear or Conv2d classifier to replace")
 
 
-def _replace_stem(model: nn.Module, in_channels: int) -> None:
+def _replace_stem(model: nn.Module, in_channels: int) -> str:
+    """The first convolution takes ``in_channels``; returns its name."""
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
             parent_name, _, child = name.rpartition(".")
@@ -208,7 +210,8 @@ def _replace_stem(model: nn.Module, in_channels: int) -> None:
                 bias=module.bias is not None,
             )
             setattr(parent, child, stem)
-            return
+            return name
+    raise ValueError("the network has no convolution to take the input")
 
 
 def build_model(
@@ -217,11 +220,17 @@ def build_model(
     """A model by name; ``weights`` is a local state-dict file or a torchvision weight name.
     ``package.module:factory`` calls your factory (with ``num_classes``/``in_channels`` when it
     takes them); its ``weights`` is a state-dict file."""
+    return build_model_fresh(name, num_classes, in_channels, weights)[0]
+
+
+def build_model_fresh(
+    name: ModelName | str, num_classes: int = 10, in_channels: int = 3, weights: str | None = None
+) -> tuple[nn.Module, tuple[str, ...]]:
+    """:func:`build_model`, and the modules its ``weights`` did not cover (a head for another
+    number of classes, a stem for other input channels): they must be trained first."""
     if is_user_model(name):
         model = _user_model(str(name), num_classes, in_channels)
-        if weights:
-            load_weights(model, weights)
-        return model
+        return model, load_weights(model, weights, _replaceable(model)) if weights else ()
     try:
         name = ModelName(name)
     except ValueError:
@@ -233,126 +242,4 @@ def build_model(
         model = SmallResNet(in_channels, num_classes, width=32, stem_stride=2)
     else:
         return _torchvision(name, num_classes, in_channels, weights)
-    if weights:
-        load_weights(model, weights)
-    return model
-
-
-def default_recipe(name: ModelName | str) -> FinetuneConfig:
-    """Pretraining recipe of a model trained on the spot (torchvision models: a short generic one)."""
-    if not is_user_model(name) and ModelName(name) is ModelName.FMNIST_CNN:
-        return FinetuneConfig(steps=2000, lr=0.05, weight_decay=5e-4, batch_size=128)
-    return FinetuneConfig(steps=600, lr=0.05, weight_decay=5e-4, batch_size=64)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("AJPQ_CACHE", Path.home() / ".cache" / "ajpq"))
-
-
-@dataclass(frozen=True)
-class PretrainResult:
-    model: nn.Module
-    test_top1: float
-    val_top1: float
-    path: Path
-    cached: bool
-
-
-@dataclass
-class PretrainPlan:
-    """What getting the trained network takes, decided without a device: the network built
-    (its weights loaded when they exist: a file, torchvision's, the cache), the ``recipe`` to
-    train it with when they do not (None: nothing to train), and the file its weights come
-    from or go to (the cache entry)."""
-
-    model: nn.Module
-    label: str
-    path: Path
-    recipe: FinetuneConfig | None
-
-    @property
-    def cached(self) -> bool:
-        return self.recipe is None
-
-
-def plan_pretraining(
-    name: ModelName | str,
-    data_config: DataConfig,
-    splits: DataSplits,
-    recipe: FinetuneConfig | None = None,
-    cache_dir: Path | None = None,
-    weights: str | None = None,
-) -> PretrainPlan:
-    """Build the network and find its trained weights (``weights``, else the cache keyed by
-    model, data and recipe); plain CPU work, where the caller's files are."""
-    in_channels = splits.input_shape[0]
-    label = str(name) if is_user_model(name) else ModelName(name).value
-    if weights:
-        model = build_model(name, splits.num_classes, in_channels, weights)
-        check_model(model, label, tuple(splits.input_shape), splits.num_classes)
-        return PretrainPlan(model, label, Path(weights), None)
-    recipe = recipe or default_recipe(name)
-    key_data = {
-        "model": label,
-        "data": {
-            k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(data_config).items()
-        },
-        "recipe": {
-            k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(recipe).items()
-        },
-        "torch": torch.__version__.split("+")[0],
-    }
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[
-        :16
-    ]
-    cache_dir = Path(cache_dir or default_cache_dir())
-    path = cache_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '-', label)}-{data_config.name.value}-{key}.pt"
-    model = build_model(name, splits.num_classes, in_channels)
-    check_model(model, label, tuple(splits.input_shape), splits.num_classes)
-    if path.exists():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        logger.info("loaded cached %s from %s", label, path)
-        return PretrainPlan(model, label, path, None)
-    torch.manual_seed(recipe.seed)  # the same initial weights on every machine
-    return PretrainPlan(build_model(name, splits.num_classes, in_channels), label, path, recipe)
-
-
-def fit_reference(
-    plan: PretrainPlan, splits: DataSplits, device: torch.device | str = "cpu"
-) -> PretrainResult:
-    """The device work of :func:`pretrained_model`: train when the plan says so, then the fp32
-    validation and test accuracies (the reference every policy is compared with)."""
-    model = plan.model
-    if plan.recipe is not None:
-        logger.info("training %s for %d steps (cached afterwards)", plan.label, plan.recipe.steps)
-        finetune(model, splits.train, plan.recipe, device)
-    val = evaluate(model, splits.val, device).top1
-    test = evaluate(model, splits.test, device).top1
-    return PretrainResult(model.cpu().eval(), test, val, plan.path, plan.cached)
-
-
-def store_pretrained(plan: PretrainPlan, model: nn.Module) -> None:
-    """Cache weights the plan had to train (atomically); nothing for weights that existed."""
-    if plan.recipe is None:
-        return
-    plan.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = plan.path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(plan.path)
-
-
-def pretrained_model(
-    name: ModelName | str,
-    data_config: DataConfig,
-    splits: DataSplits,
-    recipe: FinetuneConfig | None = None,
-    cache_dir: Path | None = None,
-    weights: str | None = None,
-    device: torch.device | str = "cpu",
-) -> PretrainResult:
-    """The model with trained weights: loaded from ``weights``, from the cache, or trained now
-    (:func:`plan_pretraining`, :func:`fit_reference`, :func:`store_pretrained` in one)."""
-    plan = plan_pretraining(name, data_config, splits, recipe, cache_dir, weights)
-    result = fit_reference(plan, splits, device)
-    store_pretrained(plan, result.model)
-    return result
+    return model, load_weights(model, weights, _replaceable(model)) if weights else ()

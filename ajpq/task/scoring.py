@@ -50,11 +50,14 @@ logger = logging.getLogger(__name__)
 @config_type
 class ScoreSettings:
     """Everything that changes a policy's score (``scoring:``): the finetune, how much of the
-    validation split is used (None: all of it), and how latency is measured; ``amp`` and
+    validation split is used (``val_samples``, default 10,000; None: all of it), and how latency
+    is measured; ``amp`` and
     ``channels_last`` say how the device computes (``auto``: bf16 autocast on CUDA only)."""
 
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    val_samples: Count | None = None
+    # a fixed sample of the validation split (its first images; the split is carved at random
+    # with data.seed), so an evaluation costs the same whatever the dataset's size; None: all
+    val_samples: Count | None = 10_000
     latency_batch_size: Count = 1
     latency_repeats: Annotated[Count, RESUMABLE] = 10  # may change on --resume
     amp: Amp = Amp.AUTO  # bf16 changes the numbers: fixed for a run, like the finetune

@@ -2,7 +2,8 @@ import pytest
 import torch
 import torchvision
 
-from ajpq.task.models import ModelName, SmallResNet, build_model, pretrained_model
+from ajpq.task.models import ModelName, SmallResNet, build_model
+from ajpq.task.pretrain import pretrained_model
 from ajpq.task.train import CHECK_EVERY, FinetuneConfig, evaluate, finetune
 
 
