@@ -113,9 +113,8 @@ def _search(
     resume: bool,
     reservation: Reservation,
 ) -> SearchOutcome:
-    placements: list[Placement] = []
     if run is None:
-        run = _new_run(config, config_path, reservation, placements)
+        run = _new_run(config, config_path, reservation)
     if run.context.latency_model is None and config.budget.kind is BudgetKind.LATENCY:
         run.context = _fit_latency(run.context, reservation)  # a resumed run from before the fit
         run.context.save(run.folder.context)
@@ -189,7 +188,6 @@ def _search(
         _record_placements(run, [where])
         return accuracy
 
-    _record_placements(run, placements)
     return report(run, summary, records, best_policy, interrupted, on_test)
 
 
@@ -222,13 +220,11 @@ def _new_run(
     config: SearchConfig,
     config_path: str | None,
     reservation: Reservation,
-    placements: list[Placement],
 ) -> OpenRun:
     """Prepare the context (model, data, graph, importance) and open the MLflow parent run."""
     base = runs_folder(config)
     folder = RunDir.new(base)
     context, splits, where = _prepare(config, reservation)
-    placements.append(where)
     _check_scorer(context, splits)
     # an unreachable budget fails here, with the smallest reachable value, before anything is
     # created (a latency budget once the latency model is fitted on an evaluator's device)
@@ -251,13 +247,14 @@ def _new_run(
     for section in ("data", "space", "agent", "scoring", "evaluator"):
         params.update(flatten(plain[section], f"{section}."))
     params = {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}
-    tags = {"ajpq.run_dir": redact(folder.path)}
+    tags = {"ajpq.run_dir": redact(folder.path), f"ajpq.ran_on.{where.step}": where.tag()}
     if config.tracking.parent_run_id:  # one trial of a sweep: nested under the sweep's run
         tags["mlflow.parentRunId"] = config.tracking.parent_run_id
     if config_path:
         tags["ajpq.config_path"] = redact(config_path)
     parent_run_id = tracker.start_search(run_base_name(config), params, tags)
     pointer = folder.write_pointer(parent_run_id)  # this run's MLflow parent, for ajpq export
+    folder.record_placement(where.step, where.to_dict())
     mark_latest(base, pointer)
     folder.config.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))  # sync reads it
     with tempfile.TemporaryDirectory() as staging:  # MLflow's copy holds no credential
