@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from ajpq.export.packed import load_compressed
+from ajpq.task.train import FinetuneConfig, finetune
 
 USER_MODULE = """
 import torch
@@ -37,7 +38,7 @@ def build(num_classes=10, in_channels=3):
 """
 
 
-def test_user_model_from_a_factory_is_searched_and_exported(search_config_file, tmp_path):
+def test_user_model_from_a_factory_is_searched_and_exported(search_config_file, digits, tmp_path):
     package = tmp_path / "usernets"
     package.mkdir()
     (package / "__init__.py").write_text("")
@@ -48,7 +49,9 @@ def test_user_model_from_a_factory_is_searched_and_exported(search_config_file, 
 
         weights = tmp_path / "tiny.pt"
         torch.manual_seed(0)
-        torch.save(build(num_classes=10, in_channels=1).state_dict(), weights)
+        trained = build(num_classes=10, in_channels=1)  # the user's weights are trained ones
+        finetune(trained, digits.train, FinetuneConfig(steps=200, lr=0.05, batch_size=64))
+        torch.save(trained.state_dict(), weights)
         path = search_config_file(
             model="usernets.tiny:build",
             weights=str(weights),
