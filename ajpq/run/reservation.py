@@ -25,7 +25,13 @@ from ray.util.placement_group import (
 )
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from ajpq.run.resources import bundle_layout, check_resources
+from ajpq.run.resources import (
+    alive_nodes,
+    bundle_layout,
+    check_resources,
+    evaluator_bundle,
+    some_node_fits,
+)
 from ajpq.search.config import SearchConfig
 
 __all__ = ["AutoscalerView", "Reservation", "autoscaler_view", "reserve"]
@@ -103,8 +109,8 @@ def reserve(config: SearchConfig, on_wait: Callable[[str], None] | None = None) 
     ev = config.evaluator
     current = get_current_placement_group()
     if current is not None:  # a sweep trial: Tune's group holds the evaluators already
-        layout = bundle_layout(config)
-        return Reservation(current, layout.evaluator_index(0), ev.num_evaluators, owned=False)
+        first = evaluator_bundle(config, 0)
+        return Reservation(current, first, ev.num_evaluators, owned=False)
     if config.ray_address is None:
         check_resources(config, wait_s=0.0)  # a Ray of our own: known now
     elif autoscaler_view() is None:
@@ -149,7 +155,7 @@ def _wait(
                 idle_reports.clear()
             else:
                 idle_reports.add(view.at)
-            if len(idle_reports) >= SETTLE_REPORTS and not _some_node_fits(bundle):
+            if len(idle_reports) >= SETTLE_REPORTS and not some_node_fits(bundle, alive_nodes()):
                 failed = f"; nodes that failed to start: {view.failed}" if view.failed else ""
                 raise ValueError(
                     f"no node type of this cluster can host an evaluator with {_show(bundle)} "
@@ -168,12 +174,6 @@ def _wait(
                 f"({line.split(': ', 1)[1]}); free or add resources, or raise "
                 "evaluator.start_timeout_s"
             )
-
-
-def _some_node_fits(bundle: dict[str, float]) -> bool:
-    """Whether some live node could host the bundle when idle (busy is not unmeetable)."""
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    return any(all(r.get(k, 0.0) >= v for k, v in bundle.items() if v > 0) for r in nodes)
 
 
 def _show(bundle: dict[str, float]) -> str:

@@ -16,11 +16,13 @@ __all__ = [
     "BundleLayout",
     "bundle_layout",
     "ENV_RUNNER_CPUS",
+    "alive_nodes",
     "check_resources",
     "ensure_ray",
     "evaluator_bundle",
     "local_num_cpus",
     "search_bundles",
+    "some_node_fits",
 ]
 
 
@@ -92,6 +94,16 @@ def ensure_ray(config: SearchConfig, local_cpus: int | None = None) -> None:
         )
 
 
+def alive_nodes() -> list[dict[str, float]]:
+    """The resources of every live node."""
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def some_node_fits(need: dict[str, float], nodes: list[dict[str, float]]) -> bool:
+    """Whether one of ``nodes`` could host ``need`` when idle (busy is not unmeetable)."""
+    return any(all(r.get(k, 0.0) >= v for k, v in need.items() if v > 0) for r in nodes)
+
+
 def check_resources(config: SearchConfig, wait_s: float | None = None) -> None:
     """Some node must be able to host one evaluator. On a Ray of our own that is known now; on
     a cluster of fixed nodes, some may still join: wait ``wait_s`` (default
@@ -103,8 +115,8 @@ def check_resources(config: SearchConfig, wait_s: float | None = None) -> None:
         wait_s = 0.0 if config.ray_address is None else ev.start_timeout_s
     deadline = time.time() + wait_s
     while True:
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        if any(all(r.get(k, 0.0) >= v for k, v in need.items() if v > 0) for r in nodes):
+        nodes = alive_nodes()
+        if some_node_fits(need, nodes):
             return
         if time.time() >= deadline:
             break
