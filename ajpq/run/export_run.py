@@ -112,10 +112,7 @@ def export_on(
     policy = CompressionPolicy.from_json(policy_json)
     splits = data.load()
     near = on_device(splits, device)
-    fast = {
-        "amp": context.config.scoring.amp,
-        "channels_last": context.config.scoring.channels_last,
-    }
+    fast = context.config.scoring.compute
     simulated = apply_policy(context.model.to(device), policy, context.graph)
     trained = finetune(simulated, near.train, recipe, device, **fast)
     if trained.diverged:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ajpq.core.apply import set_submodule
 from ajpq.task.checks import cause, load_weights
 from ajpq.task.loader import load_object
 
@@ -171,47 +172,53 @@ def _torchvision(
     return model, tuple(sorted(set(fresh))) if weights else ()
 
 
-def _replaceable(model: nn.Module) -> tuple[str, ...]:
-    """The modules a weights file may lack in shape: the stem (the first convolution: other
-    input channels) and the head (the last Linear or convolution: another number of classes)."""
+def _head_name(model: nn.Module) -> str | None:
+    """The classifier head: the last Linear (or, in SqueezeNet, the last 1x1 convolution)."""
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    return tuple(dict.fromkeys([*convs[:1], *layers[-1:]]))
+    return layers[-1] if layers else None
+
+
+def _stem_name(model: nn.Module) -> str | None:
+    """The stem: the first convolution."""
+    return next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def _replaceable(model: nn.Module) -> tuple[str, ...]:
+    """The modules a weights file may lack in shape: the stem (other input channels) and the
+    head (another number of classes)."""
+    return tuple(dict.fromkeys(n for n in (_stem_name(model), _head_name(model)) if n))
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> str:
-    """The last Linear (or, in SqueezeNet, the last 1x1 conv classifier) gets ``num_classes``;
-    returns its name."""
-    for name, module in reversed(list(model.named_modules())):
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            if isinstance(module, nn.Linear):
-                head: nn.Module = nn.Linear(module.in_features, num_classes)
-            else:
-                head = nn.Conv2d(module.in_channels, num_classes, module.kernel_size)
-            setattr(parent, child, head)
-            return name
-    raise ValueError("the network has no Linear or Conv2d classifier to replace")
+    """The head gets ``num_classes``; returns its name."""
+    name = _head_name(model)
+    if name is None:
+        raise ValueError("the network has no Linear or Conv2d classifier to replace")
+    module = model.get_submodule(name)
+    if isinstance(module, nn.Linear):
+        head: nn.Module = nn.Linear(module.in_features, num_classes)
+    else:
+        head = nn.Conv2d(module.in_channels, num_classes, module.kernel_size)
+    set_submodule(model, name, head)
+    return name
 
 
 def _replace_stem(model: nn.Module, in_channels: int) -> str:
-    """The first convolution takes ``in_channels``; returns its name."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            stem = nn.Conv2d(
-                in_channels,
-                module.out_channels,
-                module.kernel_size,
-                module.stride,
-                module.padding,
-                bias=module.bias is not None,
-            )
-            setattr(parent, child, stem)
-            return name
-    raise ValueError("the network has no convolution to take the input")
+    """The stem takes ``in_channels``; returns its name."""
+    name = _stem_name(model)
+    if name is None:
+        raise ValueError("the network has no convolution to take the input")
+    module = model.get_submodule(name)
+    stem = nn.Conv2d(
+        in_channels,
+        module.out_channels,
+        module.kernel_size,
+        module.stride,
+        module.padding,
+        bias=module.bias is not None,
+    )
+    set_submodule(model, name, stem)
+    return name
 
 
 def build_model(

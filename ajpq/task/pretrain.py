@@ -119,9 +119,7 @@ def plan_pretraining(
             head,
         )
         path = Path(cache_dir or default_cache_dir()) / f"{_slug(label)}-head-{key}.pt"
-        if path.exists():
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            logger.info("loaded %s with its trained %s from %s", label, ", ".join(fresh), path)
+        if _load_cached(model, path, label):
             return PretrainPlan(model, label, path, None)
         return PretrainPlan(model, label, path, None, fresh, head)
     recipe = recipe or default_recipe(name)
@@ -130,12 +128,19 @@ def plan_pretraining(
     path = cache_dir / f"{_slug(label)}-{data_config.name.value}-{key}.pt"
     model = build_model(name, splits.num_classes, in_channels)
     check_model(model, label, tuple(splits.input_shape), splits.num_classes)
-    if path.exists():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        logger.info("loaded cached %s from %s", label, path)
+    if _load_cached(model, path, label):
         return PretrainPlan(model, label, path, None)
     torch.manual_seed(recipe.seed)  # the same initial weights on every machine
     return PretrainPlan(build_model(name, splits.num_classes, in_channels), label, path, recipe)
+
+
+def _load_cached(model: nn.Module, path: Path, label: str) -> bool:
+    """Load the trained weights cached at ``path`` into ``model``, if there are any."""
+    if not path.exists():
+        return False
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    logger.info("loaded cached weights of %s from %s", label, path)
+    return True
 
 
 def _slug(label: str) -> str:

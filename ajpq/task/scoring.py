@@ -63,6 +63,11 @@ class ScoreSettings:
     amp: Amp = Amp.AUTO  # bf16 changes the numbers: fixed for a run, like the finetune
     channels_last: Flag = False
 
+    @property
+    def compute(self) -> dict[str, Amp | bool]:
+        """How the device computes: the keywords of ``finetune`` and ``evaluate``."""
+        return {"amp": self.amp, "channels_last": self.channels_last}
+
 
 @dataclass(frozen=True)
 class PolicyScore:
@@ -96,7 +101,7 @@ def score_policy(
     start = time.time()
     cost = CostModel(graph).cost(policy)
     simulated = apply_policy(model, policy, graph)
-    fast = {"amp": settings.amp, "channels_last": settings.channels_last}
+    fast = settings.compute
     tuned = finetune(simulated, splits.train, settings.finetune, device, **fast)
     finetune_end = time.time()
     sums = torch.stack([p.detach().float().sum() for p in simulated.parameters()])
