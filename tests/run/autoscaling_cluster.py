@@ -12,21 +12,16 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from .isolated_cluster import alive_nodes, free_port
+
 __all__ = ["AutoscalingCluster"]
 
 HOST = "127.0.0.1"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 class AutoscalingCluster:
@@ -38,7 +33,7 @@ class AutoscalingCluster:
         max_workers: int = 1,
     ) -> None:
         self.folder = Path(folder)
-        self.port = _free_port()
+        self.port = free_port(HOST)
         self.address = f"{HOST}:{self.port}"
         self.head_cpus = head_cpus
         self.worker = worker or {"CPU": 2, "GPU": 1}
@@ -141,22 +136,7 @@ class AutoscalingCluster:
 
     def nodes(self) -> int:
         """Alive nodes (asked from a separate process: this one keeps its own Ray)."""
-        probe = (
-            "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR');"
-            "print('alive', sum(1 for n in ray.nodes() if n['Alive']))"
-        )
-        try:
-            done = subprocess.run(
-                [sys.executable, "-c", probe, self.address],
-                capture_output=True,
-                text=True,
-                env=self.env,
-                timeout=60,
-            )
-        except subprocess.TimeoutExpired:
-            return 0
-        counts = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("alive ")]
-        return int(counts[-1]) if done.returncode == 0 and counts else 0
+        return alive_nodes(self.address, self.env)
 
     def stop(self) -> None:
         """End the head's process group: the head, its autoscaler and the raylets it started."""

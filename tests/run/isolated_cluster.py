@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["IsolatedCluster", "namespaces_available"]
+__all__ = ["IsolatedCluster", "alive_nodes", "free_port", "namespaces_available"]
 
 HEAD_IP = "127.0.0.3"
 
@@ -33,10 +33,32 @@ def namespaces_available() -> bool:
     return probe.returncode == 0
 
 
-def _free_port() -> int:
+def free_port(host: str = HEAD_IP) -> int:
     with socket.socket() as sock:
-        sock.bind((HEAD_IP, 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def alive_nodes(address: str, env: dict[str, str], timeout_s: float = 60.0) -> int:
+    """Alive nodes of the cluster at ``address``, asked from a separate process (the test's
+    own process keeps its own Ray); 0 when it does not answer in ``timeout_s``."""
+    probe = (
+        "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR');"
+        "print('alive', sum(1 for n in ray.nodes() if n['Alive']))"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, address],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired:  # a loaded machine: the caller probes again
+        return 0
+    # an autoscaler's events may print on stdout too: read the probe's own line
+    counts = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("alive ")]
+    return int(counts[-1]) if done.returncode == 0 and counts else 0
 
 
 class IsolatedCluster:
@@ -55,7 +77,7 @@ class IsolatedCluster:
         self.worker_cpus = worker_cpus
         self.worker_gpus = worker_gpus
         self.head_cpus = head_cpus
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"{HEAD_IP}:{self.port}"
         self.processes: list[subprocess.Popen] = []
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -103,10 +125,10 @@ class IsolatedCluster:
                     f"--num-cpus={self.worker_cpus}",
                     f"--num-gpus={self.worker_gpus}",
                     # several nodes on one machine: each agent gets its own ports
-                    f"--dashboard-agent-listen-port={_free_port()}",
-                    f"--dashboard-agent-grpc-port={_free_port()}",
-                    f"--runtime-env-agent-port={_free_port()}",
-                    f"--metrics-export-port={_free_port()}",
+                    f"--dashboard-agent-listen-port={free_port()}",
+                    f"--dashboard-agent-grpc-port={free_port()}",
+                    f"--runtime-env-agent-port={free_port()}",
+                    f"--metrics-export-port={free_port()}",
                     "--disable-usage-stats",
                     "--block",
                 ]
@@ -127,26 +149,12 @@ class IsolatedCluster:
         return self
 
     def _wait_for(self, nodes: int, timeout_s: float) -> None:
-        probe = (
-            "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR');"
-            "print(sum(1 for n in ray.nodes() if n['Alive']))"
-        )
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             if any(process.poll() is not None for process in self.processes):
                 break
-            try:
-                done = subprocess.run(
-                    [sys.executable, "-c", probe, self.address],
-                    capture_output=True,
-                    text=True,
-                    env=self.env,
-                    timeout=max(1.0, min(60.0, deadline - time.time())),
-                )
-            except subprocess.TimeoutExpired:  # a loaded machine: probe again until the deadline
-                continue
-            lines = done.stdout.strip().splitlines()
-            if done.returncode == 0 and lines and int(lines[-1]) >= nodes:
+            wait_s = max(1.0, min(60.0, deadline - time.time()))
+            if alive_nodes(self.address, self.env, wait_s) >= nodes:
                 return
             time.sleep(2)
         self.stop()
