@@ -31,6 +31,7 @@ from ajpq.core.graph import ModelGraph
 from ajpq.core.importance import layer_importance
 from ajpq.search.config import SearchConfig
 from ajpq.task.data import DataConfig, DatasetName, DataSplits, load_dataset
+from ajpq.task.images import FolderListing
 from ajpq.task.models import build_model
 from ajpq.task.pretrain import PretrainPlan, fit_reference, plan_pretraining, store_pretrained
 
@@ -175,9 +176,11 @@ class ShippedData:
 
 @dataclass
 class NodeLocalData:
-    """A dataset too large to ship (ImageFolder): read from ``config.path`` on each node."""
+    """A dataset too large to ship (ImageFolder): read from ``config.path`` on each node, by
+    the file lists the driver made (``listings``), so no evaluator walks the tree again."""
 
     config: DataConfig
+    listings: dict[str, FolderListing] | None = None
 
     def load(self) -> DataSplits:
         path = self.config.path
@@ -186,13 +189,13 @@ class NodeLocalData:
                 f"node {socket.gethostname()}: data.path {path} does not exist there; "
                 "put the dataset at the same path on every node (or on storage all nodes mount)"
             )
-        return load_dataset(self.config)
+        return load_dataset(self.config, self.listings)
 
 
 def data_source_for(config: SearchConfig, splits: DataSplits) -> DataSource:
     """Ship tensors when they are in memory; an ImageFolder stays on each node's disk."""
     if config.data.name is DatasetName.IMAGEFOLDER:
-        return NodeLocalData(config.data)
+        return NodeLocalData(config.data, splits.info.get("listings"))  # type: ignore[arg-type]
     return ShippedData(splits)
 
 

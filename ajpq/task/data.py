@@ -2,7 +2,10 @@
 
 Every dataset yields (images, labels) as NCHW float tensors, normalised. A reward validation
 split is carved out of the training set with a fixed seed; the test split is kept for final
-reports and never feeds the reward.
+reports and never feeds the reward. Fashion-MNIST and CIFAR-10 are held as uint8 at their stored
+size and converted per batch; an ImageFolder is listed once and decoded by loader workers
+(:mod:`ajpq.task.images`). Training batches are augmented where the dataset has a usual recipe
+(CIFAR-10, ImageFolder); validation and test batches never are.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import numpy as np
 import torch
 from pydantic import Field
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ajpq.core.configtypes import Count, Flag, NonNegativeInt, OpenFraction, Text, config_type
+from ajpq.task.images import ByteImages, FolderImages, FolderListing, SelfBatching, list_folder
 
 __all__ = [
     "on_device",
@@ -63,6 +67,8 @@ class DataConfig:
     random_samples: Count = 512
     random_classes: Annotated[int, Field(strict=True, ge=2)] = 10
     random_shape: tuple[Count, Count, Count] = (3, 32, 32)
+    augment: Flag = True  # training batches of CIFAR-10 / ImageFolder (their usual recipe)
+    num_workers: NonNegativeInt | None = None  # ImageFolder loader workers; None: the CPUs
 
     def __post_init__(self) -> None:
         if self.name in (DatasetName.CIFAR10, DatasetName.IMAGEFOLDER) and not self.path:
@@ -86,13 +92,6 @@ def _resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
     if size is None or images.shape[-1] == size:
         return images
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-
-
-def _carve(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    count = len(train)
-    order = np.random.default_rng(seed).permutation(count)
-    n_val = max(1, int(round(count * fraction)))
-    return Subset(train, order[n_val:].tolist()), Subset(train, order[:n_val].tolist())
 
 
 def _tensor_subset(dataset: TensorDataset, idx: np.ndarray) -> TensorDataset:
@@ -121,6 +120,33 @@ def _tensor_splits(
         test=TensorDataset(test_x.contiguous(), test_y.long()),
         num_classes=num_classes,
         input_shape=tuple(train_x.shape[1:]),
+        name=config.name.value,
+    )
+
+
+def _byte_splits(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    config: DataConfig,
+    augment: bool,
+) -> DataSplits:
+    """uint8 NCHW images kept as bytes at their stored size (a quarter of float32, and far less
+    than float at a larger ``image_size``); normalised with training statistics per batch."""
+    scaled = train_x.float().div_(255.0)
+    mean, std = scaled.mean(dim=(0, 2, 3)), scaled.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    del scaled
+    full = ByteImages(train_x, train_y.long(), mean, std, config.image_size, augment)
+    order = np.random.default_rng(config.seed).permutation(len(full))
+    n_val = max(1, int(round(len(full) * config.val_fraction)))
+    test = ByteImages(test_x, test_y.long(), mean, std, config.image_size, False)
+    return DataSplits(
+        train=full.subset(order[n_val:]),
+        val=full.subset(order[:n_val], augment=False),
+        test=test,
+        num_classes=10,
+        input_shape=full.shape,
         name=config.name.value,
     )
 
@@ -200,17 +226,15 @@ def _fashion_mnist(config: DataConfig) -> DataSplits:
     train_x, train_y, test_x, test_y = arrays
 
     def to_images(a: np.ndarray) -> torch.Tensor:
-        return _resize(
-            torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1), config.image_size
-        )
+        return torch.from_numpy(np.array(a, dtype=np.uint8)).unsqueeze(1)  # a writable copy
 
-    return _tensor_splits(
+    return _byte_splits(
         to_images(train_x),
         torch.from_numpy(train_y.astype(np.int64)),
         to_images(test_x),
         torch.from_numpy(test_y.astype(np.int64)),
         config,
-        10,
+        augment=False,  # Fashion-MNIST's usual recipe trains on the images as they are
     )
 
 
@@ -238,18 +262,31 @@ def _cifar10(config: DataConfig) -> DataSplits:
                 batch = pickle.load(handle, encoding="latin1")
             xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(batch["labels"], dtype=np.int64))
-        images = torch.from_numpy(np.concatenate(xs).astype(np.float32) / 255.0)
-        return _resize(images, config.image_size), torch.from_numpy(np.concatenate(ys))
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
     train_names = sorted(p.name for p in folder.glob("data_batch_*"))
     train_x, train_y = load(train_names)
     test_x, test_y = load(["test_batch"])
-    return _tensor_splits(train_x, train_y, test_x, test_y, config, 10)
+    return _byte_splits(train_x, train_y, test_x, test_y, config, augment=config.augment)
 
 
-def _imagefolder(config: DataConfig) -> DataSplits:
-    from torchvision import datasets, transforms
+def _list_part(root: Path, part: str) -> FolderListing:
+    try:
+        listing = list_folder(root / part)
+    except (FileNotFoundError, OSError) as error:
+        raise FileNotFoundError(
+            f"data.path {root / part}: {' '.join(str(error).split())[:200]}"
+        ) from None
+    if len(listing) == 0:
+        raise FileNotFoundError(f"data.path {root / part}: no image files in its class folders")
+    return listing
 
+
+def _imagefolder(
+    config: DataConfig, listings: dict[str, FolderListing] | None = None
+) -> DataSplits:
+    """``train/`` and ``val/`` of class folders; the file lists come from ``listings`` when
+    given (an evaluator gets the driver's), so the tree is walked once per search."""
     if not config.path:
         raise ValueError("imagefolder needs data.path: a folder with train/ and val/ class folders")
     root = Path(config.path)
@@ -257,43 +294,40 @@ def _imagefolder(config: DataConfig) -> DataSplits:
         raise FileNotFoundError(
             f"{root} must hold train/ and val/ folders of class subfolders (ImageNet layout)"
         )
+    if listings is None:
+        listings = {part: _list_part(root, part) for part in ("train", "val")}
     size = config.image_size or 224
-    transform = transforms.Compose(
-        [
-            transforms.Resize(int(size * 256 / 224)),
-            transforms.CenterCrop(size),
-            transforms.ToTensor(),
-            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-        ]
-    )
-    folders = []
-    for part in ("train", "val"):
-        try:
-            folder = datasets.ImageFolder(str(root / part), transform=transform)
-        except (FileNotFoundError, OSError) as error:
-            raise FileNotFoundError(
-                f"data.path {root / part}: {' '.join(str(error).split())[:200]}"
-            ) from None
+    train_full = FolderImages(listings["train"], size, config.augment, workers=config.num_workers)
+    test = FolderImages(listings["val"], size, False, workers=config.num_workers)
+    for part in (train_full, test):
         try:  # one image now: an unreadable file fails here, not deep inside training
-            folder[0]
+            part.subset([0], augment=False)[0]
         except Exception as error:  # noqa: BLE001 - PIL raises several kinds
             raise ValueError(
-                f"data.path {folder.samples[0][0]}: cannot read it as an image "
+                f"data.path {part.path(0)}: cannot read it as an image "
                 f"({type(error).__name__}: {' '.join(str(error).split())[:160]})"
             ) from None
-        folders.append(folder)
-    train_full, test = folders
-    if len(train_full.classes) < 2:
+    classes = train_full.listing.classes
+    if len(classes) < 2:
         raise ValueError(
-            f"data.path {root / 'train'}: {len(train_full.classes)} class; a classifier needs 2 or more"
+            f"data.path {root / 'train'}: {len(classes)} class; a classifier needs 2 or more"
         )
-    if train_full.classes != test.classes:
+    if classes != test.listing.classes:
         raise ValueError(
             f"data.path {root}: train/ and val/ hold other classes "
-            f"({len(train_full.classes)} vs {len(test.classes)}); give both the same class folders"
+            f"({len(classes)} vs {len(test.listing.classes)}); give both the same class folders"
         )
-    train, val = _carve(train_full, config.val_fraction, config.seed)
-    return DataSplits(train, val, test, len(train_full.classes), (3, size, size), config.name.value)
+    order = np.random.default_rng(config.seed).permutation(len(train_full))
+    n_val = max(1, int(round(len(train_full) * config.val_fraction)))
+    return DataSplits(
+        train_full.subset(order[n_val:]),
+        train_full.subset(order[:n_val], augment=False),
+        test,
+        len(classes),
+        (3, size, size),
+        config.name.value,
+        info={"listings": listings},
+    )
 
 
 def _random(config: DataConfig) -> DataSplits:
@@ -315,9 +349,15 @@ _LOADERS = {
 }
 
 
-def load_dataset(config: DataConfig) -> DataSplits:
-    """Load ``config.name`` and return its train / val / test splits."""
-    splits = _LOADERS[config.name](config)
+def load_dataset(
+    config: DataConfig, listings: dict[str, FolderListing] | None = None
+) -> DataSplits:
+    """Load ``config.name`` and return its train / val / test splits (an ImageFolder from
+    ``listings`` when given: the file lists of an earlier load, ``splits.info["listings"]``)."""
+    if config.name is DatasetName.IMAGEFOLDER:
+        splits = _imagefolder(config, listings)
+    else:
+        splits = _LOADERS[config.name](config)
     logger.info(
         "dataset %s: %d train, %d val, %d test, input %s",
         config.name.value,
@@ -339,6 +379,9 @@ def batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One pass over ``dataset`` in batches; fast path for in-memory tensor datasets (batched
     where the tensors live: on the device once :func:`on_device` moved them there)."""
+    if isinstance(dataset, SelfBatching):
+        yield from dataset.batches(batch_size, shuffle, seed, drop_last, pin_memory)
+        return
     generator = torch.Generator().manual_seed(seed)
     if isinstance(dataset, TensorDataset):
         x, y = dataset.tensors
@@ -362,8 +405,8 @@ def batches(
 
 
 def on_device(splits: DataSplits, device: torch.device | str) -> DataSplits:
-    """The splits with every in-memory tensor dataset moved to ``device`` once (an evaluator
-    then batches on its GPU instead of gathering and copying every batch from the host)."""
+    """The splits with every in-memory dataset moved to ``device`` once (an evaluator then
+    batches, converts and augments on its GPU instead of copying every batch from the host)."""
     device = torch.device(device)
     if device.type == "cpu":
         return splits
@@ -371,6 +414,8 @@ def on_device(splits: DataSplits, device: torch.device | str) -> DataSplits:
     def move(part: Dataset) -> Dataset:
         if isinstance(part, TensorDataset):
             return TensorDataset(*(t.to(device) for t in part.tensors))
+        if isinstance(part, ByteImages):
+            return part.to(device)
         return part
 
     return dataclasses.replace(

@@ -155,7 +155,7 @@ def _key(what: dict, data_config: DataConfig, recipe: object) -> str:
     """Cache key of trained weights: what was trained, on which data, by which recipe."""
     key_data = {
         **what,
-        "data": _plain(data_config),
+        "data": {k: v for k, v in _plain(data_config).items() if k != "num_workers"},
         "recipe": _plain(recipe),
         "torch": torch.__version__.split("+")[0],
     }

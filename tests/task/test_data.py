@@ -61,7 +61,7 @@ def test_fashion_mnist_missing_gives_actionable_error(tmp_path):
 def test_fashion_mnist_real_files():
     splits = load_dataset(DataConfig("fashion_mnist"))
     assert len(splits.train) + len(splits.val) == 60000 and len(splits.test) == 10000
-    labels = splits.test.tensors[1]
+    labels = splits.test.labels
     assert torch.bincount(labels).tolist() == [1000] * 10
 
 
