@@ -335,6 +335,16 @@ def main(argv: list[str] | None = None) -> int:
             " / ".join(f"{value:.4f}" for value in outcome.curve),
         )
     log.info("  saved to %s", outcome.best_policy_path)
+    if outcome.best_model:
+        log.info(
+            "  compressed file %s: %d bytes, %.1fx smaller than fp32's, test accuracy %.4f",
+            outcome.best_model_path,
+            outcome.best_model["file_bytes"],
+            outcome.best_model["file_ratio"],
+            outcome.best_model["test_accuracy"],
+        )
+    if outcome.registered:
+        log.info("  registered in the MLflow Model Registry as %s", outcome.registered)
     log.info("  MLflow: parent run %s in %s", outcome.parent_run_id, outcome.tracking_uri)
     if outcome.waiting:
         log.info(

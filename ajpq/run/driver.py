@@ -28,7 +28,7 @@ from ajpq.run.devicework import Placement, run_on_evaluator
 from ajpq.run.evaluator import fit_latency_on
 from ajpq.run.pool import EvaluatorPool
 from ajpq.run.preflight import check_budget, check_tracking_uri, check_writable, resolve_locations
-from ajpq.run.report import SearchOutcome, report, test_accuracy_on
+from ajpq.run.report import FinalResult, SearchOutcome, final_on, report
 from ajpq.run.reservation import Reservation, reserve
 from ajpq.run.resources import ensure_ray
 from ajpq.run.resume import ResumeError, check_same_search, flatten
@@ -175,18 +175,19 @@ def _search(
             run.run_dir,
         )
 
-    def on_test(policy: CompressionPolicy) -> float:
-        accuracy, where = run_on_evaluator(
+    def on_test(policy: CompressionPolicy) -> FinalResult:
+        final, where = run_on_evaluator(
             config,
             "report",
-            test_accuracy_on,
+            final_on,
             run.context,
             data,
             policy.to_json(),
+            config.tracking.log_model,
             reservation=reservation,
         )
         _record_placements(run, [where])
-        return accuracy
+        return final
 
     return report(run, summary, records, best_policy, interrupted, on_test)
 

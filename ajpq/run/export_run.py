@@ -25,13 +25,13 @@ from ajpq.export.packed import export_compressed, load_compressed
 from ajpq.run.devicework import run_on_evaluator
 from ajpq.run.resources import ensure_ray
 from ajpq.run.rundir import RunDir, RunDirError, latest_run, runs_folder
-from ajpq.run.tracking import Tracker
+from ajpq.run.tracking import Tracker, model_tags
 from ajpq.search.config import SearchConfig
 from ajpq.search.context import DataSource, SearchContext, data_source_for
-from ajpq.task.data import on_device
+from ajpq.task.data import DataSplits, on_device
 from ajpq.task.train import FinetuneConfig, evaluate, finetune
 
-__all__ = ["export_best", "export_on", "latest_run_dir", "EXPORT_STEPS_FACTOR"]
+__all__ = ["export_best", "export_on", "package", "latest_run_dir", "EXPORT_STEPS_FACTOR"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +108,21 @@ def export_on(
     """The device work of an export (a task on an evaluator's device): finetune, write the
     compressed file, reload it and score it on the test split (and its ONNX); returns the
     numbers and the files' bytes for the driver to write."""
-    started = time.time()
-    policy = CompressionPolicy.from_json(policy_json)
     splits = data.load()
+    return package(device, context, splits, CompressionPolicy.from_json(policy_json), recipe, onnx)
+
+
+def package(
+    device: str,
+    context: SearchContext,
+    splits: DataSplits,
+    policy: CompressionPolicy,
+    recipe: FinetuneConfig,
+    onnx: bool = False,
+) -> dict[str, Any]:
+    """Finetune ``policy`` by ``recipe`` on ``device``, pack it, reload the file and score it on
+    the test split: the numbers and the file's bytes (``compressed``; ``onnx`` when asked)."""
+    started = time.time()
     near = on_device(splits, device)
     fast = context.config.scoring.compute
     simulated = apply_policy(context.model.to(device), policy, context.graph)
@@ -185,3 +197,11 @@ def _record(
     tracker.client.set_tag(parent_run_id, "ajpq.ran_on.export", ran_on)
     tracker.log_artifact(parent_run_id, path, "export")
     tracker.log_artifact(parent_run_id, folder.export_report, "export")
+    if result.get("onnx_path"):
+        tracker.log_artifact(parent_run_id, Path(result["onnx_path"]), "export")
+    name = config.tracking.register_model
+    if name:
+        version = tracker.register_model(
+            name, parent_run_id, "export", model_tags(config, result, "export")
+        )
+        logger.info("registered the export as model %s version %s", name, version)

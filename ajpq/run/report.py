@@ -3,6 +3,7 @@ the MLflow parent run's final metrics and status."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -12,19 +13,30 @@ from pathlib import Path
 from typing import Any
 
 from ajpq.core.policy import CompressionPolicy
+from ajpq.run.export_run import package
 from ajpq.run.journal import Journal
 from ajpq.run.plots import plot_search, plot_tradeoffs
 from ajpq.run.rundir import RunDir
 from ajpq.run.session import OpenRun
-from ajpq.run.tracking import policy_row, redact_uri, ui_link
+from ajpq.run.tracking import model_tags, policy_row, redact_uri, ui_link
 from ajpq.search.context import DataSource, SearchContext
 from ajpq.search.record import PolicyRecord, learning_curve
 from ajpq.task.data import DataSplits, on_device
 from ajpq.task.scoring import load_scorer
 
-__all__ = ["SearchOutcome", "load_best_policy", "report", "test_accuracy", "test_accuracy_on"]
+__all__ = [
+    "SearchOutcome",
+    "FinalResult",
+    "load_best_policy",
+    "report",
+    "test_accuracy",
+    "test_accuracy_on",
+    "final_on",
+]
 
 logger = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"  # the search run's artifact folder of the best compressed file
 
 
 @dataclass
@@ -45,6 +57,18 @@ class SearchOutcome:
     curve: list[float] = dataclasses.field(default_factory=list)
     top_error: str | None = None  # the most frequent error of failed evaluations
     ui_link: str | None = None  # the experiment's runs table in the MLflow UI
+    best_model_path: Path | None = None  # the best policy's compressed file
+    best_model: dict[str, Any] | None = None  # its numbers (size, ratio, test accuracy)
+    registered: str | None = None  # "<name>/<version>" in the MLflow Model Registry
+
+
+@dataclass
+class FinalResult:
+    """What the end-of-search device task returns: the best policy's test accuracy by the
+    search's scorer, and its compressed file (``package``'s numbers, bytes in ``compressed``)."""
+
+    test_accuracy: float
+    model: dict[str, Any] | None = None
 
 
 def report(
@@ -53,21 +77,27 @@ def report(
     records: list[PolicyRecord],
     best_policy: str | None,
     interrupted: bool,
-    on_test: Callable[[CompressionPolicy], float] | None = None,
+    on_test: Callable[[CompressionPolicy], FinalResult] | None = None,
 ) -> SearchOutcome:
-    """Best policy file, its test accuracy (unless interrupted; measured by ``on_test``, the
-    driver's task on an evaluator, else here), plot, records, run status. The files come from
-    the journal; MLflow gets them too, unless it is unreachable now."""
+    """Best policy file, its test accuracy and compressed file (unless interrupted; made by
+    ``on_test``, the driver's task on an evaluator, else only the accuracy, here), plot,
+    records, run status. The files come from the journal; MLflow gets them too (the compressed
+    file as the ``model`` artifact, registered when ``tracking.register_model`` names a model),
+    unless it is unreachable now."""
     tracker, parent_run_id, context = run.tracker, run.parent_run_id, run.context
     best = summary["best"]
     best_path = None
     if best is not None and best_policy is not None:
         best_path = run.folder.best_policy
         best_path.write_text(best_policy)
-    best_test = None
+    final = None
     if best_path is not None and not interrupted:
         policy = CompressionPolicy.load(best_path)
-        best_test = on_test(policy) if on_test else test_accuracy(context, run.splits, policy)
+        final = (
+            on_test(policy) if on_test else FinalResult(test_accuracy(context, run.splits, policy))
+        )
+    best_test = final.test_accuracy if final else None
+    model = _write_model(run.folder, final.model) if final and final.model else None
     rows = [record.to_dict() for record in records]
     curve = learning_curve(records)
     plot = plot_search(rows, run.folder.plot)
@@ -87,9 +117,11 @@ def report(
         for path in ([plot] if plot else []) + tradeoffs:
             tracker.log_artifact(parent_run_id, path, "plots")
         tracker.log_policies(parent_run_id, table)
-        tracker.set_status(parent_run_id, "KILLED" if interrupted else "FINISHED")
     except Exception as error:  # noqa: BLE001 - the run folder has it all; report, do not fail
         logger.warning("could not finish the MLflow parent run (%s); see %s", error, run.run_dir)
+    registered = _log_model(run, model) if model else None
+    with contextlib.suppress(Exception):
+        tracker.set_status(parent_run_id, "KILLED" if interrupted else "FINISHED")
     return SearchOutcome(
         run_dir=run.run_dir,
         parent_run_id=parent_run_id,
@@ -106,7 +138,46 @@ def report(
         curve=curve,
         top_error=summary.get("top_error"),
         ui_link=ui_link(tracker.uri, tracker.experiment_id),
+        best_model_path=run.folder.best_model if model else None,
+        best_model=model,
+        registered=registered,
     )
+
+
+def _write_model(folder: RunDir, model: dict[str, Any]) -> dict[str, Any]:
+    """The compressed file and its numbers into the run folder; the numbers back."""
+    model = dict(model)
+    folder.best_model.write_bytes(model.pop("compressed"))
+    model.pop("onnx", None)
+    model["path"] = str(folder.best_model)
+    folder.best_model_report.write_text(json.dumps(model, indent=2))
+    return model
+
+
+def _log_model(run: OpenRun, model: dict[str, Any]) -> str | None:
+    """The compressed file as the search run's ``model`` artifact, its numbers as metrics, and
+    a new Model Registry version when ``tracking.register_model`` names one."""
+    tracker, run_id, config = run.tracker, run.parent_run_id, run.context.config
+    try:
+        tracker.log_artifact(run_id, run.folder.best_model, MODEL_ARTIFACT)
+        tracker.log_artifact(run_id, run.folder.best_model_report, MODEL_ARTIFACT)
+        for name in ("file_bytes", "file_ratio", "test_accuracy"):
+            tracker.client.log_metric(run_id, f"best_model_{name}", float(model[name]))
+        name = config.tracking.register_model
+        if not name:
+            return None
+        version = tracker.register_model(
+            name, run_id, MODEL_ARTIFACT, model_tags(config, model, "search")
+        )
+        tracker.client.set_tag(run_id, "ajpq.registered_model", f"{name}/{version}")
+        return f"{name}/{version}"
+    except Exception as error:  # noqa: BLE001 - the run folder has the file
+        logger.warning(
+            "could not log the compressed model to MLflow (%s); it is in %s",
+            error,
+            run.folder.best_model,
+        )
+        return None
 
 
 def _policy_rows(folder: RunDir, records: list[PolicyRecord]) -> list[dict[str, Any]]:
@@ -147,6 +218,20 @@ def test_accuracy_on(
     """:func:`test_accuracy` where the data is read (a task on an evaluator's device)."""
     splits = on_device(data.load(), device)
     return test_accuracy(context, splits, CompressionPolicy.from_json(policy_json), device)
+
+
+def final_on(
+    device: str, context: SearchContext, data: DataSource, policy_json: str, with_model: bool
+) -> FinalResult:
+    """The end of a search on an evaluator's device: the best policy's test accuracy and,
+    ``with_model``, its compressed file finetuned by the search's own recipe (one data load)."""
+    splits = data.load()
+    policy = CompressionPolicy.from_json(policy_json)
+    accuracy = test_accuracy(context, on_device(splits, device), policy, device)
+    if not with_model:
+        return FinalResult(accuracy)
+    recipe = context.config.scoring.finetune
+    return FinalResult(accuracy, package(device, context, splits, policy, recipe))
 
 
 def load_best_policy(outcome: SearchOutcome) -> CompressionPolicy | None:

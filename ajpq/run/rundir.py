@@ -89,6 +89,16 @@ class RunDir:
         return self.path / "compressed.pt"
 
     @property
+    def best_model(self) -> Path:
+        """The best policy's compressed file as the search made it (``ajpq export`` makes the
+        longer-finetuned ``compressed.pt``)."""
+        return self.path / "best_compressed.pt"
+
+    @property
+    def best_model_report(self) -> Path:
+        return self.path / "best_compressed.json"
+
+    @property
     def onnx(self) -> Path:
         return self.path / "compressed.onnx"
 

@@ -30,6 +30,7 @@ from ajpq.search.record import (
 
 __all__ = [
     "Tracker",
+    "model_tags",
     "POLICY_METRICS",
     "artifact_root_for",
     "experiment_tags",
@@ -168,6 +169,20 @@ def policy_row(record: PolicyRecord, policy: CompressionPolicy | None) -> dict[s
     return row
 
 
+def model_tags(config: SearchConfig, result: dict[str, Any], source: str) -> dict[str, str]:
+    """The tags of a registered model version: what it was searched for and what it measures."""
+    return {
+        "model": config.model,
+        "dataset": config.data.name.value,
+        "budget": f"{config.budget.kind.value} {config.budget.value}",
+        "file_ratio": f"{float(result['file_ratio']):.2f}",
+        "file_bytes": str(int(result["file_bytes"])),
+        "test_accuracy": f"{float(result['test_accuracy']):.4f}",
+        "finetune_steps": str(int(result["finetune_steps"])),
+        "ajpq.source": source,  # search: as the search scored it; export: the long finetune
+    }
+
+
 class Tracker:
     def __init__(self, uri: str, experiment: str, tags: dict[str, str] | None = None) -> None:
         self.uri = uri
@@ -221,6 +236,25 @@ class Tracker:
 
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
+
+    def register_model(
+        self, name: str, run_id: str, artifact_path: str, tags: dict[str, Any]
+    ) -> str:
+        """A new version of registered model ``name`` (created when missing) whose source is
+        the run's ``artifact_path``, tagged with ``tags``; returns the version."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(
+                name, description="compressed networks found by ajpq searches"
+            )
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        version = self.client.create_model_version(
+            name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()}
+        )
+        return str(version.version)
 
     def log_policies(self, run_id: str, rows: list[dict[str, Any]]) -> None:
         """``policies.json``: a table artifact the UI can sort and filter (one row a policy)."""

@@ -21,6 +21,7 @@ from ajpq.core.configtypes import (
     RESUMABLE,
     ConfigError,
     Count,
+    Flag,
     Fraction,
     NonNegative,
     NonNegativeInt,
@@ -197,6 +198,10 @@ class TrackingSection:
     # trial's swept keys here), and the run to nest the search under (a sweep's run)
     tags: dict[str, str] = Field(default_factory=dict)
     parent_run_id: Text | None = None
+    # the best policy's compressed file (finetuned as the search scores) as an artifact of the
+    # search run, and, when named, a new version of that model in the MLflow Model Registry
+    log_model: Annotated[Flag, RESUMABLE] = True
+    register_model: Annotated[Text | None, RESUMABLE] = None
 
     def __post_init__(self) -> None:
         uri = self.uri

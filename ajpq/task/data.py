@@ -27,7 +27,15 @@ from pydantic import Field
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ajpq.core.configtypes import Count, Flag, NonNegativeInt, OpenFraction, Text, config_type
+from ajpq.core.configtypes import (
+    RESUMABLE,
+    Count,
+    Flag,
+    NonNegativeInt,
+    OpenFraction,
+    Text,
+    config_type,
+)
 from ajpq.task.images import ByteImages, FolderImages, FolderListing, SelfBatching, list_folder
 
 __all__ = [
@@ -68,7 +76,7 @@ class DataConfig:
     random_classes: Annotated[int, Field(strict=True, ge=2)] = 10
     random_shape: tuple[Count, Count, Count] = (3, 32, 32)
     augment: Flag = True  # training batches of CIFAR-10 / ImageFolder (their usual recipe)
-    num_workers: NonNegativeInt | None = None  # ImageFolder loader workers; None: the CPUs
+    num_workers: Annotated[NonNegativeInt | None, RESUMABLE] = None  # loader workers; None: CPUs
 
     def __post_init__(self) -> None:
         if self.name in (DatasetName.CIFAR10, DatasetName.IMAGEFOLDER) and not self.path:

@@ -23,6 +23,9 @@ def test_the_resumable_fields_are_how_long_how_parallel_and_where():
         "ray_address",
         "ray_num_cpus",
         "context_uri",
+        "data.num_workers",
+        "tracking.log_model",
+        "tracking.register_model",
     }
     # every marked key is a real key of the config (a renamed field keeps its mark)
     assert resumable_keys(SearchConfig) <= set(flatten(SearchConfig().to_dict()))

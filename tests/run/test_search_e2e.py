@@ -37,7 +37,7 @@ def _children(uri: str, parent_id: str):
 
 
 def test_search_records_every_policy_in_budget_and_in_parallel(ray_session, search_config_file):
-    config = load_config(search_config_file())
+    config = load_config(search_config_file(), ["tracking.register_model=digits-small"])
     outcome = run_search(config)
     assert not outcome.interrupted
     client, children = _children(config.tracking.uri, outcome.parent_run_id)
@@ -93,6 +93,26 @@ def test_search_records_every_policy_in_budget_and_in_parallel(ray_session, sear
     overlaps = sum(1 for (s1, e1), (s2, e2) in zip(spans, spans[1:]) if s2 < e1)
     assert overlaps >= 1, spans
 
+    # the best policy's compressed file: in the run folder, as the search run's artifact, and
+    # registered as a model version tagged with what it was searched for and what it measures
+    model = outcome.best_model
+    assert outcome.best_model_path.stat().st_size == model["file_bytes"] > 0
+    assert model["file_bytes"] < 0.25 * model["fp32_file_bytes"]
+    assert model["finetune_steps"] == config.scoring.finetune.steps
+    logged = {a.path for a in client.list_artifacts(outcome.parent_run_id, "model")}
+    assert logged == {"model/best_compressed.pt", "model/best_compressed.json"}
+    copy = client.download_artifacts(outcome.parent_run_id, "model/best_compressed.pt")
+    assert Path(copy).read_bytes() == outcome.best_model_path.read_bytes()
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.metrics["best_model_file_bytes"] == model["file_bytes"]
+    assert outcome.registered == "digits-small/1"
+    assert parent.data.tags["ajpq.registered_model"] == "digits-small/1"
+    (version,) = client.search_model_versions("name='digits-small'")
+    assert version.run_id == outcome.parent_run_id and version.source.endswith("/model")
+    assert version.tags["test_accuracy"] == f"{model['test_accuracy']:.4f}"
+    assert version.tags["budget"] == f"size {config.budget.value}"
+    assert version.tags["ajpq.source"] == "search"
+
     # the best policy, finetuned longer, exported as a file that is itself scored
     result = export_best(latest_run_dir(config), finetune_steps=20, onnx=True)
     assert Path(result["path"]) == outcome.run_dir / "compressed.pt"
@@ -107,7 +127,9 @@ def test_search_records_every_policy_in_budget_and_in_parallel(ray_session, sear
     parent = client.get_run(outcome.parent_run_id)
     assert parent.data.metrics["export_test_accuracy"] == pytest.approx(result["test_accuracy"])
     exported = {a.path for a in client.list_artifacts(outcome.parent_run_id, "export")}
-    assert exported == {"export/compressed.pt", "export/export.json"}
+    assert exported == {"export/compressed.pt", "export/export.json", "export/compressed.onnx"}
+    versions = client.search_model_versions("name='digits-small'")
+    assert sorted(v.tags["ajpq.source"] for v in versions) == ["export", "search"]
 
 
 def test_killed_evaluator_is_replaced_and_nothing_is_lost(ray_session, search_config_file):
