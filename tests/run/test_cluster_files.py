@@ -108,3 +108,24 @@ def test_scheduled_sweeps_run_ajpq_sweep_against_a_standing_tracking_server():
         assert f"http://{service}:5000" in job["runtimeEnvYAML"]
         config = job["entrypoint"].split("--config ")[1].split()[0]
         assert (REPO / config.replace("/home/ray/ajpq/", "")).exists()
+
+
+def test_scheduled_sweeps_keep_their_run_folders_on_a_persistent_volume():
+    """output_dir of the RayJob and the RayCronJob is a mount of the PVC that
+    kuberay-runs.yaml defines, on the head (where every trial's search driver writes)."""
+    docs = [doc for p in MANIFESTS for doc in _documents(p)]
+    claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    assert claims, "no PersistentVolumeClaim among the manifests"
+    jobs = [d["spec"] for d in docs if d["kind"] == "RayJob"]
+    jobs += [d["spec"]["jobTemplate"] for d in docs if d["kind"] == "RayCronJob"]
+    assert len(jobs) == 2
+    for job in jobs:
+        output_dir = job["entrypoint"].split("output_dir=")[1].split()[0]
+        head = job["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+        volumes = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in head["volumes"]
+            if "persistentVolumeClaim" in v
+        }
+        mounts = {m["mountPath"]: m["name"] for c in head["containers"] for m in c["volumeMounts"]}
+        assert volumes[mounts[output_dir]] in claims
