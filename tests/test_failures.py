@@ -243,8 +243,8 @@ CASES = {
     ),
     "output_dir": Case(
         "credentials",
-        lambda t, c: _search(c(output_dir=f"s3://key:{SECRET}@bucket/runs")),
-        "output_dir: s3://key:***@bucket/runs is a URI",
+        lambda t, c: _search(c(output_dir=f"http://key:{SECRET}@bucket/runs")),
+        "output_dir: http://key:***@bucket/runs is not storage",
     ),
     "a value quoted back": Case(
         "credentials",

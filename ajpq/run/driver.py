@@ -9,6 +9,7 @@ env runners and evaluators get everything through Ray, so worker machines need n
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
@@ -32,8 +33,17 @@ from ajpq.run.report import FinalResult, SearchOutcome, final_on, report
 from ajpq.run.reservation import Reservation, reserve
 from ajpq.run.resources import ensure_ray
 from ajpq.run.resume import ResumeError, check_same_search, flatten
-from ajpq.run.rundir import RunDir, RunDirError, latest_run, mark_latest, run_base_name, runs_folder
+from ajpq.run.rundir import (
+    RunDir,
+    RunDirError,
+    latest_run,
+    mark_latest,
+    pull_latest,
+    run_base_name,
+    runs_folder,
+)
 from ajpq.run.session import OpenRun
+from ajpq.run.storage import RunMirror, is_uri
 from ajpq.run.strategies import Progress, Search, SearchAborted
 from ajpq.run.tracking import Tracker
 from ajpq.search.config import SearchConfig
@@ -91,8 +101,16 @@ def run_search(
     """Run (or continue, with ``resume``) one search described by ``config``. ``on_progress``
     gets the episode count and the best policy's metrics as they change (a sweep's trial
     reports them to Tune). Inside a placement group (a Tune trial) the evaluators are
-    scheduled in it too."""
+    scheduled in it too. ``output_dir`` may be a URI (s3://, gs://, file://): the run folder
+    is then kept in a local copy pushed there as it changes (:mod:`ajpq.run.storage`)."""
     config = resolve_locations(config)
+    if is_uri(config.output_dir):
+        mirror = RunMirror(config.output_dir)
+        if resume:
+            pull_latest(mirror, run_base_name(config))
+        local = dataclasses.replace(config, output_dir=str(mirror.local))
+        with mirror:
+            return run_search(local, resume, config_path, on_progress)
     check_tracking_uri(config.tracking.uri)
     check_writable(Path(config.output_dir))
     run = _resume_run(config) if resume else None

@@ -11,6 +11,7 @@ from pathlib import Path
 from ajpq.core.budget import enforce_budget
 from ajpq.core.builder import uniform_policy
 from ajpq.core.cost import CostModel
+from ajpq.run.storage import is_uri
 from ajpq.run.tracking import redact_uri
 from ajpq.search.config import SearchConfig
 from ajpq.search.context import SearchContext
@@ -41,7 +42,9 @@ def resolve_locations(config: SearchConfig) -> SearchConfig:
     return dataclasses.replace(
         config,
         tracking=dataclasses.replace(config.tracking, uri=uri),
-        output_dir=str(Path(config.output_dir).expanduser().resolve()),
+        output_dir=config.output_dir
+        if is_uri(config.output_dir)
+        else str(Path(config.output_dir).expanduser().resolve()),
     )
 
 

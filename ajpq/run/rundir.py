@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ajpq.run.storage import RunMirror
 from ajpq.search.config import Method, SearchConfig
 
 __all__ = [
@@ -183,4 +184,16 @@ def latest_run(base: Path) -> RunDir | None:
         return None
     state = json.loads(latest.read_text())
     check_schema(state, latest)
-    return RunDir(Path(state["run_dir"]))
+    path = Path(state["run_dir"])
+    if not path.exists() and (base / path.name).exists():  # the runs folder moved (a mirror)
+        path = base / path.name
+    return RunDir(path)
+
+
+def pull_latest(mirror: RunMirror, base_name: str) -> None:
+    """Bring the latest run of ``base_name`` (its pointer and its folder) from the mirror's
+    storage into its local copy, for ``--resume`` on a machine that has none of it."""
+    if not mirror.pull(f"{base_name}/{LATEST}"):
+        return
+    state = json.loads((mirror.local / base_name / LATEST).read_text())
+    mirror.pull(f"{base_name}/{Path(state['run_dir']).name}")

@@ -14,6 +14,7 @@ own checkpoint and journal, so no policy is scored twice.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ from ajpq.run.plots import plot_fronts, plot_tradeoffs
 from ajpq.run.preflight import check_tracking_uri, resolve_locations
 from ajpq.run.resources import ensure_ray, local_num_cpus, search_bundles
 from ajpq.run.rundir import latest_pointer, runs_folder
+from ajpq.run.storage import RunMirror, is_uri
 from ajpq.run.tracking import Tracker, redact_uri
 from ajpq.search.config import SearchConfig
 from ajpq.search.pareto import pareto_front
@@ -44,6 +46,7 @@ __all__ = ["run_sweep", "SweepOutcome", "sweep_folder", "summarize_sweep", "tria
 logger = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.json"
+SWEEPS = "sweeps"  # <output_dir>/sweeps/<sweep name>/
 
 
 @dataclass
@@ -58,7 +61,7 @@ class SweepOutcome:
 
 
 def sweep_folder(config: SweepConfig) -> Path:
-    return Path(config.base.output_dir) / "sweeps" / config.sweep.name
+    return Path(config.base.output_dir) / SWEEPS / config.sweep.name
 
 
 def _space(config: SweepConfig) -> dict[str, Any]:
@@ -131,7 +134,10 @@ def _open_sweep(config: SweepConfig, tracker: Tracker, resume: bool) -> tuple[Pa
             raise ValueError(f"no sweep to resume under {folder}; run without --resume first")
         state = json.loads(latest.read_text())
         tracker.set_status(state["sweep_run_id"], "RUNNING")
-        return Path(state["sweep_dir"]), state["sweep_run_id"]
+        sweep_dir = Path(state["sweep_dir"])
+        if not sweep_dir.exists():  # the sweeps folder moved (a mirror on another machine)
+            sweep_dir = folder / sweep_dir.name
+        return sweep_dir, state["sweep_run_id"]
     sweep_dir = folder / time.strftime("%Y%m%d-%H%M%S")
     sweep_dir.mkdir(parents=True, exist_ok=False)
     params = {f"sweep.grid.{k}": json.dumps(v) for k, v in config.sweep.grid.items()}
@@ -157,8 +163,17 @@ def _open_sweep(config: SweepConfig, tracker: Tracker, resume: bool) -> tuple[Pa
 
 
 def run_sweep(config: SweepConfig, resume: bool = False) -> SweepOutcome:
-    """Run (or, with ``resume``, continue) the sweep described by ``config``."""
+    """Run (or, with ``resume``, continue) the sweep described by ``config``. With a URI as
+    ``output_dir`` the sweep's folder (trials' run folders, Tune's state) is kept in a local
+    copy on this node, where every trial's driver runs, and pushed there as it changes."""
     config = SweepConfig(resolve_locations(config.base), config.sweep)
+    if is_uri(config.base.output_dir):
+        mirror = RunMirror(config.base.output_dir)
+        if resume:
+            mirror.pull(f"{SWEEPS}/{config.sweep.name}")
+        local = dataclasses.replace(config.base, output_dir=str(mirror.local))
+        with mirror:
+            return run_sweep(SweepConfig(local, config.sweep), resume)
     base = config.base
     check_tracking_uri(base.tracking.uri)
     tracker = Tracker(base.tracking.uri, base.tracking.experiment)

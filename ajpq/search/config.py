@@ -262,14 +262,11 @@ def _check_environment(config: SearchConfig) -> None:
     if data.path and not data.download and not Path(data.path).exists():
         raise ConfigError(f"data.path: {redact(data.path)} does not exist")
     if "://" in config.output_dir:
-        raise ConfigError(
-            f"output_dir: {redact(config.output_dir)} is a URI; give a folder on the driver "
-            "(a path mounted on every node for results that outlive it)"
-        )
-    if Path(config.output_dir).exists() and not Path(config.output_dir).is_dir():
+        _check_storage_uri("output_dir", config.output_dir)
+    elif Path(config.output_dir).exists() and not Path(config.output_dir).is_dir():
         raise ConfigError(f"output_dir: {redact(config.output_dir)} is a file; give a folder")
     if config.context_uri:
-        _check_context_uri(config.context_uri)
+        _check_storage_uri("context_uri", config.context_uri)
     from ajpq.task.scoring import load_scorer
 
     try:
@@ -290,8 +287,8 @@ def _check_environment(config: SearchConfig) -> None:
         raise ConfigError(f"weights: {redact(config.weights)} does not exist")
 
 
-def _check_context_uri(uri: str) -> None:
-    """``context_uri`` names storage pyarrow can open (s3://, gs://, a mounted path)."""
+def _check_storage_uri(key: str, uri: str) -> None:
+    """``key`` names storage pyarrow can open (s3://, gs://, file://, a mounted path)."""
     from pyarrow import fs
 
     try:
@@ -299,8 +296,8 @@ def _check_context_uri(uri: str) -> None:
     except Exception as error:  # noqa: BLE001 - pyarrow raises several kinds; one line
         reason = redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
         raise ConfigError(
-            f"context_uri: {redact(uri)} is not storage every node can read ({reason[:160]}); "
-            "use s3://bucket/path, gs://bucket/path or a path mounted on every node"
+            f"{key}: {redact(uri)} is not storage pyarrow can open ({reason[:160]}); "
+            "use s3://bucket/path, gs://bucket/path, file:///path or a mounted path"
         ) from None
 
 
