@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= tune_configs/digits_demo.yaml
 SWEEP ?= tune_configs/sweep_demo.yaml
 
-.PHONY: install test test-slow test-all lint format search sweep bench bench-ddpg bench-search bench-scale bench-sweep bench-zoo bench-baselines bench-demo bench-ddpg-few bench-eval gpu-check mlflow-ui clean
+.PHONY: install test test-slow test-all lint format search sweep bench bench-ddpg bench-search bench-scale bench-sweep bench-zoo bench-baselines bench-demo bench-ddpg-few bench-eval bench-data gpu-check mlflow-ui clean
 
 install: $(STAMP)
 
@@ -49,6 +49,9 @@ bench-ddpg: install
 
 bench-ddpg-few: install
 	$(BIN)/python bench/bench_ddpg_few_episodes.py
+
+bench-data: install
+	$(BIN)/python bench/bench_data.py
 
 bench-eval: install
 	$(BIN)/python bench/bench_eval_throughput.py

@@ -194,7 +194,6 @@ TESTED_IN = {
     "ajpq/core/budget/fill.py": "tests/core/test_budget.py",
     "ajpq/task/models.py": "tests/task/test_train_and_models.py",
     "ajpq/task/train.py": "tests/task/test_train_and_models.py",
-    "ajpq/task/scoring.py": "tests/run/test_search_e2e.py",
     "ajpq/search/context.py": "tests/run/test_cluster.py",
     "ajpq/search/space.py": "tests/search/test_space_env.py",
     "ajpq/search/env.py": "tests/search/test_space_env.py",
