@@ -335,6 +335,15 @@ def main(argv: list[str] | None = None) -> int:
             " / ".join(f"{value:.4f}" for value in outcome.curve),
         )
     log.info("  saved to %s", outcome.best_policy_path)
+    if outcome.fidelity:
+        log.info(
+            "  proxy fidelity: rank correlation %.2f (Spearman), %.2f (Kendall) between the "
+            "search's score and a %d-step finetune over %d policies; best chosen by the long score",
+            outcome.fidelity["spearman"],
+            outcome.fidelity["kendall"],
+            outcome.fidelity["steps"],
+            len(outcome.fidelity["rows"]),
+        )
     if outcome.best_model:
         log.info(
             "  compressed file %s: %d bytes, %.1fx smaller than fp32's, test accuracy %.4f",

@@ -85,7 +85,12 @@ def search_config_file(tmp_path: Path, model_cache: Path, monkeypatch: pytest.Mo
                 "seed": 0,
             },
             "evaluator": {"num_evaluators": 2, "num_cpus": 1},
-            "scoring": {"finetune": {"steps": 5}, "latency_repeats": 3},
+            # the proxy's re-scoring is tested on its own (tests/run/test_fidelity.py)
+            "scoring": {
+                "finetune": {"steps": 5},
+                "latency_repeats": 3,
+                "fidelity": {"top_k": 0, "random_k": 0},
+            },
             "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "test"},
             "output_dir": str(tmp_path / "runs"),
         }

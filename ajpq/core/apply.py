@@ -56,6 +56,19 @@ class FakeQuantLayer(nn.Module):
             ((self.weight_bits < 2) | (self.weight_bits >= FLOAT_BITS)).any()
         )
         self.register_buffer("weight_qmax", weight_qmax(self.weight_bits), persistent=False)
+        # the weights that read a pruned input are zeros: they neither count for a channel's
+        # grid (so the physically pruned network quantizes identically) nor train
+        weight_mask = _column_mask(layer, input_mask)
+        self.register_buffer("weight_mask", weight_mask, persistent=False)
+        live = None if weight_mask is None else weight_mask.reshape(weight_mask.shape[0], -1)
+        self.register_buffer(
+            "live_weights",
+            None if live is None else (live.sum(dim=1) * _kernel_size(layer)),
+            persistent=False,
+        )
+        # set by ajpq.core.pruned: this layer's kept output channels of the original network
+        self.kept_out: torch.Tensor | None = None
+        self.original_out = int(layer.weight.shape[0])
 
     def _mask_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_mask is None:
@@ -64,11 +77,18 @@ class FakeQuantLayer(nn.Module):
             return x * self.input_mask.to(x.dtype)
         return x * self.input_mask.to(x.dtype).view(1, -1, 1, 1)
 
-    def quantized_weight(self) -> torch.Tensor:
-        if not self.quantize_weights:
+    def masked_weight(self) -> torch.Tensor:
+        """The float weight with the weights of pruned inputs at zero."""
+        if self.weight_mask is None:
             return self.layer.weight
+        return self.layer.weight * self.weight_mask.to(self.layer.weight.dtype)
+
+    def quantized_weight(self) -> torch.Tensor:
+        weight = self.masked_weight()
+        if not self.quantize_weights:
+            return weight
         return fake_quantize_weight(
-            self.layer.weight, self.weight_bits, self.weight_qmax, self.has_special_bits
+            weight, self.weight_bits, self.weight_qmax, self.has_special_bits, self.live_weights
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,6 +97,25 @@ class FakeQuantLayer(nn.Module):
         if isinstance(self.layer, nn.Linear):
             return F.linear(x, weight, self.layer.bias)
         return self.layer._conv_forward(x, weight, self.layer.bias)
+
+
+def _kernel_size(layer: nn.Module) -> int:
+    return int(np.prod(layer.weight.shape[2:])) if layer.weight.dim() > 2 else 1
+
+
+def _column_mask(layer: nn.Module, input_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(out, in / groups, 1, ...) mask of the weights that read a kept input (grouped and
+    depthwise convs: output channel o reads the inputs of its group)."""
+    if input_mask is None:
+        return None
+    weight = layer.weight
+    out, per_group = weight.shape[0], weight.shape[1]
+    groups = getattr(layer, "groups", 1)
+    outs_per_group = out // groups
+    group = torch.arange(out) // outs_per_group
+    index = group[:, None] * per_group + torch.arange(per_group)[None, :]
+    mask = input_mask.float().cpu()[index]
+    return mask.reshape(out, per_group, *([1] * (weight.dim() - 2))).to(weight.device)
 
 
 def example_input_for(model: nn.Module, policy: CompressionPolicy) -> torch.Tensor:

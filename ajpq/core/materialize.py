@@ -22,7 +22,7 @@ from ajpq.core.graph import ModelGraph
 from ajpq.core.policy import CompressionPolicy
 from ajpq.core.quantize import FLOAT_BITS, ActivationQuantizer, weight_scales
 
-__all__ = ["QuantizedInput", "materialize", "materialize_with_scales"]
+__all__ = ["QuantizedInput", "materialize", "materialize_with_scales", "prune_zero_channels"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,14 @@ def materialize_with_scales(
                 "analyze(model, example_input)), or pass apply_policy's output"
             )
         model = apply_policy(model, policy, graph)
+    wrapped = [m for m in model.modules() if isinstance(m, FakeQuantLayer)]
+    kept = None
+    if wrapped and all(m.kept_out is not None for m in wrapped):
+        kept = {
+            n: (m.kept_out, m.original_out)
+            for n, m in model.named_modules()
+            if isinstance(m, FakeQuantLayer)
+        }
     plain = copy.deepcopy(model)
     quantizers: dict[str, ActivationQuantizer] = {}
     scales: dict[str, torch.Tensor] = {}
@@ -90,7 +98,7 @@ def materialize_with_scales(
         with torch.no_grad():
             weight = module.quantized_weight().detach()
             bits = module.weight_bits
-            scale = weight_scales(module.layer.weight, bits)
+            scale = weight_scales(module.masked_weight(), bits, module.live_weights)
             if module.fold_bn is not None:
                 factor = _fold(module, plain.get_submodule(module.fold_bn))
                 set_submodule(plain, module.fold_bn, nn.Identity())
@@ -110,23 +118,41 @@ def materialize_with_scales(
         if module.act.bits < FLOAT_BITS:
             quantizers[name] = module.act
         set_submodule(plain, name, module.layer)
-    if any(0 in lp.weight_bits for lp in policy.layers):
-        example = example_input_for(plain, policy)
-        dep_graph = build_dependency_graph(plain, example)
-        done: set[int] = set()  # ids of modules whose output channels are already pruned
-        for layer_policy in policy.layers:
-            pruned = [c for c, bits in enumerate(layer_policy.weight_bits) if bits == 0]
-            module = plain.get_submodule(layer_policy.name)
-            if not pruned or id(module) in done:
-                continue
-            out_fn = dep_graph.get_pruner_of_module(module).prune_out_channels
-            group = dep_graph.get_pruning_group(module, out_fn, pruned)
-            done.update(
-                id(item.dep.target.module)
-                for item in group.items
-                if dep_graph.is_out_channel_pruning_fn(item.dep.handler)
-            )
-            group.prune()
+    if kept is None:
+        prune_zero_channels(plain, policy)
+    else:  # already pruned (ajpq.core.pruned): scales per channel of the original network
+        scales = {name: _spread(scale, *kept[name]) for name, scale in scales.items()}
     for name, quantizer in quantizers.items():
         set_submodule(plain, name, QuantizedInput(quantizer, plain.get_submodule(name)))
     return plain, scales
+
+
+def _spread(scale: torch.Tensor, kept: torch.Tensor, original: int) -> torch.Tensor:
+    """Scales of the kept channels placed at their original positions (removed ones: 0)."""
+    full = torch.zeros(original, dtype=scale.dtype, device=scale.device)
+    full[kept.to(scale.device)] = scale
+    return full
+
+
+def prune_zero_channels(model: nn.Module, policy: CompressionPolicy) -> nn.Module:
+    """Remove ``policy``'s 0-bit output channels from the plain (unwrapped) ``model`` in place
+    with Torch-Pruning; BatchNorms, depthwise convs, residual partners and consumers follow."""
+    if not any(0 in lp.weight_bits for lp in policy.layers):
+        return model
+    example = example_input_for(model, policy)
+    dep_graph = build_dependency_graph(model, example)
+    done: set[int] = set()  # ids of modules whose output channels are already pruned
+    for layer_policy in policy.layers:
+        pruned = [c for c, bits in enumerate(layer_policy.weight_bits) if bits == 0]
+        module = model.get_submodule(layer_policy.name)
+        if not pruned or id(module) in done:
+            continue
+        out_fn = dep_graph.get_pruner_of_module(module).prune_out_channels
+        group = dep_graph.get_pruning_group(module, out_fn, pruned)
+        done.update(
+            id(item.dep.target.module)
+            for item in group.items
+            if dep_graph.is_out_channel_pruning_fn(item.dep.handler)
+        )
+        group.prune()
+    return model

@@ -34,11 +34,20 @@ def _grid_scale(flat: torch.Tensor, qmax: torch.Tensor) -> torch.Tensor:
     return (flat.detach().abs().amax(dim=1).clamp_min(1e-12) / qmax).float()
 
 
-def weight_scales(weight: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+def _mean_abs(flat: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
+    """mean |w| per row over its ``live`` columns (None: all; the rest are masked zeros)."""
+    if live is None:
+        return flat.abs().mean(dim=1)
+    return flat.abs().sum(dim=1) / live.to(flat.dtype).clamp_min(1)
+
+
+def weight_scales(
+    weight: torch.Tensor, bits: torch.Tensor, live: torch.Tensor | None = None
+) -> torch.Tensor:
     """The per-channel scale :func:`fake_quantize_weight` uses: the grid step for 2..8 bits,
     mean |w| for binary channels (what an exported file stores beside the integer codes)."""
     flat = weight.detach().reshape(weight.shape[0], -1).float()
-    return torch.where(bits == 1, flat.abs().mean(dim=1), _grid_scale(flat, weight_qmax(bits)))
+    return torch.where(bits == 1, _mean_abs(flat, live), _grid_scale(flat, weight_qmax(bits)))
 
 
 def fake_quantize_weight(
@@ -46,8 +55,11 @@ def fake_quantize_weight(
     bits: torch.Tensor,
     qmax: torch.Tensor | None = None,
     has_special: bool | None = None,
+    live: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Quantize ``weight`` (out, ...) channel by channel at ``bits`` (out,), with an STE.
+    ``live`` (out,): how many weights of each channel are not masked zeros (a binary channel's
+    magnitude is their mean |w|, as if the masked ones were removed).
 
     The forward value is the dequantized weight; the gradient passes straight through to the
     float weight for kept channels and is zero for pruned (0-bit) channels. Channels at 2..8 bits
@@ -71,7 +83,7 @@ def fake_quantize_weight(
         column = bits.reshape(out, 1)
         # +mean|w| where w > 0, else -mean|w| (an exported sign bit decodes the same); the
         # value is exactly that (flat - flat.detach() is exactly 0), the gradient straight through
-        magnitude = flat.abs().mean(dim=1, keepdim=True)
+        magnitude = _mean_abs(flat, live).unsqueeze(1)
         binary = torch.where(flat > 0, magnitude, -magnitude).detach() + (flat - flat.detach())
         quant = torch.where(column == 1, binary, quant)
         quant = torch.where(column >= FLOAT_BITS, flat, quant)

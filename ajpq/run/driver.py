@@ -27,9 +27,10 @@ from ajpq.run import binding
 from ajpq.run.context_source import publish_context
 from ajpq.run.devicework import Placement, run_on_evaluator
 from ajpq.run.evaluator import fit_latency_on
+from ajpq.run.fidelity import measure_fidelity
 from ajpq.run.pool import EvaluatorPool
 from ajpq.run.preflight import check_budget, check_tracking_uri, check_writable, resolve_locations
-from ajpq.run.report import FinalResult, SearchOutcome, final_on, report
+from ajpq.run.report import FinalResult, SearchOutcome, best_policy_json, final_on, report
 from ajpq.run.reservation import Reservation, reserve
 from ajpq.run.resources import ensure_ray
 from ajpq.run.resume import ResumeError, check_same_search, flatten
@@ -193,6 +194,15 @@ def _search(
             run.run_dir,
         )
 
+    fidelity = None
+    if not interrupted and summary["best"] is not None:
+        measured = measure_fidelity(run, data, reservation)
+        if measured is not None:
+            fidelity, placed = measured
+            _record_placements(run, [placed])
+            summary["best"] = fidelity.best  # the best long score among the re-scored
+            best_policy = best_policy_json(run.folder, fidelity.best.policy_key) or best_policy
+
     def on_test(policy: CompressionPolicy) -> FinalResult:
         final, where = run_on_evaluator(
             config,
@@ -207,7 +217,7 @@ def _search(
         _record_placements(run, [where])
         return final
 
-    return report(run, summary, records, best_policy, interrupted, on_test)
+    return report(run, summary, records, best_policy, interrupted, on_test, fidelity)
 
 
 def _record_placements(run: OpenRun, placements: list[Placement]) -> None:

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ajpq.core.apply import apply_policy
 from ajpq.core.policy import CompressionPolicy
+from ajpq.core.pruned import simulate
 from ajpq.export.packed import export_compressed, load_compressed
 from ajpq.run.devicework import run_on_evaluator
 from ajpq.run.resources import ensure_ray
@@ -125,7 +125,9 @@ def package(
     started = time.time()
     near = on_device(splits, device)
     fast = context.config.scoring.compute
-    simulated = apply_policy(context.model.to(device), policy, context.graph)
+    simulated = simulate(
+        context.model.to(device), policy, context.graph, pruned=context.config.scoring.pruned
+    )
     trained = finetune(simulated, near.train, recipe, device, **fast)
     if trained.diverged:
         raise ValueError(f"the export finetune diverged at lr {recipe.lr}; lower it and rerun")

@@ -14,6 +14,7 @@ from typing import Any
 
 from ajpq.core.policy import CompressionPolicy
 from ajpq.run.export_run import package
+from ajpq.run.fidelity import FidelityResult
 from ajpq.run.journal import Journal
 from ajpq.run.plots import plot_search, plot_tradeoffs
 from ajpq.run.rundir import RunDir
@@ -32,6 +33,7 @@ __all__ = [
     "test_accuracy",
     "test_accuracy_on",
     "final_on",
+    "best_policy_json",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class SearchOutcome:
     best_model_path: Path | None = None  # the best policy's compressed file
     best_model: dict[str, Any] | None = None  # its numbers (size, ratio, test accuracy)
     registered: str | None = None  # "<name>/<version>" in the MLflow Model Registry
+    # the proxy's rank correlations and the re-scored policies (ajpq.run.fidelity)
+    fidelity: dict[str, Any] | None = None
 
 
 @dataclass
@@ -78,6 +82,7 @@ def report(
     best_policy: str | None,
     interrupted: bool,
     on_test: Callable[[CompressionPolicy], FinalResult] | None = None,
+    fidelity: FidelityResult | None = None,
 ) -> SearchOutcome:
     """Best policy file, its test accuracy and compressed file (unless interrupted; made by
     ``on_test``, the driver's task on an evaluator, else only the accuracy, here), plot,
@@ -87,6 +92,8 @@ def report(
     tracker, parent_run_id, context = run.tracker, run.parent_run_id, run.context
     best = summary["best"]
     best_path = None
+    if fidelity is not None:
+        run.folder.fidelity.write_text(json.dumps(fidelity.to_dict(), indent=1))
     if best is not None and best_policy is not None:
         best_path = run.folder.best_policy
         best_path.write_text(best_policy)
@@ -141,7 +148,17 @@ def report(
         best_model_path=run.folder.best_model if model else None,
         best_model=model,
         registered=registered,
+        fidelity=fidelity.to_dict() if fidelity else None,
     )
+
+
+def best_policy_json(folder: RunDir, policy_key: str) -> str | None:
+    """The journaled policy JSON of ``policy_key``."""
+    journal = Journal(folder.journal)
+    try:
+        return journal.policy_json(policy_key)
+    finally:
+        journal.close()
 
 
 def _write_model(folder: RunDir, model: dict[str, Any]) -> dict[str, Any]:

@@ -259,6 +259,13 @@ def _within_budget(tags: dict[str, str], metrics: dict[str, float]) -> bool:
     return budget.admits(metrics.get("compression_ratio", 0.0), metrics.get("bitops_ratio", 1.0))
 
 
+def _search_metric(tracker: Tracker, run_id: str, name: str) -> float:
+    try:
+        return float(tracker.client.get_run(run_id).data.metrics.get(name, float("nan")))
+    except Exception:  # noqa: BLE001 - a missing run: the column says nan
+        return float("nan")
+
+
 def summarize_sweep(tracker: Tracker, sweep_run_id: str, sweep_dir: Path) -> SweepOutcome:
     """Pareto fronts and each trial's best, from MLflow (every node's records end there)."""
     keys = _swept_keys(tracker, sweep_run_id)
@@ -305,6 +312,10 @@ def summarize_sweep(tracker: Tracker, sweep_run_id: str, sweep_dir: Path) -> Swe
     ]
     rows.sort(key=lambda r: -r["accuracy"])
     trials = sorted(best.values(), key=lambda p: [p.get(k, "") for k in keys])
+    for trial in trials:  # how well each trial's cheap score ranked (ajpq.run.fidelity)
+        trial["proxy_rank_corr"] = _search_metric(
+            tracker, trial["search_run_id"], "proxy_rank_corr"
+        )
     files = {
         "pareto_csv": _write_csv(sweep_dir / "pareto.csv", rows),
         "trials_csv": _write_csv(sweep_dir / "trials.csv", trials),

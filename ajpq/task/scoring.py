@@ -20,18 +20,19 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ajpq.core.apply import apply_policy
-from ajpq.core.configtypes import RESUMABLE, Count, Flag, config_type
+from ajpq.core.configtypes import RESUMABLE, Count, Flag, NonNegativeInt, config_type
 from ajpq.core.cost import CostModel, measure_latency
 from ajpq.core.graph import ModelGraph
 from ajpq.core.materialize import materialize
 from ajpq.core.policy import CompressionPolicy
+from ajpq.core.pruned import simulate
 from ajpq.task.data import DataSplits
 from ajpq.task.loader import load_object
-from ajpq.task.train import Amp, FinetuneConfig, evaluate, finetune
+from ajpq.task.train import Amp, FinetuneConfig, evaluate, finetune, recalibrate_bn
 
 __all__ = [
     "ScoreSettings",
+    "FidelityConfig",
     "PolicyScore",
     "Scorer",
     "score_policy",
@@ -45,6 +46,20 @@ __all__ = [
 DEFAULT_SCORER = "ajpq.task.scoring:score_policy"
 
 logger = logging.getLogger(__name__)
+
+
+@config_type
+class FidelityConfig:
+    """How well the search's cheap score ranks policies (``scoring.fidelity:``): at the end of
+    a search, the ``top_k`` best policies and ``random_k`` others (fixed seed) are scored again
+    with ``steps`` finetune steps (None: 10x ``scoring.finetune.steps``, the export's recipe);
+    the rank correlation of the two scores is logged and the best policy is the one with the
+    best long score. ``top_k: 0`` and ``random_k: 0`` turn it off."""
+
+    top_k: NonNegativeInt = 3
+    random_k: NonNegativeInt = 2
+    steps: NonNegativeInt | None = None
+    seed: NonNegativeInt = 0
 
 
 @config_type
@@ -62,6 +77,13 @@ class ScoreSettings:
     latency_repeats: Annotated[Count, RESUMABLE] = 10  # may change on --resume
     amp: Amp = Amp.AUTO  # bf16 changes the numbers: fixed for a run, like the finetune
     channels_last: Flag = False
+    # finetune and score the physically pruned network (a step costs what the policy keeps);
+    # false: the masked full-size network (the reference, equal up to float rounding)
+    pruned: Flag = True
+    # re-estimate BatchNorm statistics on this many training batches before scoring (after the
+    # finetune; with finetune.steps 0 the only adaptation): EagleEye's adaptive BN
+    bn_recalibration_batches: NonNegativeInt = 0
+    fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
 
     @property
     def compute(self) -> dict[str, Amp | bool]:
@@ -100,7 +122,7 @@ def score_policy(
     """Finetune the policy-applied model ``settings.finetune.steps`` steps, score it on val."""
     start = time.time()
     cost = CostModel(graph).cost(policy)
-    simulated = apply_policy(model, policy, graph)
+    simulated = simulate(model, policy, graph, pruned=settings.pruned)
     fast = settings.compute
     tuned = finetune(simulated, splits.train, settings.finetune, device, **fast)
     finetune_end = time.time()
@@ -109,6 +131,16 @@ def score_policy(
     top1 = top5 = 0.0
     latency = float("nan")
     if not diverged:
+        if settings.bn_recalibration_batches:
+            recalibrate_bn(
+                simulated,
+                splits.train,
+                settings.bn_recalibration_batches,
+                settings.finetune.batch_size,
+                device,
+                settings.finetune.seed,
+                **fast,
+            )
         result = evaluate(simulated, splits.val, device, max_samples=settings.val_samples, **fast)
         top1, top5 = result.top1, result.top5
         latency = measure_latency(

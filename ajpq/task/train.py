@@ -32,6 +32,7 @@ __all__ = [
     "EvalResult",
     "finetune",
     "evaluate",
+    "recalibrate_bn",
 ]
 
 logger = logging.getLogger(__name__)
@@ -199,8 +200,8 @@ def evaluate(
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # top-1, top-5, loss
     seen = 0
     for x, y in batches(data, batch_size, shuffle=False, pin_memory=device.type == "cuda"):
-        if max_samples is not None and seen >= max_samples:
-            break
+        if max_samples is not None and seen + len(y) > max_samples:  # exactly max_samples
+            x, y = x[: max_samples - seen], y[: max_samples - seen]
         x, y = _inputs(x, device, layout), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x)
@@ -211,7 +212,53 @@ def evaluate(
         totals[1] += (top == y[:, None]).any(dim=1).sum()
         totals[2] += F.cross_entropy(logits, y, reduction="sum")
         seen += len(y)
+        if max_samples is not None and seen >= max_samples:
+            break
     if seen == 0:
         raise ValueError("evaluation data is empty")
     top1, top5, loss = (float(v) / seen for v in totals.cpu())
     return EvalResult(top1, top5, loss, seen)
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module,
+    train: Dataset,
+    num_batches: int,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    amp: Amp | str = Amp.AUTO,
+    channels_last: bool = False,
+) -> int:
+    """Re-estimate every BatchNorm's running statistics on ``num_batches`` training batches
+    (EagleEye's adaptive BN: a pruned network's statistics are stale). Only the statistics
+    change: weights stay, and activation quantizers keep their calibrated ranges (the rest of
+    the network runs in eval mode). Returns the number of batches used."""
+    device = torch.device(device)
+    layout = _prepare(model, device, channels_last)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or num_batches <= 0:
+        return 0
+    model.eval()
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches
+        norm.train()
+    dtype = autocast_dtype(amp, device)
+    used = 0
+    try:
+        for x, _ in batches(train, batch_size, shuffle=True, seed=seed, drop_last=True):
+            with torch.autocast(
+                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+            ):
+                model(_inputs(x, device, layout))
+            used += 1
+            if used >= num_batches:
+                break
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        model.eval()
+    return used

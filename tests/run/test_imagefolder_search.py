@@ -60,6 +60,8 @@ def test_the_imagefolder_scenario_runs_end_to_end(ray_session, tmp_path, monkeyp
             "scoring.finetune.steps=3",
             "scoring.finetune.batch_size=16",
             "scoring.latency_repeats=2",
+            "scoring.fidelity.top_k=0",
+            "scoring.fidelity.random_k=0",
             f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
             f"output_dir={tmp_path / 'runs'}",
         ],

@@ -38,7 +38,44 @@ def test_the_default_val_samples_bounds_one_evaluation():
     settings = ScoreSettings(finetune=FinetuneConfig(steps=1, batch_size=32), latency_repeats=1)
     assert settings.val_samples == 10_000
     score_policy(model, policy, graph, splits, settings)
-    assert 10_000 <= val.reads < 10_000 + 256  # one evaluation batch past the bound at most
+    assert 10_000 <= val.reads < 10_000 + 256  # the last batch is read whole, scored in part
     val.reads = 0
     score_policy(model, policy, graph, splits, dataclasses.replace(settings, val_samples=None))
     assert val.reads == 12_000  # None: the whole split (the final report's setting)
+
+
+def test_bn_recalibration_changes_the_running_statistics_and_nothing_else():
+    from ajpq.core.apply import apply_policy
+    from ajpq.task.data import DataConfig, load_dataset
+    from ajpq.task.train import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = build_model("digits_cnn", 10, 1)
+    graph = analyze(model, torch.zeros(1, 1, 16, 16))
+    splits = load_dataset(DataConfig("digits"))
+    simulated = apply_policy(model, uniform_policy(graph, 4, 4, "digits_cnn"), graph)
+    simulated.train()(splits.train.tensors[0][:64])  # calibrate the activation quantizers
+    before = {k: v.clone() for k, v in simulated.state_dict().items()}
+    assert recalibrate_bn(simulated, splits.train, 4, batch_size=32) == 4
+    after = simulated.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    stats = {
+        k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    }
+    assert changed and changed <= stats
+    assert not simulated.training
+
+
+def test_zero_finetune_steps_with_bn_recalibration_scores_a_policy():
+    from ajpq.task.data import DataConfig, load_dataset
+
+    torch.manual_seed(0)
+    model = build_model("digits_cnn", 10, 1)
+    graph = analyze(model, torch.zeros(1, 1, 16, 16))
+    splits = load_dataset(DataConfig("digits"))
+    policy = uniform_policy(graph, 8, 8, "digits_cnn")
+    settings = ScoreSettings(
+        finetune=FinetuneConfig(steps=0), bn_recalibration_batches=5, latency_repeats=1
+    )
+    score = score_policy(model, policy, graph, splits, settings)
+    assert not score.diverged and 0.0 <= score.accuracy <= 1.0
