@@ -66,10 +66,7 @@ def main() -> None:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for name in args.models:
-        shape = SHAPE.get(name, (3, 64, 64))
-        torch.manual_seed(0)
-        model = build_model(name, 10, shape[0])
-        graph = analyze(model, torch.zeros(1, *shape))
+        model, graph, shape = _network(name)
         x = torch.randn(args.batch, *shape)
         y = torch.randint(0, 10, (args.batch,))
         fp32 = _step_ms(model, x, y, args.steps)
@@ -105,10 +102,7 @@ def _per_hour(args: argparse.Namespace) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for name in args.models:
-        shape = SHAPE.get(name, (3, 64, 64))
-        torch.manual_seed(0)
-        model = build_model(name, 10, shape[0])
-        graph = analyze(model, torch.zeros(1, *shape))
+        model, graph, shape = _network(name)
         data = TensorDataset(torch.randn(args.val, *shape), torch.randint(0, 10, (args.val,)))
         splits = DataSplits(data, data, data, 10, shape)
         tune = FinetuneConfig(steps=args.eval_steps, batch_size=args.batch)
@@ -134,6 +128,14 @@ def _per_hour(args: argparse.Namespace) -> list[str]:
             )
             print(rows[-1], flush=True)
     return rows
+
+
+def _network(name: str) -> tuple[nn.Module, object, tuple[int, ...]]:
+    """The zoo network (seeded), its graph and input shape."""
+    shape = SHAPE.get(name, (3, 64, 64))
+    torch.manual_seed(0)
+    model = build_model(name, 10, shape[0])
+    return model, analyze(model, torch.zeros(1, *shape)), shape
 
 
 def _kept_macs(model: nn.Module, shape: tuple[int, ...]) -> float:

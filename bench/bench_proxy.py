@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ajpq.core.configtypes import ConfigError
 from ajpq.core.policy import CompressionPolicy
 from ajpq.core.pruned import simulate
 from ajpq.run.fidelity import rank_correlations
@@ -41,6 +42,7 @@ from ajpq.search.config import load_config
 from ajpq.search.context import SearchContext, prepare_context
 from ajpq.search.env import CompressionEnv
 from ajpq.search.methods import RandomProposer
+from ajpq.search.sweep_config import load_sweep
 from ajpq.task.data import load_dataset
 from ajpq.task.scoring import score_policy
 from ajpq.task.train import evaluate, finetune, recalibrate_bn
@@ -78,7 +80,7 @@ def _score_one(job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
     finetune(model, splits.train, long, "cpu", **settings.compute)
     row["truth"] = evaluate(model, splits.test, "cpu", **settings.compute).top1
     row["truth_s"] = time.perf_counter() - started
-    for steps in STEPS:
+    for steps in args["steps"]:
         recipe = dataclasses.replace(settings.finetune, steps=steps)
         started = time.perf_counter()
         model = simulate(context.model, policy, context.graph, pruned=settings.pruned)
@@ -133,8 +135,13 @@ def main() -> None:
     parser.add_argument("--val-small", type=int, default=2000)
     parser.add_argument("--val-large", type=int, default=10000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS))
     args = parser.parse_args()
-    config = load_config(args.config, [f"budget.value={args.budget}"])
+    overrides = [f"budget.value={args.budget}"]
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError:  # a sweep file: its search settings
+        config = load_sweep(args.config, overrides).base
     started = time.time()
     context, splits = prepare_context(config)
     val_sizes = sorted({min(args.val_small, len(splits.val)), min(args.val_large, len(splits.val))})
@@ -143,11 +150,16 @@ def main() -> None:
         "long_steps": args.long_steps,
         "bn_batches": args.bn_batches,
         "val_sizes": val_sizes,
+        "steps": args.steps,
     }
     with tempfile.TemporaryDirectory() as tmp:
         context.save(Path(tmp) / "context")
         jobs = [
-            (str(Path(tmp) / "context"), p.to_json(), {**shared, "check": i == 0})
+            (
+                str(Path(tmp) / "context"),
+                p.to_json(),
+                {**shared, "check": i == 0 and 60 in args.steps},
+            )
             for i, p in enumerate(policies)
         ]
         with ProcessPoolExecutor(args.workers) as pool:
@@ -164,7 +176,7 @@ def main() -> None:
         "| proxy | val images | Spearman | 95% interval | Kendall | s / evaluation |\n"
         "|---|---:|---:|---|---:|---:|"
     )
-    for steps in STEPS:
+    for steps in args.steps:
         for tag, label in (("", ""), ("+bn", f" + BN recal ({args.bn_batches} batches)")):
             for size in val_sizes:
                 cheap = [r[f"{steps}{tag}@{size}"] for r in rows]

@@ -21,6 +21,7 @@ from ajpq.core.configtypes import (
     Rate,
     config_type,
 )
+from ajpq.core.quantize import FLOAT_BITS, ActivationQuantizer
 from ajpq.task.data import batches
 
 __all__ = [
@@ -233,12 +234,19 @@ def recalibrate_bn(
 ) -> int:
     """Re-estimate every BatchNorm's running statistics on ``num_batches`` training batches
     (EagleEye's adaptive BN: a pruned network's statistics are stale). Only the statistics
-    change: weights stay, and activation quantizers keep their calibrated ranges (the rest of
-    the network runs in eval mode). Returns the number of batches used."""
+    change: weights stay, and calibrated activation quantizers keep their ranges (the rest of
+    the network runs in eval mode). A quantizer that was never calibrated (no finetune step
+    ran) is calibrated on the same batches, so the network is scored as it would be exported.
+    Returns the number of batches used."""
     device = torch.device(device)
     layout = _prepare(model, device, channels_last)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or num_batches <= 0:
+    fresh = [
+        m
+        for m in model.modules()
+        if isinstance(m, ActivationQuantizer) and m.bits < FLOAT_BITS and not m.is_calibrated
+    ]
+    if not (norms or fresh) or num_batches <= 0:
         return 0
     model.eval()
     momenta = [m.momentum for m in norms]
@@ -246,6 +254,8 @@ def recalibrate_bn(
         norm.reset_running_stats()
         norm.momentum = None  # a cumulative average over the batches
         norm.train()
+    for quantizer in fresh:
+        quantizer.train()  # the first batch sets its range, the others move it (EMA)
     dtype = autocast_dtype(amp, device)
     used = 0
     try:

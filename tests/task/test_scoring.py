@@ -79,3 +79,21 @@ def test_zero_finetune_steps_with_bn_recalibration_scores_a_policy():
     )
     score = score_policy(model, policy, graph, splits, settings)
     assert not score.diverged and 0.0 <= score.accuracy <= 1.0
+
+
+def test_recalibration_calibrates_quantizers_that_no_finetune_step_calibrated():
+    from ajpq.core.apply import apply_policy
+    from ajpq.core.quantize import ActivationQuantizer
+    from ajpq.task.data import DataConfig, load_dataset
+    from ajpq.task.train import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = build_model("digits_cnn", 10, 1)
+    graph = analyze(model, torch.zeros(1, 1, 16, 16))
+    splits = load_dataset(DataConfig("digits"))
+    simulated = apply_policy(model, uniform_policy(graph, 4, 4, "digits_cnn"), graph)
+    quantizers = [m for m in simulated.modules() if isinstance(m, ActivationQuantizer)]
+    assert quantizers and not any(q.is_calibrated for q in quantizers)  # 0 finetune steps
+    recalibrate_bn(simulated, splits.train, 3, batch_size=32)
+    assert all(q.is_calibrated and float(q.max_abs) > 0 for q in quantizers)
+    assert not any(q.training for q in quantizers)
