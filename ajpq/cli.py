@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--run-dir", help="a search's run directory (ajpq_runs/<run>/<time>)")
     export.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     export.add_argument(
-        "--steps", type=int, help="finetune steps (default: 10x the search's evaluator steps)"
+        "--steps",
+        type=int,
+        help="finetune steps (default: scoring.long_steps, 10x the search's finetune steps)",
     )
     export.add_argument("--out", help="artifact path (default: <run dir>/compressed.pt)")
     export.add_argument(

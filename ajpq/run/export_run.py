@@ -29,13 +29,11 @@ from ajpq.run.tracking import Tracker, model_tags
 from ajpq.search.config import SearchConfig
 from ajpq.search.context import DataSource, SearchContext, data_source_for
 from ajpq.task.data import DataSplits, on_device
-from ajpq.task.train import FinetuneConfig, evaluate, finetune
+from ajpq.task.train import FinetuneConfig, evaluate, finetune, recalibrate_bn
 
-__all__ = ["export_best", "export_on", "package", "latest_run_dir", "EXPORT_STEPS_FACTOR"]
+__all__ = ["export_best", "export_on", "package", "latest_run_dir"]
 
 logger = logging.getLogger(__name__)
-
-EXPORT_STEPS_FACTOR = 10  # default export finetune: 10x the search's per-policy finetune
 
 
 def latest_run_dir(config: SearchConfig) -> Path:
@@ -53,7 +51,8 @@ def export_best(
     out: str | Path | None = None,
     onnx: bool = False,
 ) -> dict[str, Any]:
-    """Finetune the run's best policy for ``finetune_steps`` (default: 10x the search's), write
+    """Finetune the run's best policy for ``finetune_steps`` (default: the long recipe's,
+    ``scoring.long_steps``), write
     the compressed model to ``out`` (default ``<run_dir>/compressed.pt``), reload it, score it on
     the test split, and record everything in ``<run_dir>/export.json`` and the run's MLflow.
     With ``onnx``, also write the loaded network as ONNX beside it (``.onnx``) and check it with
@@ -68,9 +67,7 @@ def export_best(
     context = SearchContext.load(folder.context)
     policy = CompressionPolicy.load(policy_path)
     settings = context.config.scoring
-    steps = (
-        EXPORT_STEPS_FACTOR * settings.finetune.steps if finetune_steps is None else finetune_steps
-    )
+    steps = settings.long_finetune().steps if finetune_steps is None else finetune_steps
     if steps < 0:
         raise ValueError(f"finetune steps must be >= 0, got {steps}")
     recipe = dataclasses.replace(settings.finetune, steps=steps)
@@ -131,6 +128,11 @@ def package(
     trained = finetune(simulated, near.train, recipe, device, **fast)
     if trained.diverged:
         raise ValueError(f"the export finetune diverged at lr {recipe.lr}; lower it and rerun")
+    batches = context.config.scoring.bn_recalibration_batches
+    if batches:  # as the scorer does after its finetune
+        recalibrate_bn(
+            simulated, near.train, batches, recipe.batch_size, device, recipe.seed, **fast
+        )
     simulated_val = evaluate(simulated, near.val, device).top1
     simulated_test = evaluate(simulated, near.test, device).top1
     with tempfile.TemporaryDirectory() as staging:

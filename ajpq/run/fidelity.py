@@ -36,8 +36,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LONG_STEPS_FACTOR = 10  # the long recipe: 10x the search's finetune (the export's)
-
 
 @dataclass
 class FidelityResult:
@@ -83,13 +81,8 @@ def rank_correlations(cheap: list[float], long: list[float]) -> tuple[float, flo
 
 
 def long_settings(settings: ScoreSettings) -> ScoreSettings:
-    """The search's scoring with the long finetune (``fidelity.steps``, else 10x)."""
-    steps = settings.fidelity.steps
-    if steps is None:
-        steps = LONG_STEPS_FACTOR * settings.finetune.steps
-    return dataclasses.replace(
-        settings, finetune=dataclasses.replace(settings.finetune, steps=steps)
-    )
+    """The search's scoring with the long finetune (``scoring.long_steps``)."""
+    return dataclasses.replace(settings, finetune=settings.long_finetune())
 
 
 def rescore_on(

@@ -5,6 +5,7 @@ This is what an evaluator actor runs; it works the same in a notebook.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -41,9 +42,13 @@ __all__ = [
     "oom_scorer",
     "load_scorer",
     "DEFAULT_SCORER",
+    "LONG_STEPS_FACTOR",
+    "LONG_STEPS_WITHOUT_FINETUNE",
 ]
 
 DEFAULT_SCORER = "ajpq.task.scoring:score_policy"
+LONG_STEPS_FACTOR = 10  # the long recipe: 10x the search's finetune steps
+LONG_STEPS_WITHOUT_FINETUNE = 300  # ... or this many when the search scores without finetuning
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +57,12 @@ logger = logging.getLogger(__name__)
 class FidelityConfig:
     """How well the search's cheap score ranks policies (``scoring.fidelity:``): at the end of
     a search, the ``top_k`` best policies and ``random_k`` others (fixed seed) are scored again
-    with ``steps`` finetune steps (None: 10x ``scoring.finetune.steps``, the export's recipe);
-    the rank correlation of the two scores is logged and the best policy is the one with the
-    best long score. ``top_k: 0`` and ``random_k: 0`` turn it off."""
+    with the long recipe (``scoring.long_steps``, the export's); the rank correlation of the two
+    scores is logged and the best policy is the one with the best long score. ``top_k: 0`` and
+    ``random_k: 0`` turn it off."""
 
     top_k: NonNegativeInt = 3
     random_k: NonNegativeInt = 2
-    steps: NonNegativeInt | None = None
     seed: NonNegativeInt = 0
 
 
@@ -84,6 +88,16 @@ class ScoreSettings:
     # finetune; with finetune.steps 0 the only adaptation): EagleEye's adaptive BN
     bn_recalibration_batches: NonNegativeInt = 0
     fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
+    # the long recipe's finetune steps: fidelity re-scoring and `ajpq export`'s default; None:
+    # 10x finetune.steps, or LONG_STEPS_WITHOUT_FINETUNE when the search does not finetune
+    long_steps: NonNegativeInt | None = None
+
+    def long_finetune(self) -> FinetuneConfig:
+        """The long recipe: the search's finetune with ``long_steps`` steps."""
+        steps = self.long_steps
+        if steps is None:
+            steps = LONG_STEPS_FACTOR * self.finetune.steps or LONG_STEPS_WITHOUT_FINETUNE
+        return dataclasses.replace(self.finetune, steps=steps)
 
     @property
     def compute(self) -> dict[str, Amp | bool]:

@@ -44,7 +44,7 @@ def test_a_search_logs_its_proxy_fidelity_and_picks_the_best_long_score(
     path = search_config_file(
         agent={"episodes": 6, "warmup_episodes": 3, "env_runners": 1},
         evaluator={"num_evaluators": 1},
-        scoring={"fidelity": {"top_k": 2, "random_k": 2, "steps": 30}},
+        scoring={"fidelity": {"top_k": 2, "random_k": 2}, "long_steps": 30},
     )
     config = load_config(path)
     outcome = run_search(config)

@@ -97,3 +97,13 @@ def test_recalibration_calibrates_quantizers_that_no_finetune_step_calibrated():
     recalibrate_bn(simulated, splits.train, 3, batch_size=32)
     assert all(q.is_calibrated and float(q.max_abs) > 0 for q in quantizers)
     assert not any(q.training for q in quantizers)
+
+
+def test_the_long_recipe_is_ten_times_the_search_finetune_unless_set():
+    from ajpq.task.scoring import LONG_STEPS_WITHOUT_FINETUNE
+
+    assert ScoreSettings(finetune=FinetuneConfig(steps=40)).long_finetune().steps == 400
+    no_finetune = ScoreSettings(finetune=FinetuneConfig(steps=0), bn_recalibration_batches=50)
+    assert no_finetune.long_finetune().steps == LONG_STEPS_WITHOUT_FINETUNE
+    chosen = ScoreSettings(finetune=FinetuneConfig(steps=0, lr=0.02), long_steps=120)
+    assert chosen.long_finetune() == FinetuneConfig(steps=120, lr=0.02)
