@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -167,6 +168,11 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _corr(value: float | None) -> str:
+    """A rank correlation for the summary ('-' when not measured)."""
+    return "-" if value is None or math.isnan(value) else f"{value:.2f}"
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from ajpq.search.sweep_config import load_sweep
 
@@ -189,7 +195,9 @@ def _sweep(args: argparse.Namespace) -> int:
     keys = sorted(set(config.sweep.grid) | set(config.sweep.random))
     log.info("")
     log.info("best policy of each trial:")
-    log.info("  %s", " | ".join([*keys, "val acc", "ratio", "BitOps", "episode"]))
+    log.info(
+        "  %s", " | ".join([*keys, "val acc", "ratio", "BitOps", "episode", "proxy rank corr"])
+    )
     for trial in outcome.trials:
         log.info(
             "  %s",
@@ -200,6 +208,7 @@ def _sweep(args: argparse.Namespace) -> int:
                     f"{trial['compression_ratio']:.1f}x",
                     f"{trial['bitops_ratio']:.4f}",
                     str(trial["episode"]),
+                    _corr(trial.get("proxy_rank_corr")),
                 ]
             ),
         )
