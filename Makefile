@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= tune_configs/digits_demo.yaml
 SWEEP ?= tune_configs/sweep_demo.yaml
 
-.PHONY: install test test-slow test-all lint format search sweep bench bench-ddpg bench-search bench-scale bench-sweep bench-zoo bench-baselines bench-demo bench-ddpg-few bench-eval bench-data gpu-check mlflow-ui clean
+.PHONY: install test test-slow test-all lint format search sweep bench bench-ddpg bench-search bench-scale bench-sweep bench-zoo bench-baselines bench-demo bench-ddpg-few bench-eval bench-eval-cost bench-proxy bench-data gpu-check mlflow-ui clean
 
 install: $(STAMP)
 
@@ -55,6 +55,12 @@ bench-data: install
 
 bench-eval: install
 	$(BIN)/python bench/bench_eval_throughput.py
+
+bench-eval-cost: install
+	$(BIN)/python bench/bench_eval_cost.py
+
+bench-proxy: install
+	$(BIN)/python bench/bench_proxy.py
 
 # on a machine with a CUDA GPU: the gpu-marked tests and the evaluations-per-minute table
 gpu-check: install
