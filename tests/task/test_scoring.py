@@ -44,16 +44,22 @@ def test_the_default_val_samples_bounds_one_evaluation():
     assert val.reads == 12_000  # None: the whole split (the final report's setting)
 
 
-def test_bn_recalibration_changes_the_running_statistics_and_nothing_else():
+def _w4a4_digits():
+    """The digits CNN at w4a4 as the scorer simulates it (no step taken yet), and its data."""
     from ajpq.core.apply import apply_policy
     from ajpq.task.data import DataConfig, load_dataset
-    from ajpq.task.train import recalibrate_bn
 
     torch.manual_seed(0)
     model = build_model("digits_cnn", 10, 1)
     graph = analyze(model, torch.zeros(1, 1, 16, 16))
     splits = load_dataset(DataConfig("digits"))
-    simulated = apply_policy(model, uniform_policy(graph, 4, 4, "digits_cnn"), graph)
+    return apply_policy(model, uniform_policy(graph, 4, 4, "digits_cnn"), graph), splits
+
+
+def test_bn_recalibration_changes_the_running_statistics_and_nothing_else():
+    from ajpq.task.train import recalibrate_bn
+
+    simulated, splits = _w4a4_digits()
     simulated.train()(splits.train.tensors[0][:64])  # calibrate the activation quantizers
     before = {k: v.clone() for k, v in simulated.state_dict().items()}
     assert recalibrate_bn(simulated, splits.train, 4, batch_size=32) == 4
@@ -82,16 +88,10 @@ def test_zero_finetune_steps_with_bn_recalibration_scores_a_policy():
 
 
 def test_recalibration_calibrates_quantizers_that_no_finetune_step_calibrated():
-    from ajpq.core.apply import apply_policy
     from ajpq.core.quantize import ActivationQuantizer
-    from ajpq.task.data import DataConfig, load_dataset
     from ajpq.task.train import recalibrate_bn
 
-    torch.manual_seed(0)
-    model = build_model("digits_cnn", 10, 1)
-    graph = analyze(model, torch.zeros(1, 1, 16, 16))
-    splits = load_dataset(DataConfig("digits"))
-    simulated = apply_policy(model, uniform_policy(graph, 4, 4, "digits_cnn"), graph)
+    simulated, splits = _w4a4_digits()
     quantizers = [m for m in simulated.modules() if isinstance(m, ActivationQuantizer)]
     assert quantizers and not any(q.is_calibrated for q in quantizers)  # 0 finetune steps
     recalibrate_bn(simulated, splits.train, 3, batch_size=32)
