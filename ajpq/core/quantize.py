@@ -30,8 +30,29 @@ def weight_qmax(bits: torch.Tensor) -> torch.Tensor:
 
 
 def _grid_scale(flat: torch.Tensor, qmax: torch.Tensor) -> torch.Tensor:
-    """Per-channel step of the integer grid (rows of ``flat`` are channels): max|w| / qmax."""
-    return (flat.detach().abs().amax(dim=1).clamp_min(1e-12) / qmax).float()
+    """Per-channel step of the integer grid (rows of ``flat`` are channels): max|w| / qmax
+    (max|w| as max(max w, -min w): the same number without an |w| temporary)."""
+    flat = flat.detach()
+    max_abs = torch.maximum(flat.amax(dim=1), -flat.amin(dim=1))
+    return (max_abs.clamp_min(1e-12) / qmax).float()
+
+
+class _WeightToGrid(torch.autograd.Function):
+    """Forward: round(w x (1 / scale)) x scale per row, in float32 -- the very arithmetic of
+    ``torch.fake_quantize_per_channel_affine`` (its clamp is a no-op under a max-abs scale, where
+    every code already lies within its channel's range), at a tenth of that kernel's CPU time.
+    Backward: straight through (the kernel's clamp mask is all ones here)."""
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        column = scale.reshape(-1, 1)
+        out = flat.float() * (1.0 / column)
+        out.round_()
+        return out.mul_(column).to(flat.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple:  # noqa: ANN001
+        return grad, None
 
 
 def _mean_abs(flat: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
@@ -63,9 +84,8 @@ def fake_quantize_weight(
 
     The forward value is the dequantized weight; the gradient passes straight through to the
     float weight for kept channels and is zero for pruned (0-bit) channels. Channels at 2..8 bits
-    go through PyTorch's fused per-channel fake-quant kernel: with a max-abs scale per channel,
-    round(w / scale) already lies within that channel's own range, so one shared [-127, 127]
-    clamp is exact for all of them.
+    round to their grid in one pass (:class:`_WeightToGrid`): with a max-abs scale per channel,
+    round(w / scale) already lies within that channel's own range, so no clamp is needed.
     """
     out = weight.shape[0]
     flat = weight.reshape(out, -1)
@@ -73,11 +93,7 @@ def fake_quantize_weight(
         qmax = weight_qmax(bits)
     if has_special is None:
         has_special = bool(((bits < 2) | (bits >= FLOAT_BITS)).any())
-    scale = _grid_scale(flat, qmax)
-    zero = torch.zeros(out, dtype=torch.int32, device=flat.device)
-    quant = torch.fake_quantize_per_channel_affine(flat.float(), scale, zero, 0, -127, 127).to(
-        flat.dtype
-    )
+    quant = _WeightToGrid.apply(flat, _grid_scale(flat, qmax))
     if has_special:
         bits = bits.to(flat.dtype)
         column = bits.reshape(out, 1)

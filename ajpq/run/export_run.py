@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from ajpq.core.policy import CompressionPolicy
-from ajpq.core.pruned import simulate
 from ajpq.export.packed import export_compressed, load_compressed
 from ajpq.run.devicework import run_on_evaluator
 from ajpq.run.resources import ensure_ray
@@ -29,7 +28,8 @@ from ajpq.run.tracking import Tracker, model_tags
 from ajpq.search.config import SearchConfig
 from ajpq.search.context import DataSource, SearchContext, data_source_for
 from ajpq.task.data import DataSplits, on_device
-from ajpq.task.train import FinetuneConfig, evaluate, finetune, recalibrate_bn
+from ajpq.task.scoring import tune_policy
+from ajpq.task.train import FinetuneConfig, evaluate
 
 __all__ = ["export_best", "export_on", "package", "latest_run_dir"]
 
@@ -67,10 +67,13 @@ def export_best(
     context = SearchContext.load(folder.context)
     policy = CompressionPolicy.load(policy_path)
     settings = context.config.scoring
-    steps = settings.long_finetune().steps if finetune_steps is None else finetune_steps
-    if steps < 0:
-        raise ValueError(f"finetune steps must be >= 0, got {steps}")
-    recipe = dataclasses.replace(settings.finetune, steps=steps)
+    if finetune_steps is not None and finetune_steps < 0:
+        raise ValueError(f"finetune steps must be >= 0, got {finetune_steps}")
+    recipe = (
+        settings.long_finetune()
+        if finetune_steps is None
+        else dataclasses.replace(settings.finetune, steps=finetune_steps)
+    )
     ensure_ray(context.config)
     data = data_source_for(context.config, context.load_data())
     # the long finetune runs where evaluators run (a GPU worker), never on the head
@@ -121,18 +124,17 @@ def package(
     the test split: the numbers and the file's bytes (``compressed``; ``onnx`` when asked)."""
     started = time.time()
     near = on_device(splits, device)
-    fast = context.config.scoring.compute
-    simulated = simulate(
-        context.model.to(device), policy, context.graph, pruned=context.config.scoring.pruned
+    simulated, diverged = tune_policy(
+        context.model.to(device),
+        policy,
+        context.graph,
+        near.train,
+        context.config.scoring,
+        device,
+        recipe,
     )
-    trained = finetune(simulated, near.train, recipe, device, **fast)
-    if trained.diverged:
+    if diverged:
         raise ValueError(f"the export finetune diverged at lr {recipe.lr}; lower it and rerun")
-    batches = context.config.scoring.bn_recalibration_batches
-    if batches:  # as the scorer does after its finetune
-        recalibrate_bn(
-            simulated, near.train, batches, recipe.batch_size, device, recipe.seed, **fast
-        )
     simulated_val = evaluate(simulated, near.val, device).top1
     simulated_test = evaluate(simulated, near.test, device).top1
     with tempfile.TemporaryDirectory() as staging:

@@ -20,6 +20,7 @@ from typing import Annotated
 import torch
 from pydantic import Field
 from torch import nn
+from torch.utils.data import Dataset
 
 from ajpq.core.configtypes import RESUMABLE, Count, Flag, NonNegativeInt, config_type
 from ajpq.core.cost import CostModel, measure_latency
@@ -37,6 +38,7 @@ __all__ = [
     "PolicyScore",
     "Scorer",
     "score_policy",
+    "tune_policy",
     "sleep_scorer",
     "chaos_scorer",
     "oom_scorer",
@@ -125,6 +127,38 @@ class PolicyScore:
         return asdict(self)
 
 
+def tune_policy(
+    model: nn.Module,
+    policy: CompressionPolicy,
+    graph: ModelGraph,
+    train: Dataset,
+    settings: ScoreSettings,
+    device: torch.device | str = "cpu",
+    recipe: FinetuneConfig | None = None,
+) -> tuple[nn.Module, bool]:
+    """The network of ``policy`` trained as the scorer trains it (the one recipe of search,
+    fidelity and export): simulated, finetuned by ``recipe`` (default ``settings.finetune``),
+    then BatchNorm re-estimated on ``settings.bn_recalibration_batches`` training batches.
+    Returns it and whether the finetune diverged (then it is not recalibrated)."""
+    recipe = recipe or settings.finetune
+    simulated = simulate(model, policy, graph, pruned=settings.pruned)
+    fast = settings.compute
+    tuned = finetune(simulated, train, recipe, device, **fast)
+    sums = torch.stack([p.detach().float().sum() for p in simulated.parameters()])
+    diverged = tuned.diverged or not bool(torch.isfinite(sums).all())  # one host read
+    if not diverged and settings.bn_recalibration_batches:
+        recalibrate_bn(
+            simulated,
+            train,
+            settings.bn_recalibration_batches,
+            recipe.batch_size,
+            device,
+            recipe.seed,
+            **fast,
+        )
+    return simulated, diverged
+
+
 def score_policy(
     model: nn.Module,
     policy: CompressionPolicy,
@@ -136,25 +170,12 @@ def score_policy(
     """Finetune the policy-applied model ``settings.finetune.steps`` steps, score it on val."""
     start = time.time()
     cost = CostModel(graph).cost(policy)
-    simulated = simulate(model, policy, graph, pruned=settings.pruned)
-    fast = settings.compute
-    tuned = finetune(simulated, splits.train, settings.finetune, device, **fast)
+    simulated, diverged = tune_policy(model, policy, graph, splits.train, settings, device)
     finetune_end = time.time()
-    sums = torch.stack([p.detach().float().sum() for p in simulated.parameters()])
-    diverged = tuned.diverged or not bool(torch.isfinite(sums).all())  # one host read
     top1 = top5 = 0.0
     latency = float("nan")
     if not diverged:
-        if settings.bn_recalibration_batches:
-            recalibrate_bn(
-                simulated,
-                splits.train,
-                settings.bn_recalibration_batches,
-                settings.finetune.batch_size,
-                device,
-                settings.finetune.seed,
-                **fast,
-            )
+        fast = settings.compute
         result = evaluate(simulated, splits.val, device, max_samples=settings.val_samples, **fast)
         top1, top5 = result.top1, result.top5
         latency = measure_latency(

@@ -30,6 +30,25 @@ def test_each_channel_takes_at_most_its_own_levels():
             assert codes.abs().max() <= weight_qmax(torch.tensor(b)) + 1e-4
 
 
+def test_grid_channels_equal_torchs_fused_per_channel_kernel():
+    """The one-pass rounding is the arithmetic of ``fake_quantize_per_channel_affine`` (the
+    reference it replaced for speed), values and gradients, bit for bit."""
+    torch.manual_seed(1)
+    weight = (torch.randn(16, 8, 3, 3) * torch.rand(16, 1, 1, 1) * 3).requires_grad_(True)
+    bits = torch.tensor([2, 3, 4, 5, 6, 7, 8, 8] * 2)
+    ours = fake_quantize_weight(weight, bits)
+    (ours * torch.arange(16.0).view(16, 1, 1, 1)).sum().backward()
+    ours_grad = weight.grad.clone()
+    weight.grad = None
+    flat = weight.reshape(16, -1)
+    scale = weight_scales(weight, bits)
+    zero = torch.zeros(16, dtype=torch.int32)
+    torchs = torch.fake_quantize_per_channel_affine(flat, scale, zero, 0, -127, 127)
+    (torchs.reshape_as(weight) * torch.arange(16.0).view(16, 1, 1, 1)).sum().backward()
+    assert torch.equal(ours.reshape(16, -1), torchs)
+    assert torch.equal(ours_grad, weight.grad)
+
+
 def test_binary_is_sign_times_mean_and_pruned_is_zero():
     weight = torch.tensor([[1.0, -3.0, 2.0], [0.5, -0.5, 1.0]])
     quant = fake_quantize_weight(weight, torch.tensor([1, 0]))
