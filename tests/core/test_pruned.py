@@ -27,9 +27,10 @@ from ajpq.task.models import ModelName, build_model
 from tests.core.test_topologies import BLOCKS
 
 SHAPE = {ModelName.DIGITS_CNN: (1, 16, 16), ModelName.FMNIST_CNN: (1, 28, 28)}
-# vgg11_bn's 4096-wide classifier makes 3 SGD steps on two copies slow; its convs and linears
-# are plain (no coupling beyond a chain), covered by digits_cnn and the blocks
-NETWORKS = [m for m in ModelName if m is not ModelName.VGG11_BN]
+# vgg11_bn's 4096-wide classifier makes 3 SGD steps on two copies take a minute: `make test-slow`
+NETWORKS = [
+    pytest.param(m, marks=pytest.mark.slow) if m is ModelName.VGG11_BN else m for m in ModelName
+]
 
 
 def _policy(model: nn.Module, graph, seed: int, name: str):
@@ -120,7 +121,7 @@ def test_zoo_network_pruned_equals_masked(name):
     _equal_training(build_model(name, 10, shape[0]), shape, name.value, 10)
 
 
-@pytest.mark.parametrize("block", [b for b in BLOCKS if b != "shufflenet_v2_x0_5"])
+@pytest.mark.parametrize("block", list(BLOCKS))
 def test_awkward_block_pruned_equals_masked(block):
     torch.manual_seed(0)
     _equal_training(BLOCKS[block](), (3, 32, 32), "custom", 5)
