@@ -21,7 +21,7 @@ from ajpq.core.graph import ModelGraph
 from ajpq.core.importance import ImportanceCriterion, layer_importance
 from ajpq.core.materialize import materialize
 from ajpq.core.policy import CompressionPolicy, LayerPolicy
-from ajpq.export import ExportReport, export_compressed, export_onnx, load_compressed
+from ajpq.export import ExportReport, export_compressed, export_onnx, export_qdq, load_compressed
 from ajpq.search.config import SearchConfig, load_config
 from ajpq.task.data import DataConfig, load_dataset
 from ajpq.task.models import build_model
@@ -52,6 +52,7 @@ __all__ = [
     "enforce_budget",
     "export_compressed",
     "export_onnx",
+    "export_qdq",
     "fill_budget",
     "layer_importance",
     "load_compressed",

@@ -104,10 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="finetune steps (default: scoring.long_steps, 10x the search's finetune steps)",
     )
     export.add_argument("--out", help="artifact path (default: <run dir>/compressed.pt)")
-    export.add_argument(
+    onnx = export.add_mutually_exclusive_group()
+    onnx.add_argument(
         "--onnx",
-        action="store_true",
-        help="also write the network as ONNX (<out>.onnx) and check it with onnxruntime",
+        action="store_const",
+        const="integer",
+        help="also write the network as integer ONNX (<out>.onnx: QDQ, int8 weights and "
+        "activations, integer kernels in onnxruntime) and check it with onnxruntime",
+    )
+    onnx.add_argument(
+        "--onnx-float",
+        dest="onnx",
+        action="store_const",
+        const="float",
+        help="the same, as float ONNX (dequantized weights, activation grids as plain ops)",
     )
     sync = commands.add_parser(
         "sync",
@@ -158,12 +168,14 @@ def _export(args: argparse.Namespace) -> int:
     )
     if "onnx_path" in result:
         log.info(
-            "ONNX model: %s (%d bytes); onnxruntime: test accuracy %.4f, largest output "
-            "difference %.2g",
+            "ONNX model (%s): %s (%d bytes); onnxruntime: test accuracy %.4f, largest output "
+            "difference %.2g, integer operators %s",
+            result["onnx_form"],
             result["onnx_path"],
             result["onnx_bytes"],
             result["onnx_test_accuracy"],
             result["onnx_max_abs_diff"],
+            result["onnx_integer_ops"] or "none",
         )
     return 0
 

@@ -4,6 +4,7 @@ channel) and its ONNX form for deployment runtimes. Plain PyTorch on top of :mod
 
 from ajpq.export.onnx import check_onnx, export_onnx, with_plain_quantizers
 from ajpq.export.packed import FORMAT, ExportReport, export_compressed, load_compressed
+from ajpq.export.qdq import export_qdq, integer_ops
 
 __all__ = [
     "FORMAT",
@@ -11,6 +12,8 @@ __all__ = [
     "check_onnx",
     "export_compressed",
     "export_onnx",
+    "export_qdq",
+    "integer_ops",
     "load_compressed",
     "with_plain_quantizers",
 ]

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from ajpq.core.policy import CompressionPolicy
+from ajpq.export.onnx import check_onnx, export_onnx
 from ajpq.export.packed import export_compressed, load_compressed
+from ajpq.export.qdq import export_qdq, integer_ops
 from ajpq.run.devicework import run_on_evaluator
 from ajpq.run.resources import ensure_ray
 from ajpq.run.rundir import RunDir, RunDirError, latest_run, runs_folder
@@ -31,7 +33,10 @@ from ajpq.task.data import DataSplits, on_device
 from ajpq.task.scoring import tune_policy
 from ajpq.task.train import FinetuneConfig, evaluate
 
-__all__ = ["export_best", "export_on", "package", "latest_run_dir"]
+__all__ = ["export_best", "export_on", "package", "latest_run_dir", "ONNX_INTEGER", "ONNX_FLOAT"]
+
+ONNX_INTEGER = "integer"  # QDQ: int8 weights and activations, integer kernels (ajpq.export.qdq)
+ONNX_FLOAT = "float"  # dequantized fp32 weights, activation grids as Mul/Round/Clip
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +54,17 @@ def export_best(
     run_dir: str | Path,
     finetune_steps: int | None = None,
     out: str | Path | None = None,
-    onnx: bool = False,
+    onnx: str | None = None,
 ) -> dict[str, Any]:
     """Finetune the run's best policy for ``finetune_steps`` (default: the long recipe's,
     ``scoring.long_steps``), write
     the compressed model to ``out`` (default ``<run_dir>/compressed.pt``), reload it, score it on
     the test split, and record everything in ``<run_dir>/export.json`` and the run's MLflow.
-    With ``onnx``, also write the loaded network as ONNX beside it (``.onnx``) and check it with
-    onnxruntime on test images (largest output difference, test accuracy)."""
+    With ``onnx`` (:data:`ONNX_INTEGER` or :data:`ONNX_FLOAT`), also write the network as ONNX
+    beside it (``.onnx``) and check it with onnxruntime on test images (largest output
+    difference, test accuracy, integer operators)."""
+    if onnx not in (None, ONNX_INTEGER, ONNX_FLOAT):
+        raise ValueError(f"onnx must be {ONNX_INTEGER!r} or {ONNX_FLOAT!r}, got {onnx!r}")
     folder = RunDir(Path(run_dir))
     run_dir = folder.path
     policy_path = folder.best_policy
@@ -103,7 +111,7 @@ def export_on(
     data: DataSource,
     policy_json: str,
     recipe: FinetuneConfig,
-    onnx: bool,
+    onnx: str | None,
 ) -> dict[str, Any]:
     """The device work of an export (a task on an evaluator's device): finetune, write the
     compressed file, reload it and score it on the test split (and its ONNX); returns the
@@ -118,7 +126,7 @@ def package(
     splits: DataSplits,
     policy: CompressionPolicy,
     recipe: FinetuneConfig,
-    onnx: bool = False,
+    onnx: str | None = None,
 ) -> dict[str, Any]:
     """Finetune ``policy`` by ``recipe`` on ``device``, pack it, reload the file and score it on
     the test split: the numbers and the file's bytes (``compressed``; ``onnx`` when asked)."""
@@ -146,7 +154,11 @@ def package(
         extra: dict[str, Any] = {}
         if onnx:
             onnx_path = path.with_suffix(".onnx")
-            extra = _onnx(loaded.cpu(), context.graph.input_shape, onnx_path, splits)
+            if onnx == ONNX_FLOAT:
+                export_onnx(loaded.cpu(), context.graph.input_shape, onnx_path)
+            else:
+                export_qdq(simulated.cpu(), policy, onnx_path)
+            extra = {"onnx_form": onnx, **_check(onnx_path, loaded.cpu(), splits)}
             files["onnx"] = onnx_path.read_bytes()
     return {
         **report.to_dict(),
@@ -161,13 +173,11 @@ def package(
     }
 
 
-def _onnx(loaded: Any, input_shape: tuple[int, ...], path: Path, splits: Any) -> dict[str, Any]:
-    """The ONNX file of the loaded model, checked with onnxruntime on the test images."""
+def _check(path: Path, loaded: Any, splits: Any) -> dict[str, Any]:
+    """The ONNX file checked with onnxruntime on the test images: largest output difference
+    from the compressed model, test accuracy, and the integer operators it runs."""
     import onnxruntime
 
-    from ajpq.export.onnx import check_onnx, export_onnx
-
-    export_onnx(loaded, input_shape, path)
     images = torch.stack([splits.test[i][0] for i in range(min(256, len(splits.test)))])
     diff = check_onnx(path, loaded, images)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -184,6 +194,7 @@ def _onnx(loaded: Any, input_shape: tuple[int, ...], path: Path, splits: Any) ->
         "onnx_bytes": path.stat().st_size,
         "onnx_max_abs_diff": diff,
         "onnx_test_accuracy": correct / total,
+        "onnx_integer_ops": integer_ops(path),
     }
 
 

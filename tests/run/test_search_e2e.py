@@ -114,15 +114,17 @@ def test_search_records_every_policy_in_budget_and_in_parallel(ray_session, sear
     assert version.tags["ajpq.source"] == "search"
 
     # the best policy, finetuned longer, exported as a file that is itself scored
-    result = export_best(latest_run_dir(config), finetune_steps=20, onnx=True)
+    result = export_best(latest_run_dir(config), finetune_steps=20, onnx="integer")
     assert Path(result["path"]) == outcome.run_dir / "compressed.pt"
     assert result["file_bytes"] == Path(result["path"]).stat().st_size
     assert result["file_bytes"] < 0.25 * result["fp32_file_bytes"]  # budget: 10% of fp32 size
     test_samples = len(context.load_data().test)
     assert abs(result["test_accuracy"] - result["simulated_test_accuracy"]) <= 1 / test_samples
     assert result["test_accuracy"] > 0.5
-    # the ONNX file, run by onnxruntime, classifies the test split as the loaded model does
+    # the integer ONNX file, run by onnxruntime's integer kernels, classifies the test split as
+    # the loaded model does (its biases rounded to the accumulators' grid: within a point)
     assert Path(result["onnx_path"]).exists() and result["onnx_bytes"] > 0
+    assert sum(result["onnx_integer_ops"].values()) >= 1
     assert abs(result["onnx_test_accuracy"] - result["test_accuracy"]) <= 0.01
     parent = client.get_run(outcome.parent_run_id)
     assert parent.data.metrics["export_test_accuracy"] == pytest.approx(result["test_accuracy"])
