@@ -211,6 +211,7 @@ TESTED_IN = {
     "ajpq/run/journal.py": "tests/run/test_durability.py",
     "ajpq/run/tracking.py": "tests/run/test_durability.py",
     "ajpq/run/export_run.py": "tests/run/test_search_e2e.py",
+    "ajpq/export/requantize.py": "tests/export/test_qdq.py",
 }
 
 

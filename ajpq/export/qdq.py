@@ -8,7 +8,7 @@ is written with
   binary channel its signs x its magnitude; a float channel in an otherwise quantized layer is
   quantized to 8 bits (the only approximation: such layers are rare);
 - each quantized activation as ``QuantizeLinear`` -> ``DequantizeLinear`` on its calibrated grid,
-  uint8 after a ReLU and int8 otherwise (zero point 0): a grid of fewer than 8 bits lies inside
+  uint8 (zero point 0 after a ReLU, 128 for a signed grid): a grid of fewer than 8 bits lies inside
   the 8-bit container, so it is exact up to the calibrated range and saturates at the
   container's end beyond it;
 - the bias of a layer with a quantized input as int32 at scale (input scale x weight scale), the
@@ -36,6 +36,7 @@ from ajpq.core.graph import ModelGraph
 from ajpq.core.materialize import QuantizedInput, materialize_with_scales
 from ajpq.core.policy import CompressionPolicy
 from ajpq.core.quantize import FLOAT_BITS, activation_grid
+from ajpq.export.requantize import requantize_outputs
 
 __all__ = ["export_qdq", "integer_ops", "INTEGER_OPS", "IntegerLayer", "qdq_network"]
 
@@ -57,15 +58,18 @@ INTEGER_OPS = frozenset(
 
 
 class _Container(nn.Module):
-    """An activation grid in an 8-bit container: exports as QuantizeLinear/DequantizeLinear."""
+    """An activation grid in an 8-bit container: exports as QuantizeLinear/DequantizeLinear.
+    Always uint8, a signed grid at zero point 128 (the same values as int8 at 0): onnxruntime's
+    integer convolutions take and give one type, so a layer between an unsigned and a signed
+    tensor would otherwise stay in float."""
 
     def __init__(self, scale: float, signed: bool) -> None:
         super().__init__()
         self.scale = scale
-        self.low, self.high = (-128, 127) if signed else (0, 255)
+        self.zero_point = 128 if signed else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.fake_quantize_per_tensor_affine(x, self.scale, 0, self.low, self.high)
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, 255)
 
 
 @dataclass(frozen=True)
@@ -158,11 +162,15 @@ def export_qdq(
     policy: CompressionPolicy,
     path: str | Path,
     graph: ModelGraph | None = None,
+    calibration: torch.Tensor | None = None,
     opset: int = OPSET,
 ) -> Path:
     """Write ``policy``'s network (``model``: the simulated network, finetuned and calibrated,
     or the original with ``graph``) as QDQ ONNX: input ``input`` (N, *input_shape), output
-    ``logits``, dynamic batch. A failed export leaves no file."""
+    ``logits``, dynamic batch. With ``calibration`` (a batch of inputs), the layer outputs
+    that no quantizer follows are requantized to 8 bits over their range on it, so that every
+    integer layer runs as an integer kernel (:mod:`ajpq.export.requantize`). A failed export
+    leaves no file."""
     path = Path(path)
     network, layers = qdq_network(model, policy, graph)
     buffer = io.BytesIO()
@@ -178,6 +186,8 @@ def export_qdq(
     )
     proto = onnx.load_from_string(buffer.getvalue())
     _integer_weights(proto, layers)
+    if calibration is not None:
+        requantize_outputs(proto, calibration.detach().cpu().float().numpy())
     onnx.checker.check_model(proto)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")

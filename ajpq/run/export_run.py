@@ -36,6 +36,7 @@ from ajpq.task.train import FinetuneConfig, evaluate
 __all__ = ["export_best", "export_on", "package", "latest_run_dir", "ONNX_INTEGER", "ONNX_FLOAT"]
 
 ONNX_INTEGER = "integer"  # QDQ: int8 weights and activations, integer kernels (ajpq.export.qdq)
+CALIBRATION_IMAGES = 128  # training images that set the integer ONNX's requantized ranges
 ONNX_FLOAT = "float"  # dequantized fp32 weights, activation grids as Mul/Round/Clip
 
 logger = logging.getLogger(__name__)
@@ -157,7 +158,8 @@ def package(
             if onnx == ONNX_FLOAT:
                 export_onnx(loaded.cpu(), context.graph.input_shape, onnx_path)
             else:
-                export_qdq(simulated.cpu(), policy, onnx_path)
+                calibration = _sample(splits.train, CALIBRATION_IMAGES, recipe.seed)
+                export_qdq(simulated.cpu(), policy, onnx_path, calibration=calibration)
             extra = {"onnx_form": onnx, **_check(onnx_path, loaded.cpu(), splits)}
             files["onnx"] = onnx_path.read_bytes()
     return {
@@ -171,6 +173,12 @@ def package(
         **extra,
         **files,
     }
+
+
+def _sample(data: Any, count: int, seed: int) -> torch.Tensor:
+    """``count`` inputs of ``data`` drawn without replacement (fixed by ``seed``)."""
+    order = np.random.default_rng(seed).permutation(len(data))[:count]
+    return torch.stack([data[int(i)][0] for i in order])
 
 
 def _check(path: Path, loaded: Any, splits: Any) -> dict[str, Any]:

@@ -75,6 +75,32 @@ def test_qdq_onnx_runs_integer_kernels_and_computes_the_materialized_network(nam
         assert np.all(np.abs(held_bias - bias) <= 0.5 * layer.bias_scales * (1 + 1e-5) + 1e-9)
 
 
+@pytest.mark.parametrize(
+    ("name", "shape"), [("mobilenet_v2", (3, 32, 32)), ("resnet18", (3, 32, 32))]
+)
+def test_requantized_outputs_make_every_integer_layer_an_integer_kernel(name, shape, tmp_path):
+    torch.manual_seed(1)
+    x = torch.randn(16, *shape)
+    simulated, policy, graph = _calibrated(name, shape, 3, x)
+    plain = export_qdq(simulated, policy, tmp_path / "plain.onnx")
+    path = export_qdq(simulated, policy, tmp_path / "m.onnx", calibration=x)
+    _, layers = qdq_network(simulated, policy)
+    quantized_inputs = sum(1 for lp in policy.layers if lp.act_bits < 32)
+    fused = integer_ops(path)
+    assert fused.get("QLinearConv", 0) + fused.get("QGemm", 0) == quantized_inputs
+    assert sum(integer_ops(plain).values()) < sum(fused.values())  # residual outputs now fuse
+    reference, optimized = (_run(path, x, level) for level in ("reference", "optimized"))
+    # integer kernels requantize the accumulator with their own float rounding: a value on a
+    # rounding edge lands one step apart now and then, and the step propagates
+    assert np.abs(reference - optimized).mean() <= 0.05 * np.abs(reference).mean()
+    assert (reference.argmax(1) == optimized.argmax(1)).mean() >= 0.9
+    # one more 8-bit rounding per requantized output: the decisions stay the network's
+    with torch.no_grad():
+        expected = materialize(simulated, policy, graph)(x).numpy()
+    assert np.abs(reference - expected).mean() <= 0.5 * np.abs(expected).mean()
+    assert (reference.argmax(1) == expected.argmax(1)).mean() >= 0.5
+
+
 def _run(path, x: torch.Tensor, level: str) -> np.ndarray:
     import onnxruntime
 
