@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= tune_configs/digits_demo.yaml
 SWEEP ?= tune_configs/sweep_demo.yaml
 
-.PHONY: install test test-slow test-all lint format search sweep bench bench-ddpg bench-search bench-scale bench-sweep bench-zoo bench-baselines bench-demo bench-ddpg-few bench-eval bench-eval-cost bench-proxy bench-data gpu-check mlflow-ui clean
+.PHONY: install test test-slow test-all lint format search sweep bench bench-ddpg bench-search bench-scale bench-sweep bench-zoo bench-baselines bench-demo bench-ddpg-few bench-eval bench-eval-cost bench-proxy bench-deploy bench-data gpu-check mlflow-ui clean
 
 install: $(STAMP)
 
@@ -58,6 +58,9 @@ bench-eval: install
 
 bench-eval-cost: install
 	$(BIN)/python bench/bench_eval_cost.py
+
+bench-deploy: install
+	$(BIN)/python bench/bench_deploy.py
 
 bench-proxy: install
 	$(BIN)/python bench/bench_proxy.py

@@ -196,7 +196,7 @@ def export_qdq(
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
-    logger.info("QDQ ONNX model: %s (%d bytes)", path, path.stat().st_size)
+    logger.debug("QDQ ONNX model: %s (%d bytes)", path, path.stat().st_size)
     return path
 
 

@@ -101,7 +101,7 @@ def requantize_outputs(proto: onnx.ModelProto, calibration: np.ndarray) -> int:
     values = session.run(names, feed)
     for name, value in zip(names, values):
         _insert(proto, name, float(value.min()), float(value.max()))
-    logger.info("requantized %d layer outputs to 8 bits (integer kernels for them)", len(names))
+    logger.debug("requantized %d layer outputs to 8 bits (integer kernels for them)", len(names))
     return len(names)
 
 

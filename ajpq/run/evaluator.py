@@ -5,6 +5,7 @@ the configured scorer."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -15,10 +16,11 @@ import torch
 
 from ajpq.core.budget import LatencyModel, fit_latency_model
 from ajpq.core.policy import CompressionPolicy
+from ajpq.export.runtime import deployed_latency
 from ajpq.search.context import ContextSource, SearchContext
 from ajpq.search.record import PolicyRecord
 from ajpq.task.data import on_device
-from ajpq.task.scoring import PolicyScore, load_scorer
+from ajpq.task.scoring import LatencyRuntime, PolicyScore, load_scorer
 
 __all__ = ["Evaluator", "assigned_device", "cuda_index", "fit_latency_on"]
 
@@ -60,9 +62,16 @@ def fit_latency_on(device: str, context: SearchContext) -> LatencyModel:
     """Fit the latency model on ``device`` (run by :func:`ajpq.run.devicework.run_on_evaluator`
     on an evaluator's kind of device, not on the driver's CPU)."""
     model = context.model.to(device)
-    return fit_latency_model(
-        model, context.graph, context.config.scoring.latency_batch_size, device
-    )
+    settings = context.config.scoring
+    if settings.latency_runtime is LatencyRuntime.TORCH:
+        return fit_latency_model(model, context.graph, settings.latency_batch_size, device)
+
+    def deployed(policy: CompressionPolicy) -> float:
+        batch = settings.latency_batch_size
+        return deployed_latency(model, policy, context.graph, batch, device).median_ms
+
+    # the deployable form: integer ONNX, so the line is fitted on 8-bit policies
+    return fit_latency_model(model, context.graph, measure=deployed, bits=8)
 
 
 @ray.remote
@@ -118,7 +127,23 @@ class Evaluator:
             if cuda
             else {}
         )
-        return PolicyRecord.from_score(score, latency_device=self.device_label, **where, **gpu)
+        record = PolicyRecord.from_score(score, latency_device=self.device_label, **where, **gpu)
+        if self.settings.latency_runtime is LatencyRuntime.TORCH or score.diverged:
+            return record
+        timing = deployed_latency(
+            self.model,
+            policy,
+            self.context.graph,
+            self.settings.latency_batch_size,
+            self.device,
+            self.settings.latency_repeats,
+        )
+        return dataclasses.replace(
+            record,
+            latency_ms=timing.median_ms,
+            latency_spread_ms=timing.spread_ms,
+            latency_device=f"{self.device_label} (onnxruntime, {timing.provider})",
+        )
 
     def _score(self, policy: CompressionPolicy) -> PolicyScore:
         return self.scorer(

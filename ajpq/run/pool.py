@@ -220,7 +220,9 @@ class EvaluatorPool:
     def _within_budget(self, record: PolicyRecord) -> bool:
         """Whether the record's policy meets the search's budget (a stage of the stepwise
         method scores policies above it; they are recorded but cannot be the best)."""
-        return self.config.budget.admits(record.compression_ratio, record.bitops_ratio)
+        return self.config.budget.admits(
+            record.compression_ratio, record.bitops_ratio, record.latency_ms
+        )
 
     def _update_best(self, record: PolicyRecord) -> None:
         if record.failed or not self._within_budget(record):

@@ -256,7 +256,11 @@ def _within_budget(tags: dict[str, str], metrics: dict[str, float]) -> bool:
         budget = Budget(BudgetKind(tags.get("budget_kind")), float(tags.get("budget_value", "")))
     except ValueError:
         return True
-    return budget.admits(metrics.get("compression_ratio", 0.0), metrics.get("bitops_ratio", 1.0))
+    return budget.admits(
+        metrics.get("compression_ratio", 0.0),
+        metrics.get("bitops_ratio", 1.0),
+        metrics.get("latency_ms"),
+    )
 
 
 def _search_metric(tracker: Tracker, run_id: str, name: str) -> float:

@@ -38,7 +38,14 @@ POLICY_METRICS = (
     "reward",
     "episode",
 )
-METRIC_FIELDS = (*POLICY_METRICS, "top5", "finetune_s", "eval_s", "gpu_mem_peak_mb")
+METRIC_FIELDS = (
+    *POLICY_METRICS,
+    "latency_spread_ms",
+    "top5",
+    "finetune_s",
+    "eval_s",
+    "gpu_mem_peak_mb",
+)
 # when it was queued, dispatched, scored, returned: tags (they clutter every metric list)
 TIMESTAMP_FIELDS = ("queued_ts", "dispatched_ts", "eval_start_ts", "eval_end_ts", "returned_ts")
 TAG_FIELDS = ("node", "node_id", "device", "latency_device", "gpu_name")
@@ -66,6 +73,7 @@ class PolicyRecord:
     bitops_ratio: float = 0.0
     macs: float = 0.0
     latency_ms: float = -1.0
+    latency_spread_ms: float = -1.0  # interquartile spread of the timing (-1: not reported)
     diverged: bool = False
     # where: the evaluator's host, Ray node, process, the GPUs Ray gave it, its device
     node: str | None = None

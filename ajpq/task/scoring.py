@@ -6,6 +6,7 @@ This is what an evaluator actor runs; it works the same in a notebook.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import logging
 import os
@@ -34,6 +35,7 @@ from ajpq.task.train import Amp, FinetuneConfig, evaluate, finetune, recalibrate
 
 __all__ = [
     "ScoreSettings",
+    "LatencyRuntime",
     "FidelityConfig",
     "PolicyScore",
     "Scorer",
@@ -49,6 +51,15 @@ __all__ = [
 ]
 
 DEFAULT_SCORER = "ajpq.task.scoring:score_policy"
+
+
+class LatencyRuntime(str, enum.Enum):
+    """Where ``scoring.latency_runtime`` times a policy."""
+
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+
+
 LONG_STEPS_FACTOR = 10  # the long recipe: 10x the search's finetune steps
 LONG_STEPS_WITHOUT_FINETUNE = 300  # ... or this many when the search scores without finetuning
 
@@ -80,6 +91,9 @@ class ScoreSettings:
     # with data.seed), so an evaluation costs the same whatever the dataset's size; None: all
     val_samples: Count | None = 10_000
     latency_batch_size: Count = 1
+    # where a policy's latency is timed: its materialized network in torch, or its integer
+    # ONNX in onnxruntime (the deployed speed; measured by the evaluator, ajpq.export.runtime)
+    latency_runtime: LatencyRuntime = LatencyRuntime.TORCH
     latency_repeats: Annotated[Count, RESUMABLE] = 10  # may change on --resume
     amp: Amp = Amp.AUTO  # bf16 changes the numbers: fixed for a run, like the finetune
     channels_last: Flag = False
@@ -178,13 +192,15 @@ def score_policy(
         fast = settings.compute
         result = evaluate(simulated, splits.val, device, max_samples=settings.val_samples, **fast)
         top1, top5 = result.top1, result.top5
-        latency = measure_latency(
-            materialize(simulated, policy, graph),
-            graph.input_shape,
-            settings.latency_batch_size,
-            device,  # warm-up and CUDA synchronisation as the latency fit's
-            repeats=settings.latency_repeats,
-        )
+        # onnxruntime: the evaluator times the policy's integer ONNX (ajpq.export.runtime)
+        if settings.latency_runtime is LatencyRuntime.TORCH:
+            latency = measure_latency(
+                materialize(simulated, policy, graph),
+                graph.input_shape,
+                settings.latency_batch_size,
+                device,  # warm-up and CUDA synchronisation as the latency fit's
+                repeats=settings.latency_repeats,
+            )
     end = time.time()
     return PolicyScore(
         accuracy=top1,

@@ -254,3 +254,39 @@ def test_latency_budget_search_with_a_user_scorer(ray_session, search_config_fil
     best = outcome.best
     assert best.accuracy == pytest.approx(best.bitops_ratio**0.25)
     assert outcome.best_test_accuracy == pytest.approx(best.accuracy)
+
+
+def test_latency_budget_in_onnxruntime_is_met_as_measured(ray_session, search_config_file):
+    """``scoring.latency_runtime: onnxruntime``: the latency line is fitted on integer ONNX in
+    onnxruntime, every policy is timed there (its runtime in the latency tag), and the best
+    policy's measured latency meets the ceiling."""
+    import torch
+
+    from ajpq.core.analysis import analyze
+    from ajpq.core.builder import LayerKnobs, build_policy
+    from ajpq.export.runtime import deployed_latency
+    from ajpq.task.models import build_model
+
+    model = build_model("digits_cnn", 10, 1).eval()
+    graph = analyze(model, torch.zeros(1, 1, 16, 16))
+    full = build_policy(model, graph, LayerKnobs(0.0, 8, 8), model_name="digits_cnn")
+    ceiling = 1.2 * deployed_latency(model, full, graph).median_ms  # binding for the widest
+    config = load_config(
+        search_config_file(
+            budget={"kind": "latency", "value": ceiling},
+            agent={"episodes": 6, "warmup_episodes": 6, "env_runners": 2},
+            evaluator={
+                "scorer": "ajpq.task.scoring:sleep_scorer",
+                "scorer_args": {"min_s": 0.05, "max_s": 0.1},
+            },
+            scoring={"latency_runtime": "onnxruntime", "latency_repeats": 10},
+        )
+    )
+    outcome = run_search(config)
+    context = SearchContext.load(outcome.run_dir / "context")
+    assert context.latency_model is not None
+    client, children = _children(config.tracking.uri, outcome.parent_run_id)
+    assert all("onnxruntime" in run.data.tags["ajpq.latency_device"] for run in children)
+    assert all(run.data.metrics["latency_ms"] > 0 for run in children)
+    assert all(run.data.metrics["latency_spread_ms"] >= 0 for run in children)
+    assert outcome.best is not None and 0 < outcome.best.latency_ms <= ceiling

@@ -69,14 +69,17 @@ class Budget:
     def to_dict(self) -> dict[str, object]:
         return {"kind": self.kind.value, "value": self.value}
 
-    def admits(self, compression_ratio: float, bitops_ratio: float) -> bool:
-        """Whether a scored policy (its fp32 / size and BitOps ratios) meets a size or BitOps
-        budget; a latency budget is not judged from these (always True)."""
+    def admits(
+        self, compression_ratio: float, bitops_ratio: float, latency_ms: float | None = None
+    ) -> bool:
+        """Whether a scored policy (its fp32 / size and BitOps ratios, its measured latency)
+        meets the budget; a latency budget judges the measured latency (not measured: < 0 or
+        None, admitted: the prediction kept it in)."""
         if self.kind is BudgetKind.SIZE:
             return 1.0 / max(compression_ratio, 1e-12) <= self.value * (1 + 1e-9)
         if self.kind is BudgetKind.BITOPS:
             return bitops_ratio <= self.value * (1 + 1e-9)
-        return True
+        return latency_ms is None or latency_ms < 0 or latency_ms <= self.value
 
 
 def check_precision(policy: CompressionPolicy, precision: Precision) -> None:
