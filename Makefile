@@ -35,7 +35,7 @@ format: install
 
 search: install
 	$(BIN)/ajpq search --config $(CONFIG)
-	$(BIN)/ajpq export --config $(CONFIG)
+	$(BIN)/ajpq export --config $(CONFIG) --onnx
 
 sweep: install
 	$(BIN)/ajpq sweep --config $(SWEEP)

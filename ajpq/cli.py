@@ -177,6 +177,13 @@ def _export(args: argparse.Namespace) -> int:
             result["onnx_max_abs_diff"],
             result["onnx_integer_ops"] or "none",
         )
+        log.info(
+            "  onnxruntime latency %.3g ms (spread %.2g), fp32 ONNX %.3g ms: %.2fx faster",
+            result["onnx_latency_ms"],
+            result["onnx_latency_spread_ms"],
+            result["fp32_onnx_latency_ms"],
+            result["onnx_speedup"],
+        )
     return 0
 
 
@@ -358,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
             " / ".join(f"{value:.4f}" for value in outcome.curve),
         )
     log.info("  saved to %s", outcome.best_policy_path)
+    if outcome.latency_table_error is not None:
+        log.info(
+            "  latency table: median error %.1f%% of the measured latency over the scored policies",
+            100 * outcome.latency_table_error,
+        )
     if outcome.fidelity:
         log.info(
             "  proxy fidelity: rank correlation %.2f (Spearman), %.2f (Kendall) between the "

@@ -13,11 +13,12 @@ from torch import nn
 from ajpq.core.builder import LayerKnobs, build_policy
 from ajpq.core.cost import CostModel, measure_latency
 from ajpq.core.graph import ModelGraph
+from ajpq.core.latency_table import LatencyTable
 from ajpq.core.materialize import materialize
 from ajpq.core.policy import CompressionPolicy
 from ajpq.core.quantize import FLOAT_BITS
 
-__all__ = ["LatencyModel", "fit_latency_model"]
+__all__ = ["LatencyModel", "LatencyPredictor", "fit_latency_model", "latency_from_dict"]
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,29 @@ class LatencyModel:
     intercept_ms: float
     ms_per_mac: float
 
-    def predict(self, macs: float) -> float:
+    def predict_macs(self, macs: float) -> float:
         return self.intercept_ms + self.ms_per_mac * macs
+
+    def predict(self, policy: CompressionPolicy, costs: CostModel) -> float:
+        """Predicted ms of ``policy`` (the same interface as the lookup table's)."""
+        return self.predict_macs(costs.cost(policy).macs)
+
+    def macs_for(self, ms: float, costs: CostModel) -> float:
+        """The MACs that take ``ms``."""
+        return (ms - self.intercept_ms) / self.ms_per_mac
+
+    def to_dict(self) -> dict:
+        return {"kind": "line", "intercept_ms": self.intercept_ms, "ms_per_mac": self.ms_per_mac}
+
+
+LatencyPredictor = LatencyModel | LatencyTable  # what a latency budget predicts with
+
+
+def latency_from_dict(data: dict) -> LatencyModel | LatencyTable:
+    """The latency model a run's context stored (a line, or a lookup table)."""
+    if data.get("kind") == "table":
+        return LatencyTable.from_dict(data)
+    return LatencyModel(float(data["intercept_ms"]), float(data["ms_per_mac"]))
 
 
 def fit_latency_model(

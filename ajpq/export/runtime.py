@@ -19,12 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ajpq.core.analysis import analyze
+from ajpq.core.builder import LayerKnobs, build_policy
 from ajpq.core.graph import ModelGraph
 from ajpq.core.policy import CompressionPolicy
 from ajpq.core.pruned import simulate
+from ajpq.export.onnx import export_onnx
 from ajpq.export.qdq import export_qdq
 
-__all__ = ["Timing", "time_onnx", "deployed_latency", "providers_for"]
+__all__ = ["Timing", "time_onnx", "deployed_latency", "layer_latency", "providers_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,3 +97,29 @@ def deployed_latency(
     with tempfile.TemporaryDirectory() as folder:
         path = export_qdq(simulated, policy, Path(folder) / "policy.onnx", calibration=x)
         return time_onnx(path, policy.input_shape, batch_size, device, repeats=repeats)
+
+
+def layer_latency(
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    integer: bool,
+    batch_size: int = 1,
+    device: str = "cpu",
+    repeats: int = 10,
+) -> Timing:
+    """onnxruntime latency of one layer alone: float ONNX, or (``integer``) 8-bit integer
+    ONNX as :func:`export_qdq` writes a layer (a latency table's entry)."""
+    network = nn.Sequential(module).cpu().eval()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "layer.onnx"
+        if integer:
+            graph = analyze(network, torch.zeros((1, *input_shape)))
+            policy = build_policy(network, graph, LayerKnobs(0.0, 8, 8), model_name="layer")
+            simulated = simulate(network, policy, graph, pruned=True).train()
+            x = torch.randn((8, *input_shape))
+            with torch.no_grad():
+                simulated(x)
+            export_qdq(simulated.eval(), policy, path, calibration=x)
+        else:
+            export_onnx(network, input_shape, path)
+        return time_onnx(path, input_shape, batch_size, device, repeats=repeats)

@@ -20,6 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ajpq.core.budget import BudgetKind
 from ajpq.core.builder import uniform_policy
+from ajpq.core.cost import CostModel
 from ajpq.core.policy import CompressionPolicy
 from ajpq.core.quantize import FLOAT_BITS
 from ajpq.core.redact import redact
@@ -73,10 +74,13 @@ def _fit_latency(context: SearchContext, reservation: Reservation) -> SearchCont
         context.config, "latency", fit_latency_on, context, reservation=reservation
     )
     logger.info(
-        "latency model on %s: %.3f ms + %.3g ms/MAC",
+        "latency table on %s (%s): the fp32 network predicted at %.3g ms",
         where.device,
-        fitted.intercept_ms,
-        fitted.ms_per_mac,
+        context.config.scoring.latency_runtime.value,
+        fitted.predict(
+            uniform_policy(context.graph, FLOAT_BITS, FLOAT_BITS, context.config.model),
+            CostModel(context.graph),
+        ),
     )
     context = context.with_latency_model(fitted, where.device)
     check_budget(context)

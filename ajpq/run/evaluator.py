@@ -14,9 +14,12 @@ from typing import Any
 import ray
 import torch
 
-from ajpq.core.budget import LatencyModel, fit_latency_model
+from ajpq.core.cost import measure_latency
+from ajpq.core.latency import LatencyPredictor
+from ajpq.core.latency_table import FLOAT, INTEGER, fit_latency_table, with_input_quantizer
+from ajpq.core.materialize import materialize
 from ajpq.core.policy import CompressionPolicy
-from ajpq.export.runtime import deployed_latency
+from ajpq.export.runtime import deployed_latency, layer_latency
 from ajpq.search.context import ContextSource, SearchContext
 from ajpq.search.record import PolicyRecord
 from ajpq.task.data import on_device
@@ -58,20 +61,34 @@ def assigned_device(share: float = 1.0) -> tuple[str, str]:
     return "cpu", "cpu"
 
 
-def fit_latency_on(device: str, context: SearchContext) -> LatencyModel:
-    """Fit the latency model on ``device`` (run by :func:`ajpq.run.devicework.run_on_evaluator`
-    on an evaluator's kind of device, not on the driver's CPU)."""
+def fit_latency_on(device: str, context: SearchContext) -> LatencyPredictor:
+    """Measure the latency table on ``device`` in the search's runtime (run by
+    :func:`ajpq.run.devicework.run_on_evaluator` on an evaluator's kind of device, not on the
+    driver's CPU): every layer alone and the whole network at a few kept fractions."""
     model = context.model.to(device)
+    graph = context.graph
     settings = context.config.scoring
+    batch = settings.latency_batch_size
     if settings.latency_runtime is LatencyRuntime.TORCH:
-        return fit_latency_model(model, context.graph, settings.latency_batch_size, device)
 
-    def deployed(policy: CompressionPolicy) -> float:
-        batch = settings.latency_batch_size
-        return deployed_latency(model, policy, context.graph, batch, device).median_ms
+        def torch_layer(module: torch.nn.Module, shape: tuple[int, ...], form: str) -> float:
+            layer = with_input_quantizer(module, shape) if form == INTEGER else module
+            return measure_latency(layer.to(device), shape, batch, device, repeats=10)
 
-    # the deployable form: integer ONNX, so the line is fitted on 8-bit policies
-    return fit_latency_model(model, context.graph, measure=deployed, bits=8)
+        def torch_network(policy: CompressionPolicy, form: str) -> float:
+            small = materialize(model, policy, graph)
+            return measure_latency(small, graph.input_shape, batch, device)
+
+        # in torch, bits change no kernel: only a quantized input's extra ops cost time
+        return fit_latency_table(model, graph, torch_layer, torch_network, (FLOAT, INTEGER))
+
+    def onnx_layer(module: torch.nn.Module, shape: tuple[int, ...], form: str) -> float:
+        return layer_latency(module, shape, form == INTEGER, batch, device).median_ms
+
+    def onnx_network(policy: CompressionPolicy, form: str) -> float:
+        return deployed_latency(model, policy, graph, batch, device).median_ms
+
+    return fit_latency_table(model, graph, onnx_layer, onnx_network, (FLOAT, INTEGER))
 
 
 @ray.remote

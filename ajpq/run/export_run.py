@@ -8,6 +8,7 @@ worker on a cluster); this process only writes the files and the MLflow records.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -23,6 +24,7 @@ from ajpq.core.policy import CompressionPolicy
 from ajpq.export.onnx import check_onnx, export_onnx
 from ajpq.export.packed import export_compressed, load_compressed
 from ajpq.export.qdq import export_qdq, integer_ops
+from ajpq.export.runtime import time_onnx
 from ajpq.run.devicework import run_on_evaluator
 from ajpq.run.resources import ensure_ray
 from ajpq.run.rundir import RunDir, RunDirError, latest_run, runs_folder
@@ -161,6 +163,7 @@ def package(
                 calibration = _sample(splits.train, CALIBRATION_IMAGES, recipe.seed)
                 export_qdq(simulated.cpu(), policy, onnx_path, calibration=calibration)
             extra = {"onnx_form": onnx, **_check(onnx_path, loaded.cpu(), splits)}
+            extra.update(_deployed_speed(onnx_path, context, Path(staging)))
             files["onnx"] = onnx_path.read_bytes()
     return {
         **report.to_dict(),
@@ -172,6 +175,21 @@ def package(
         "seconds": time.time() - started,
         **extra,
         **files,
+    }
+
+
+def _deployed_speed(path: Path, context: SearchContext, staging: Path) -> dict[str, float]:
+    """onnxruntime latency of the ONNX file next to the fp32 network's ONNX (CPU, the search's
+    latency batch size, the same threads)."""
+    shape = context.graph.input_shape
+    batch = context.config.scoring.latency_batch_size
+    fp32 = export_onnx(copy.deepcopy(context.model).cpu().eval(), shape, staging / "fp32.onnx")
+    ours, theirs = (time_onnx(p, shape, batch, repeats=50) for p in (path, fp32))
+    return {
+        "onnx_latency_ms": ours.median_ms,
+        "onnx_latency_spread_ms": ours.spread_ms,
+        "fp32_onnx_latency_ms": theirs.median_ms,
+        "onnx_speedup": theirs.median_ms / max(ours.median_ms, 1e-9),
     }
 
 
@@ -217,8 +235,19 @@ def _record(
         logger.info("the export is not logged to MLflow: %s", error)
         return
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
-    for name in ("test_accuracy", "file_bytes", "file_ratio", "finetune_steps"):
-        tracker.client.log_metric(parent_run_id, f"export_{name}", float(result[name]))
+    for name in (
+        "test_accuracy",
+        "file_bytes",
+        "file_ratio",
+        "finetune_steps",
+        "onnx_test_accuracy",
+        "onnx_bytes",
+        "onnx_latency_ms",
+        "fp32_onnx_latency_ms",
+        "onnx_speedup",
+    ):
+        if name in result:
+            tracker.client.log_metric(parent_run_id, f"export_{name}", float(result[name]))
     tracker.client.set_tag(parent_run_id, "ajpq.ran_on.export", ran_on)
     tracker.log_artifact(parent_run_id, path, "export")
     tracker.log_artifact(parent_run_id, folder.export_report, "export")

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ajpq.core.cost import CostModel
 from ajpq.core.policy import CompressionPolicy
 from ajpq.run.export_run import package
 from ajpq.run.fidelity import FidelityResult
@@ -64,6 +67,9 @@ class SearchOutcome:
     registered: str | None = None  # "<name>/<version>" in the MLflow Model Registry
     # the proxy's rank correlations and the re-scored policies (ajpq.run.fidelity)
     fidelity: dict[str, Any] | None = None
+    # median |predicted - measured| / measured latency over the scored policies (a latency
+    # budget's table; None without one)
+    latency_table_error: float | None = None
 
 
 @dataclass
@@ -110,7 +116,9 @@ def report(
     plot = plot_search(rows, run.folder.plot)
     tradeoffs = plot_tradeoffs(rows, run.folder.plots)
     run.folder.records.write_text(json.dumps(rows, indent=1, default=str))
-    table = _policy_rows(run.folder, [r for r in records if not r.failed])
+    scored = [r for r in records if not r.failed]
+    table = _policy_rows(run.folder, scored)
+    latency_error = latency_table_error(context, run.folder, scored)
     try:
         if best_path is not None:
             tracker.log_artifact(parent_run_id, best_path)
@@ -119,6 +127,8 @@ def report(
             tracker.client.log_metric(
                 parent_run_id, "fp32_test_accuracy", context.fp32_test_accuracy
             )
+        if latency_error is not None:
+            tracker.client.log_metric(parent_run_id, "latency_table_error", latency_error)
         for quarter, value in enumerate(curve, start=1):
             tracker.client.log_metric(parent_run_id, f"val_acc_quarter_{quarter}", value)
         for path in ([plot] if plot else []) + tradeoffs:
@@ -149,6 +159,7 @@ def report(
         best_model=model,
         registered=registered,
         fidelity=fidelity.to_dict() if fidelity else None,
+        latency_table_error=latency_error,
     )
 
 
@@ -195,6 +206,27 @@ def _log_model(run: OpenRun, model: dict[str, Any]) -> str | None:
             run.folder.best_model,
         )
         return None
+
+
+def latency_table_error(
+    context: SearchContext, folder: RunDir, records: list[PolicyRecord]
+) -> float | None:
+    """Median relative error of the latency model's prediction against each scored policy's
+    measured latency (None without a latency model or measurements)."""
+    if context.latency_model is None or not folder.journal.exists():
+        return None
+    costs = CostModel(context.graph)
+    journal = Journal(folder.journal)
+    try:
+        errors = []
+        for record in records:
+            text = journal.policy_json(record.policy_key)
+            if text and record.latency_ms > 0:
+                predicted = context.latency_model.predict(CompressionPolicy.from_json(text), costs)
+                errors.append(abs(predicted - record.latency_ms) / record.latency_ms)
+    finally:
+        journal.close()
+    return float(np.median(errors)) if errors else None
 
 
 def _policy_rows(folder: RunDir, records: list[PolicyRecord]) -> list[dict[str, Any]]:

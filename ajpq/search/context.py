@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from ajpq.core.analysis import analyze
-from ajpq.core.budget import LatencyModel
 from ajpq.core.graph import ModelGraph
 from ajpq.core.importance import layer_importance
+from ajpq.core.latency import LatencyPredictor, latency_from_dict
 from ajpq.search.config import SearchConfig
 from ajpq.task.data import DataConfig, DatasetName, DataSplits, load_dataset
 from ajpq.task.images import FolderListing
@@ -72,14 +72,14 @@ class SearchContext:
     fp32_val_accuracy: float
     fp32_test_accuracy: float
     num_classes: int
-    latency_model: LatencyModel | None = None
+    latency_model: LatencyPredictor | None = None
     latency_device: str | None = None  # the device kind the latency model was fitted on
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.graph.input_shape)
 
-    def with_latency_model(self, model: LatencyModel, device: str) -> SearchContext:
+    def with_latency_model(self, model: LatencyPredictor, device: str) -> SearchContext:
         return dataclasses.replace(self, latency_model=model, latency_device=device)
 
     def save(self, directory: str | Path) -> Path:
@@ -94,7 +94,7 @@ class SearchContext:
             "num_classes": self.num_classes,
             "fp32_val_accuracy": self.fp32_val_accuracy,
             "fp32_test_accuracy": self.fp32_test_accuracy,
-            "latency_model": dataclasses.asdict(self.latency_model) if self.latency_model else None,
+            "latency_model": self.latency_model.to_dict() if self.latency_model else None,
             "latency_device": self.latency_device,
         }
         tmp = directory / "context.json.tmp"
@@ -124,7 +124,7 @@ class SearchContext:
             meta["num_classes"],
             meta["fp32_val_accuracy"],
             meta["fp32_test_accuracy"],
-            LatencyModel(**meta["latency_model"]) if meta.get("latency_model") else None,
+            latency_from_dict(meta["latency_model"]) if meta.get("latency_model") else None,
             meta.get("latency_device"),
         )
 
@@ -140,7 +140,7 @@ def _assemble(
     num_classes: int,
     fp32_val: float,
     fp32_test: float,
-    latency_model: LatencyModel | None = None,
+    latency_model: LatencyPredictor | None = None,
     latency_device: str | None = None,
 ) -> SearchContext:
     model = model.cpu().eval()

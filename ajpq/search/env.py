@@ -149,7 +149,7 @@ class CompressionEnv(gym.Env):
         model = self.context.latency_model
         if model is None:
             raise ValueError("a latency budget needs the context's latency model; prepare it again")
-        allowed_macs = (self.budget.value - model.intercept_ms) / model.ms_per_mac
+        allowed_macs = model.macs_for(self.budget.value, self.costs)
         return float(np.clip(allowed_macs / self.fp32_total, 0.0, 1.0))
 
     def _observation(self) -> np.ndarray:

@@ -19,10 +19,11 @@ from typing import Any, Protocol
 import numpy as np
 from torch import nn
 
-from ajpq.core.budget import Budget, BudgetKind, LatencyModel, budget_value
+from ajpq.core.budget import Budget, BudgetKind, budget_value
 from ajpq.core.builder import LayerKnobs, build_policy
 from ajpq.core.cost import CostModel
 from ajpq.core.graph import ModelGraph
+from ajpq.core.latency import LatencyPredictor
 from ajpq.core.policy import CompressionPolicy
 from ajpq.search.config import Method, SpaceSection
 from ajpq.search.env import CompressionEnv
@@ -154,7 +155,7 @@ def uniform_candidates(
     budget: Budget,
     space: SpaceSection,
     model_name: str,
-    latency_model: LatencyModel | None = None,
+    latency_model: LatencyPredictor | None = None,
 ) -> list[CompressionPolicy]:
     """Uniform policies that meet ``budget``, best first: the largest bit width everywhere that
     fits unpruned, then each larger bit width with the smallest uniform sparsity that fits.

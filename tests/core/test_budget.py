@@ -82,7 +82,7 @@ def test_unreachable_budget_names_smallest_value(setup):
 def test_latency_budget_uses_latency_model(setup):
     model, graph, costs, importance = setup
     latency_model = LatencyModel(intercept_ms=0.1, ms_per_mac=1e-6)
-    fp_ms = latency_model.predict(costs.fp32_macs)
+    fp_ms = latency_model.predict_macs(costs.fp32_macs)
     budget = Budget("latency", fp_ms * 0.5)
     squeezed = enforce_budget(uniform_policy(graph, 8, 8), budget, costs, importance, latency_model)
     assert budget_value(squeezed, budget, costs, latency_model) <= budget.value

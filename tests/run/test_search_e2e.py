@@ -125,9 +125,11 @@ def test_search_records_every_policy_in_budget_and_in_parallel(ray_session, sear
     # the loaded model does (its biases rounded to the accumulators' grid: within a point)
     assert Path(result["onnx_path"]).exists() and result["onnx_bytes"] > 0
     assert sum(result["onnx_integer_ops"].values()) >= 1
+    assert result["onnx_latency_ms"] > 0 and result["fp32_onnx_latency_ms"] > 0
     assert abs(result["onnx_test_accuracy"] - result["test_accuracy"]) <= 0.01
     parent = client.get_run(outcome.parent_run_id)
     assert parent.data.metrics["export_test_accuracy"] == pytest.approx(result["test_accuracy"])
+    assert parent.data.metrics["export_onnx_speedup"] == pytest.approx(result["onnx_speedup"])
     exported = {a.path for a in client.list_artifacts(outcome.parent_run_id, "export")}
     assert exported == {"export/compressed.pt", "export/export.json", "export/compressed.onnx"}
     versions = client.search_model_versions("name='digits-small'")
@@ -290,3 +292,7 @@ def test_latency_budget_in_onnxruntime_is_met_as_measured(ray_session, search_co
     assert all(run.data.metrics["latency_ms"] > 0 for run in children)
     assert all(run.data.metrics["latency_spread_ms"] >= 0 for run in children)
     assert outcome.best is not None and 0 < outcome.best.latency_ms <= ceiling
+    # the table's prediction against what was measured, reported on the parent run
+    assert outcome.latency_table_error is not None and outcome.latency_table_error < 1.0
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.metrics["latency_table_error"] == pytest.approx(outcome.latency_table_error)

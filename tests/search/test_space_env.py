@@ -97,7 +97,7 @@ def test_latency_budget_is_observed_as_the_macs_fraction_it_allows(
     model = fit_latency_model(context.model, context.graph)
     fp32_macs = CostModel(context.graph).fp32_macs
     # set the ceiling to the latency the fitted model predicts for 40% of the fp32 MACs
-    ceiling = model.predict(0.4 * fp32_macs)
+    ceiling = model.predict_macs(0.4 * fp32_macs)
     budget = dataclasses.replace(config.budget, value=ceiling)
     context = dataclasses.replace(
         context.with_latency_model(model, "cpu"),

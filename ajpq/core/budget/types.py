@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ajpq.core.configtypes import Rate, config_type
 from ajpq.core.cost import CostModel
-from ajpq.core.latency import LatencyModel
+from ajpq.core.latency import LatencyPredictor
 from ajpq.core.policy import CompressionPolicy
 
 __all__ = [
@@ -107,7 +107,7 @@ def budget_value(
     policy: CompressionPolicy,
     budget: Budget,
     costs: CostModel,
-    latency_model: LatencyModel | None = None,
+    latency_model: LatencyPredictor | None = None,
 ) -> float:
     """The policy's value in the budget's unit (ratio of fp32, or predicted ms)."""
     cost = costs.cost(policy)
@@ -117,4 +117,4 @@ def budget_value(
         return cost.bitops_ratio
     if latency_model is None:
         raise ValueError("a latency budget needs a latency model; fit one with fit_latency_model()")
-    return latency_model.predict(cost.macs)
+    return latency_model.predict(policy, costs)

@@ -27,7 +27,7 @@ from ajpq.core.budget.types import (
 from ajpq.core.cost import CostModel
 from ajpq.core.graph import ModelGraph
 from ajpq.core.importance import group_importance
-from ajpq.core.latency import LatencyModel
+from ajpq.core.latency import LatencyPredictor
 from ajpq.core.policy import CompressionPolicy, LayerPolicy
 from ajpq.core.quantize import FLOAT_BITS
 from ajpq.core.validation import validate_policy
@@ -258,7 +258,7 @@ def enforce_budget(
     budget: Budget,
     costs: CostModel,
     importance: list[np.ndarray],
-    latency_model: LatencyModel | None = None,
+    latency_model: LatencyPredictor | None = None,
     rules: WallRules | None = None,
 ) -> CompressionPolicy:
     """Return ``policy`` unchanged if it meets ``budget``, else the cheapest-damage squeeze of it.
@@ -282,7 +282,7 @@ def enforce_budget(
                 "a latency budget needs a latency model; fit one with fit_latency_model()"
             )
         metric = "macs"
-        target = (budget.value - latency_model.intercept_ms) / latency_model.ms_per_mac
+        target = latency_model.macs_for(budget.value, costs)
     if budget_value(policy, budget, costs, latency_model) <= budget.value:
         return policy
     floor = floor_policy(policy, graph, importance, rules)
@@ -308,6 +308,14 @@ def enforce_budget(
     squeezer = Squeezer(policy, costs, importance, metric, rules)
     final = squeezer.squeeze(target)
     result = squeezer.policy(policy)
+    # a latency table is not linear in MACs: squeeze the MACs further until the prediction fits
+    for _ in range(20 if budget.kind is BudgetKind.LATENCY else 0):
+        predicted = budget_value(result, budget, costs, latency_model)
+        if predicted <= budget.value or final > target * (1 + 1e-9):
+            break
+        target = final * max(0.5, min(0.98, budget.value / predicted))
+        final = squeezer.squeeze(target)
+        result = squeezer.policy(policy)
     if final > target * (1 + 1e-9):
         raise ValueError(
             f"could not meet the {budget.kind.value} budget {budget.value:g}: reached "

@@ -1,0 +1,103 @@
+"""The latency lookup table: layers timed alone, a policy's latency predicted from them."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ajpq.core.analysis import analyze
+from ajpq.core.budget import Budget, BudgetKind, budget_value, enforce_budget
+from ajpq.core.builder import LayerKnobs, build_policy
+from ajpq.core.cost import CostModel, measure_latency
+from ajpq.core.importance import layer_importance
+from ajpq.core.latency import latency_from_dict
+from ajpq.core.latency_table import FLOAT, INTEGER, fit_latency_table, with_input_quantizer
+from ajpq.core.materialize import materialize
+from ajpq.task.models import build_model
+
+
+def _digits():
+    torch.manual_seed(0)
+    model = build_model("digits_cnn", 10, 1).eval()
+    return model, analyze(model, torch.zeros(1, 1, 16, 16))
+
+
+def _macs(module: nn.Module, shape: tuple[int, ...]) -> float:
+    """A stand-in timer: 1 ms per million MACs of the layer, + 0.01 ms overhead."""
+    with torch.no_grad():
+        out = module(torch.zeros(1, *shape))
+    weights = module.weight.numel()
+    spatial = out[0, 0].numel() if out.dim() > 2 else 1
+    return 0.01 + weights * spatial / 1e6
+
+
+def test_a_held_out_policy_is_predicted_within_a_loose_bound():
+    """Timed in torch on this CPU: the table's prediction of a random policy's latency."""
+    torch.set_num_threads(1)
+    model, graph = _digits()
+    batch = 32  # long enough a forward that timing noise stays small
+
+    def time_layer(module, shape, form):
+        layer = with_input_quantizer(module, shape) if form == INTEGER else module
+        return measure_latency(layer, shape, batch, "cpu", repeats=10)
+
+    def time_network(policy, form):
+        return measure_latency(materialize(model, policy, graph), graph.input_shape, batch, "cpu")
+
+    table = fit_latency_table(model, graph, time_layer, time_network, (FLOAT, INTEGER))
+    costs = CostModel(graph)
+    rng = np.random.default_rng(0)
+    knobs = [LayerKnobs(float(rng.uniform(0.1, 0.6)), 8, 8) for _ in graph.layers]
+    policy = build_policy(model, graph, knobs, model_name="digits_cnn")
+    measured = np.median(
+        [
+            measure_latency(materialize(model, policy, graph), graph.input_shape, batch, "cpu")
+            for _ in range(3)
+        ]
+    )
+    predicted = table.predict(policy, costs)
+    assert 0.5 <= predicted / measured <= 2.0, (predicted, measured)
+
+
+def test_the_table_knows_depthwise_layers_forms_and_survives_a_round_trip():
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v2", 10, 3).eval()
+    graph = analyze(model, torch.zeros(1, 3, 32, 32))
+    shapes = []
+
+    def time_layer(module, shape, form):
+        shapes.append((type(module).__name__, getattr(module, "groups", 1), shape))
+        return _macs(module, shape) * (0.5 if form == INTEGER else 1.0)
+
+    def time_network(policy, form):
+        return 1.0
+
+    table = fit_latency_table(model, graph, time_layer, time_network, (FLOAT, INTEGER))
+    depthwise = [s for s in shapes if s[1] > 1]
+    assert depthwise and all(groups == shape[0] for _, groups, shape in depthwise)
+    costs = CostModel(graph)
+    full = build_policy(model, graph, LayerKnobs(0.0, 8, 8), model_name="mobilenet_v2")
+    floats = build_policy(model, graph, LayerKnobs(0.0, 32, 32), model_name="mobilenet_v2")
+    half = build_policy(model, graph, LayerKnobs(0.5, 8, 8), model_name="mobilenet_v2")
+    # integer layers are faster here, pruned ones faster still
+    assert table.predict(half, costs) < table.predict(full, costs) < table.predict(floats, costs)
+    again = latency_from_dict(table.to_dict())
+    assert again == table and again.predict(half, costs) == table.predict(half, costs)
+
+
+def test_the_wall_squeezes_a_policy_under_a_latency_table_budget():
+    model, graph = _digits()
+
+    def time_layer(module, shape, form):
+        return _macs(module, shape)
+
+    table = fit_latency_table(model, graph, time_layer, lambda policy, form: 0.0)
+    costs = CostModel(graph)
+    full = build_policy(model, graph, LayerKnobs(0.0, 8, 8), model_name="digits_cnn")
+    ceiling = 0.5 * table.predict(full, costs)
+    budget = Budget(BudgetKind.LATENCY, ceiling)
+    importance = layer_importance(model, graph)
+    squeezed = enforce_budget(full, budget, costs, importance, table)
+    assert budget_value(squeezed, budget, costs, table) <= ceiling
+    with pytest.raises(ValueError, match="below the smallest reachable"):
+        enforce_budget(full, Budget(BudgetKind.LATENCY, 1e-9), costs, importance, table)
