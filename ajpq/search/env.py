@@ -200,6 +200,7 @@ class CompressionEnv(gym.Env):
                 self.space.max_weight_bits,
                 self.space.max_act_bits,
                 self.rules,
+                self.context.latency_model,
             )
         record = dict(self.evaluate(policy))
         return self._observation(), float(record["reward"]), True, False, record

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ajpq.core.analysis import analyze
-from ajpq.core.budget import Budget, BudgetKind, budget_value, enforce_budget
+from ajpq.core.budget import Budget, BudgetKind, budget_value, enforce_budget, fill_budget
 from ajpq.core.builder import LayerKnobs, build_policy
 from ajpq.core.cost import CostModel, measure_latency
 from ajpq.core.importance import layer_importance
@@ -99,5 +99,11 @@ def test_the_wall_squeezes_a_policy_under_a_latency_table_budget():
     importance = layer_importance(model, graph)
     squeezed = enforce_budget(full, budget, costs, importance, table)
     assert budget_value(squeezed, budget, costs, table) <= ceiling
+    # bits of 8 and fewer cost no time here: the fill raises them all, the prediction unchanged
+    low = build_policy(model, graph, LayerKnobs(0.5, 3, 4), model_name="digits_cnn")
+    filled = fill_budget(low, Budget(BudgetKind.LATENCY, 1e9), costs, importance, 8, 8, None, table)
+    assert {b for lp in filled.layers for b in lp.weight_bits} == {0, 8}
+    assert {lp.act_bits for lp in filled.layers} == {8}
+    assert table.predict(filled, costs) == table.predict(low, costs)
     with pytest.raises(ValueError, match="below the smallest reachable"):
         enforce_budget(full, Budget(BudgetKind.LATENCY, 1e-9), costs, importance, table)

@@ -24,7 +24,9 @@ from ajpq.core.budget.types import (
     check_precision,
 )
 from ajpq.core.cost import CostModel
-from ajpq.core.policy import CompressionPolicy
+from ajpq.core.latency import LatencyPredictor
+from ajpq.core.policy import CompressionPolicy, LayerPolicy
+from ajpq.core.quantize import FLOAT_BITS
 from ajpq.core.validation import validate_policy
 
 __all__ = ["fill_budget"]
@@ -146,6 +148,7 @@ def fill_budget(
     top_weight_bits: int = QUANT_TOP_BITS,
     top_act_bits: int = QUANT_TOP_BITS,
     rules: WallRules | None = None,
+    latency_model: LatencyPredictor | None = None,
 ) -> CompressionPolicy:
     """Spend what ``policy`` leaves of a size or BitOps ``budget`` on bits: one bit more for the
     kept channels (in ``rules.precision``'s unit) and activations where that buys the most
@@ -154,14 +157,21 @@ def fill_budget(
     the budget still does. Under a size budget activation bits cost nothing and rise to the top.
 
     The wall only squeezes, so without this a search that under-spends a budget scores a
-    smaller network than it may have. A latency budget (bits do not change the MACs the latency
-    model sees) and ``rules.bits=False`` return ``policy`` unchanged.
+    smaller network than it may have. Under a latency budget (with ``latency_model``) every kept
+    channel and activation rises to the tops at once when the prediction still meets it (bits of
+    8 and fewer run the same kernels); ``rules.bits=False`` returns ``policy`` unchanged.
     """
     rules = rules or WallRules()
     validate_policy(policy, costs.graph)
     check_precision(policy, rules.precision)
-    if budget.kind is BudgetKind.LATENCY or not rules.bits:
+    if not rules.bits:
         return policy
+    if budget.kind is BudgetKind.LATENCY:
+        if latency_model is None:
+            return policy
+        raised = _at_tops(policy, top_weight_bits, top_act_bits)
+        fits = budget_value(raised, budget, costs, latency_model) <= budget.value
+        return raised if fits else policy
     if budget_value(policy, budget, costs) > budget.value:
         raise ValueError(
             f"the policy does not meet the {budget.kind.value} budget {budget.value:g}; "
@@ -176,3 +186,14 @@ def fill_budget(
         logger.warning("filling overshot the %s budget; keeping the unfilled policy", budget)
         return policy
     return result
+
+
+def _at_tops(policy: CompressionPolicy, top_weight: int, top_act: int) -> CompressionPolicy:
+    """Every kept quantized channel at ``top_weight`` bits (none lowered), quantized
+    activations at ``top_act`` (float ones stay float)."""
+    layers = []
+    for lp in policy.layers:
+        bits = tuple(max(b, top_weight) if 0 < b < FLOAT_BITS else b for b in lp.weight_bits)
+        act = lp.act_bits if lp.act_bits >= FLOAT_BITS else max(lp.act_bits, top_act)
+        layers.append(LayerPolicy(lp.name, bits, act))
+    return policy.replace_layers(layers)
