@@ -1,8 +1,8 @@
 """HAQ's latency lookup table: each layer timed alone at a few kept-channel fractions, in float
 and (in a runtime with integer kernels) in integer form, on the device and runtime that time the
 search's policies; a policy's latency is the sum of its layers' interpolated times plus the
-rest of the network (what the whole network takes beyond its layers, measured at the same
-fractions).
+rest of the network (what the whole network takes beyond its layers' sum, measured at the same
+fractions: negative where a layer timed alone pays a call's overhead the network pays once).
 
 A layer's time is interpolated over its kept MACs (what the policy keeps of its inputs and
 outputs, from :class:`ajpq.core.cost.CostModel`), so pruned inputs count as pruned outputs do;
@@ -171,7 +171,9 @@ def fit_latency_table(
                 summed += ms
                 per_layer[index].append((kept[index] / max(layer.macs, 1), ms))
             network_fractions[form].append(kept.sum() / max(costs.fp32_macs, 1))
-            rest_ms[form].append(max(time_network(policy, form) - summed, 0.0))
+            # negative where timing a layer alone costs more than it does inside the network
+            # (a call's overhead, paid once per layer here): the rest corrects the sum
+            rest_ms[form].append(time_network(policy, form) - summed)
         for points in per_layer:
             points.sort()
             layer_fractions[form].append([p[0] for p in points])

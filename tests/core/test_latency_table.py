@@ -69,13 +69,14 @@ def test_the_table_knows_depthwise_layers_forms_and_survives_a_round_trip():
         shapes.append((type(module).__name__, getattr(module, "groups", 1), shape))
         return _macs(module, shape) * (0.5 if form == INTEGER else 1.0)
 
-    def time_network(policy, form):
-        return 1.0
+    costs = CostModel(graph)
+
+    def time_network(policy, form):  # the stand-in's per-MAC rate, and 0.1 ms beyond layers
+        return 0.1 + costs.cost(policy).macs / 1e6 * (0.5 if form == INTEGER else 1.0)
 
     table = fit_latency_table(model, graph, time_layer, time_network, (FLOAT, INTEGER))
     depthwise = [s for s in shapes if s[1] > 1]
     assert depthwise and all(groups == shape[0] for _, groups, shape in depthwise)
-    costs = CostModel(graph)
     full = build_policy(model, graph, LayerKnobs(0.0, 8, 8), model_name="mobilenet_v2")
     floats = build_policy(model, graph, LayerKnobs(0.0, 32, 32), model_name="mobilenet_v2")
     half = build_policy(model, graph, LayerKnobs(0.5, 8, 8), model_name="mobilenet_v2")
@@ -91,8 +92,10 @@ def test_the_wall_squeezes_a_policy_under_a_latency_table_budget():
     def time_layer(module, shape, form):
         return _macs(module, shape)
 
-    table = fit_latency_table(model, graph, time_layer, lambda policy, form: 0.0)
     costs = CostModel(graph)
+    table = fit_latency_table(
+        model, graph, time_layer, lambda policy, form: 0.05 + costs.cost(policy).macs / 1e6
+    )
     full = build_policy(model, graph, LayerKnobs(0.0, 8, 8), model_name="digits_cnn")
     ceiling = 0.5 * table.predict(full, costs)
     budget = Budget(BudgetKind.LATENCY, ceiling)
