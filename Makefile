@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= tune_configs/digits_demo.yaml
 SWEEP ?= tune_configs/sweep_demo.yaml
 
-.PHONY: install test test-slow test-all lint format search sweep bench bench-ddpg bench-search bench-scale bench-sweep bench-zoo bench-baselines bench-demo bench-ddpg-few bench-eval bench-eval-cost bench-proxy bench-deploy bench-data gpu-check mlflow-ui clean
+.PHONY: install test test-slow test-all lint format search sweep bench bench-ddpg bench-search bench-scale bench-sweep bench-zoo bench-baselines bench-demo bench-ddpg-few bench-eval bench-eval-cost bench-proxy bench-deploy bench-latency-table bench-data gpu-check mlflow-ui clean
 
 install: $(STAMP)
 
@@ -61,6 +61,9 @@ bench-eval-cost: install
 
 bench-deploy: install
 	$(BIN)/python bench/bench_deploy.py
+
+bench-latency-table: install
+	$(BIN)/python bench/bench_latency_table.py
 
 bench-proxy: install
 	$(BIN)/python bench/bench_proxy.py

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 FLOAT, INTEGER = "float", "integer"
-FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+FRACTIONS = (0.3, 0.55, 0.8, 1.0)
 _MACS = 2  # the MACs column of CostModel.layer_costs
 
 LayerTimer = Callable[[nn.Module, tuple[int, ...], str], float]

@@ -3,7 +3,8 @@
 The pruned, BatchNorm-folded network (:func:`ajpq.core.materialize.materialize_with_scales`)
 is written with
 
-- weights as int8 codes with one scale per output channel (``DequantizeLinear``, axis 0): a
+- weights of each layer with a quantized input as int8 codes with one scale per output channel
+  (``DequantizeLinear``, axis 0; a layer with a float input keeps float weights): a
   channel at b <= 8 bits keeps its own b-bit codes and scale (the packed file's, exactly); a
   binary channel its signs x its magnitude; a float channel in an otherwise quantized layer is
   quantized to 8 bits (the only approximation: such layers are rare);
@@ -99,7 +100,9 @@ def qdq_network(
         if isinstance(module, QuantizedInput):
             input_scale = _contain(module)
             module = module.layer
-        if (bits >= FLOAT_BITS).all():
+        if (bits >= FLOAT_BITS).all() or input_scale is None:
+            # a float input runs a float kernel: dequantizing int8 codes on every call would
+            # only slow it, so such a layer keeps its (grid-valued) weights in float
             continue
         channel_scales = scales[layer_policy.name].detach().cpu().double().numpy()[bits > 0]
         codes, weight_scales = _codes(

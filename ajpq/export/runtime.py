@@ -105,11 +105,13 @@ def layer_latency(
     integer: bool,
     batch_size: int = 1,
     device: str = "cpu",
-    repeats: int = 10,
+    repeats: int = 30,
 ) -> Timing:
     """onnxruntime latency of one layer alone: float ONNX, or (``integer``) 8-bit integer
     ONNX as :func:`export_qdq` writes a layer (a latency table's entry)."""
-    network = nn.Sequential(module).cpu().eval()
+    # a conv's output must reach a consumer for its requantization (and so its integer kernel):
+    # inside a network the next layer's quantizer is that consumer, here a flatten
+    network = nn.Sequential(module, nn.Flatten()).cpu().eval()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "layer.onnx"
         if integer:

@@ -1,0 +1,105 @@
+"""How well the latency table predicts a policy's measured latency (issue 23): fit the table as
+a latency-budget search does (every layer alone at four kept fractions, float and integer, plus
+the whole network), then time random mixed policies' deployable networks and compare. Also the
+old straight line in MACs (fitted at three float sparsities) on the same policies.
+
+Usage: python bench/bench_latency_table.py [--models fmnist_cnn resnet18] [--runtime onnxruntime]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from ajpq.core.analysis import analyze
+from ajpq.core.builder import LayerKnobs, build_policy
+from ajpq.core.cost import CostModel, measure_latency
+from ajpq.core.latency import fit_latency_model
+from ajpq.core.latency_table import FLOAT, INTEGER, fit_latency_table, with_input_quantizer
+from ajpq.core.materialize import materialize
+from ajpq.export.runtime import deployed_latency, layer_latency
+from ajpq.task.models import build_model
+
+SHAPE = {"fmnist_cnn": (1, 28, 28), "digits_cnn": (1, 16, 16)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", default=["fmnist_cnn", "resnet18"])
+    parser.add_argument("--runtime", choices=["onnxruntime", "torch"], default="onnxruntime")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--policies", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = [
+        f"latency table vs measured ({args.runtime}, batch {args.batch}, {args.threads} "
+        f"threads, {args.policies} random policies)\n",
+        "| model | fit s | measured ms (range) | table: median error | table: 90th pct | "
+        "line in MACs: median error | timing noise (one policy timed twice): median |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for name in args.models:
+        rows.append(_row(name, args))
+        print(rows[-1], flush=True)
+    print("\n" + "\n".join(rows))
+
+
+def _row(name: str, args: argparse.Namespace) -> str:
+    shape = SHAPE.get(name, (3, args.size, args.size))
+    torch.manual_seed(0)
+    model = build_model(name, 10, shape[0]).eval()
+    graph = analyze(model, torch.zeros(1, *shape))
+    costs = CostModel(graph)
+    batch = args.batch
+    if args.runtime == "onnxruntime":
+
+        def time_layer(module, layer_shape, form):  # noqa: ANN001, ANN202
+            return layer_latency(module, layer_shape, form == INTEGER, batch).median_ms
+
+        def time_policy(policy, form=None):  # noqa: ANN001, ANN202
+            return deployed_latency(model, policy, graph, batch).median_ms
+
+    else:
+
+        def time_layer(module, layer_shape, form):  # noqa: ANN001, ANN202
+            layer = with_input_quantizer(module, layer_shape) if form == INTEGER else module
+            return measure_latency(layer, layer_shape, batch, "cpu", repeats=10)
+
+        def time_policy(policy, form=None):  # noqa: ANN001, ANN202
+            return measure_latency(materialize(model, policy, graph), shape, batch, "cpu")
+
+    started = time.perf_counter()
+    table = fit_latency_table(model, graph, time_layer, time_policy, (FLOAT, INTEGER))
+    fit_s = time.perf_counter() - started
+    line = fit_latency_model(model, graph, measure=time_policy)
+    rng = np.random.default_rng(1)
+    measured, errors, line_errors, noise = [], [], [], []
+    for _ in range(args.policies):
+        acts = int(rng.choice([4, 8, 32]))
+        knobs = [
+            LayerKnobs(float(rng.uniform(0.0, 0.7)), 6, acts, 2.0, min_bits=2, max_bits=8)
+            for _ in graph.layers
+        ]
+        policy = build_policy(model, graph, knobs, model_name=name)
+        times = [time_policy(policy) for _ in range(3)]
+        ms = statistics.median(times)
+        noise.append(abs(times[0] - times[1]) / times[1])  # the same policy timed twice
+        measured.append(ms)
+        errors.append(abs(table.predict(policy, costs) - ms) / ms)
+        line_errors.append(abs(line.predict(policy, costs) - ms) / ms)
+    return (
+        f"| {name} {shape[1]} px | {fit_s:.0f} | {statistics.median(measured):.3g} "
+        f"({min(measured):.3g}-{max(measured):.3g}) | {100 * statistics.median(errors):.1f}% | "
+        f"{100 * float(np.percentile(errors, 90)):.1f}% | "
+        f"{100 * statistics.median(line_errors):.1f}% | {100 * statistics.median(noise):.1f}% |"
+    )
+
+
+if __name__ == "__main__":
+    main()
