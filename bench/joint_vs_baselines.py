@@ -4,8 +4,9 @@ Runs the sweep of ``--config`` (default ``tune_configs/fmnist_baselines.yaml``: 
 budgets x seeds, same episodes), then gives every search's best policy one identical final
 finetune (``--final-steps``) through ``ajpq export``'s path (apply, finetune, export, reload,
 score the file on the test split), measures the file ratio (fp32 file / compressed file), the
-BitOps ratio, and the CPU latency speedup of the loaded compressed model over the fp32 model
-(batch 1, median of ``--latency-repeats``, one thread, measured one after the other here), and
+BitOps ratio, the CPU latency speedup of the loaded compressed model over the fp32 model in
+torch and of its integer ONNX over the fp32 ONNX in onnxruntime (batch 1, median of
+``--latency-repeats``, one thread, measured one after the other here), and
 writes ``<out>.md`` (mean +- std over seeds per budget and method) and ``<out>.csv`` (one row per
 search). Each search's records give how its validation accuracy moved: the mean over its first
 and over its last ``--window`` episodes.
@@ -30,8 +31,10 @@ import torch
 
 from ajpq.core.cost import CostModel, measure_latency
 from ajpq.core.policy import CompressionPolicy
+from ajpq.export.onnx import export_onnx
 from ajpq.export.packed import load_compressed
-from ajpq.run.export_run import export_best
+from ajpq.export.runtime import time_onnx
+from ajpq.run.export_run import ONNX_INTEGER, export_best
 from ajpq.run.rundir import RunDir
 from ajpq.run.sweep import run_sweep
 from ajpq.run.tracking import Tracker
@@ -43,7 +46,9 @@ logger = logging.getLogger("joint_vs_baselines")
 
 def _final(run_dir: str, steps: int) -> dict[str, Any]:
     torch.set_num_threads(1)
-    return export_best(run_dir, finetune_steps=steps, out=Path(run_dir) / "final.pt")
+    return export_best(
+        run_dir, finetune_steps=steps, out=Path(run_dir) / "final.pt", onnx=ONNX_INTEGER
+    )
 
 
 def _trial_dirs(config: Any, sweep_run_id: str) -> list[Path]:
@@ -76,6 +81,12 @@ def _row(run_dir: Path, final: dict[str, Any], repeats: int, window: int) -> dic
     shape = context.graph.input_shape
     fp32_ms = measure_latency(context.model.cpu().eval(), shape, repeats=repeats)
     small_ms = measure_latency(load_compressed(final["path"]), shape, repeats=repeats)
+    # deployed: the integer ONNX against the fp32 network's ONNX in onnxruntime, one thread
+    fp32_onnx = export_onnx(context.model.cpu().eval(), shape, Path(run_dir) / "fp32.onnx")
+    onnx_ms, fp32_onnx_ms = (
+        time_onnx(path, shape, threads=1, repeats=repeats).median_ms
+        for path in (final["onnx_path"], fp32_onnx)
+    )
     first, last = _learning(run_dir, window)
     records = json.loads(RunDir(run_dir).records.read_text())
     return {
@@ -94,6 +105,10 @@ def _row(run_dir: Path, final: dict[str, Any], repeats: int, window: int) -> dic
         "fp32_ms": fp32_ms,
         "compressed_ms": small_ms,
         "latency_speedup": fp32_ms / small_ms,
+        "onnx_ms": onnx_ms,
+        "fp32_onnx_ms": fp32_onnx_ms,
+        "onnx_speedup": fp32_onnx_ms / onnx_ms,
+        "onnx_test_accuracy": final["onnx_test_accuracy"],
         "val_first": first,
         "val_last": last,
         "run_dir": str(run_dir),
@@ -117,9 +132,9 @@ def _markdown(rows: list[dict[str, Any]], command: str, settings: str, minutes: 
         f"Measured on this 2-core machine (no GPU); sweep and final finetunes: {minutes:.0f} min.",
         "",
         "| budget (of fp32 file) | method | seeds | test acc (mean ± std) | file ratio | "
-        "BitOps ratio | CPU latency speedup | search best val acc | val acc first → last "
-        "episodes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "BitOps ratio | CPU latency speedup (torch) | onnxruntime speedup (integer ONNX vs fp32 "
+        "ONNX) | search best val acc | val acc first → last episodes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
     for row in rows:
@@ -132,6 +147,7 @@ def _markdown(rows: list[dict[str, Any]], command: str, settings: str, minutes: 
             f"{mean(r['file_ratio'] for r in group):.1f}x | "
             f"{mean(r['bitops_ratio'] for r in group):.4f} | "
             f"{mean(r['latency_speedup'] for r in group):.2f}x | "
+            f"{mean(r['onnx_speedup'] for r in group):.2f}x | "
             f"{mean(r['search_val_accuracy'] for r in group):.4f} | "
             f"{mean(r['val_first'] for r in group):.4f} → {mean(r['val_last'] for r in group):.4f} |"
         )

@@ -287,6 +287,7 @@ def integer_ops(path: str | Path, threads: int = 1) -> dict[str, int]:
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # not the warning that an optimized graph is saved
     with tempfile.TemporaryDirectory() as folder:
         options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
         onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
