@@ -326,11 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     best = outcome.best
     if best is None:
         why = f", most often: {outcome.top_error}" if outcome.top_error else ""
-        print(
-            f"ajpq: no successful evaluation in {outcome.episodes} episodes{why}; see "
-            f"{outcome.run_dir}",
-            file=sys.stderr,
-        )
+        what = f"no successful evaluation in {outcome.episodes} episodes{why}"
+        if config.budget.kind.value == "latency" and not outcome.top_error:
+            what = (
+                f"no policy of {outcome.episodes} met the {config.budget.value:g} ms ceiling as "
+                "measured (the latency table predicted they would); raise the ceiling"
+            )
+        print(f"ajpq: {what}; see {outcome.run_dir}", file=sys.stderr)
         return 1
     log.info("")
     if outcome.stats.get("infra_failed"):

@@ -27,10 +27,7 @@ from ajpq.task.models import ModelName, build_model
 from tests.core.test_topologies import BLOCKS
 
 SHAPE = {ModelName.DIGITS_CNN: (1, 16, 16), ModelName.FMNIST_CNN: (1, 28, 28)}
-# vgg11_bn's 4096-wide classifier makes 3 SGD steps on two copies take a minute: `make test-slow`
-NETWORKS = [
-    pytest.param(m, marks=pytest.mark.slow) if m is ModelName.VGG11_BN else m for m in ModelName
-]
+NETWORKS = list(ModelName)  # vgg11_bn's 4096-wide classifier: about a minute of the suite
 
 
 def _policy(model: nn.Module, graph, seed: int, name: str):
