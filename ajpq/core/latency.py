@@ -1,5 +1,7 @@
-"""The latency model behind a latency budget: predicted ms = intercept + slope x MACs, fitted
-on the physically pruned (materialized) network."""
+"""Latency predictors of a latency budget. A search measures a lookup table
+(:mod:`ajpq.core.latency_table`); the straight line here (ms = intercept + slope x MACs, fitted
+at a few uniform sparsities) is what earlier runs stored, loaded again on ``--resume``, and the
+comparison the table's benchmark prints."""
 
 from __future__ import annotations
 
