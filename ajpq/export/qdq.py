@@ -109,7 +109,7 @@ def qdq_network(
             module.weight.detach().cpu().double().numpy(), bits[bits > 0], channel_scales
         )
         layer = IntegerLayer(codes, weight_scales)
-        if input_scale is not None and module.bias is not None:
+        if module.bias is not None:
             bias_scales = (np.float32(input_scale) * weight_scales).astype(np.float32)
             bias = module.bias.detach().cpu().double().numpy()
             bias_codes = np.clip(np.round(bias / bias_scales), -(2**31), 2**31 - 1)
@@ -118,8 +118,7 @@ def qdq_network(
                 module.bias.copy_(
                     torch.from_numpy(layer.bias_codes.astype(np.float32) * bias_scales)
                 )
-        key = f"{layer_policy.name}.layer.weight" if input_scale is not None else None
-        layers[key or f"{layer_policy.name}.weight"] = layer
+        layers[f"{layer_policy.name}.layer.weight"] = layer  # the QuantizedInput's layer
     return plain, layers
 
 
