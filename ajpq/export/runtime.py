@@ -89,14 +89,21 @@ def deployed_latency(
     repeats: int = 20,
 ) -> Timing:
     """onnxruntime latency of ``policy``'s integer ONNX (``model``: the original network)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = _integer_file(model, policy, graph, Path(folder) / "policy.onnx")
+        return time_onnx(path, policy.input_shape, batch_size, device, repeats=repeats)
+
+
+def _integer_file(
+    model: nn.Module, policy: CompressionPolicy, graph: ModelGraph, path: Path
+) -> Path:
+    """``policy``'s integer ONNX built from the original ``model`` (pruned simulation,
+    activation ranges set by one random batch: they set no speed, but the file needs them)."""
     simulated = simulate(model, policy, graph, pruned=True).cpu().train()
     x = torch.randn((8, *policy.input_shape))
     with torch.no_grad():
-        simulated(x)  # activation ranges: they set no speed, but the file needs them
-    simulated.eval()
-    with tempfile.TemporaryDirectory() as folder:
-        path = export_qdq(simulated, policy, Path(folder) / "policy.onnx", calibration=x)
-        return time_onnx(path, policy.input_shape, batch_size, device, repeats=repeats)
+        simulated(x)
+    return export_qdq(simulated.eval(), policy, path, calibration=x)
 
 
 def layer_latency(
@@ -117,11 +124,7 @@ def layer_latency(
         if integer:
             graph = analyze(network, torch.zeros((1, *input_shape)))
             policy = build_policy(network, graph, LayerKnobs(0.0, 8, 8), model_name="layer")
-            simulated = simulate(network, policy, graph, pruned=True).train()
-            x = torch.randn((8, *input_shape))
-            with torch.no_grad():
-                simulated(x)
-            export_qdq(simulated.eval(), policy, path, calibration=x)
+            _integer_file(network, policy, graph, path)
         else:
             export_onnx(network, input_shape, path)
         return time_onnx(path, input_shape, batch_size, device, repeats=repeats)
