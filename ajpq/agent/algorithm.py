@@ -79,6 +79,7 @@ class DDPG(DQN):
         super().setup(config)
         self.episodes_done = 0
         self.reward_baseline: float | None = None
+        self.return_stats = [0, 0.0, 0.0]  # count, mean, sum of squared deviations (Welford)
         self.updates_done = 0
         # async sampling: requests in flight per env runner, the weights version (updates done)
         # each runner was last sent, finished episodes not yet handed to the learner
@@ -97,9 +98,14 @@ class DDPG(DQN):
     def in_warmup(self) -> bool:
         return self.episodes_done < self.config.warmup_episodes
 
+    def _random_actions(self, episodes_started: int) -> bool:
+        return episodes_started < self.config.warmup_episodes and self.config.warmup_random
+
     def _set_exploration(self) -> None:
         # the module works in [-1, 1]: a sigma of x of the range is 2x there
-        setter = ExplorationSetter(self.in_warmup(), 2.0 * self.noise_sigma())
+        setter = ExplorationSetter(
+            self._random_actions(self.episodes_done), 2.0 * self.noise_sigma()
+        )
         self.env_runner_group.foreach_env_runner(setter, local_env_runner=True)
 
     # -- credit assignment --------------------------------------------------------------------
@@ -114,7 +120,9 @@ class DDPG(DQN):
             if CreditAssignment(config.credit_assignment) is CreditAssignment.EPISODE_BASELINE:
                 if self.reward_baseline is None:
                     self.reward_baseline = episode_return
-                advantage = episode_return - self.reward_baseline
+                advantage = (episode_return - self.reward_baseline) / self._return_scale(
+                    episode_return
+                )
                 length = len(episode)
                 rewards = episode.rewards.data
                 if isinstance(rewards, np.ndarray) and not rewards.flags.writeable:
@@ -128,6 +136,18 @@ class DDPG(DQN):
                     episode_return - self.reward_baseline
                 )
         return returns
+
+    def _return_scale(self, episode_return: float) -> float:
+        """With ``reward_normalize``: the standard deviation of the returns so far (this one
+        included; 1 until there are two), else 1."""
+        stats = self.return_stats
+        stats[0] += 1
+        delta = episode_return - stats[1]
+        stats[1] += delta / stats[0]
+        stats[2] += delta * (episode_return - stats[1])
+        if not self.config.reward_normalize or stats[0] < 2:
+            return 1.0
+        return max(math.sqrt(stats[2] / (stats[0] - 1)), 1e-6)
 
     # -- the training step --------------------------------------------------------------------
     def _poll_episodes(self) -> None:
@@ -198,9 +218,7 @@ class DDPG(DQN):
                 module_state = None
             # exploration as if the episodes in flight had already finished
             request = EpisodeRequest(
-                module_state,
-                started < config.warmup_episodes,
-                2.0 * self.noise_sigma(),
+                module_state, self._random_actions(started), 2.0 * self.noise_sigma()
             )
             sent = group.foreach_env_runner_async(
                 request, tag=_SAMPLE_TAG, remote_worker_ids=[runner_id]
@@ -287,6 +305,7 @@ class DDPG(DQN):
         state["ddpg"] = {
             "episodes_done": self.episodes_done,
             "reward_baseline": self.reward_baseline,
+            "return_stats": list(self.return_stats),
             "updates_done": self.updates_done,
             "replay": self.local_replay_buffer.get_state()
             if self.config.store_buffer_in_checkpoints
@@ -300,6 +319,7 @@ class DDPG(DQN):
         if own:
             self.episodes_done = own["episodes_done"]
             self.reward_baseline = own["reward_baseline"]
+            self.return_stats = list(own.get("return_stats", [0, 0.0, 0.0]))
             self.updates_done = own["updates_done"]
             if own.get("replay") is not None:
                 self.local_replay_buffer.set_state(own["replay"])

@@ -41,9 +41,15 @@ class DDPGConfig(AlgorithmConfig):
         self.noise_sigma = HAQ.noise_sigma  # fraction of the action range
         self.noise_decay = HAQ.noise_decay  # per finished (post warm-up) episode
         self.noise_min_sigma = 0.0
+        # warm-up episodes: uniformly random actions (HAQ), or noise of noise_sigma around the
+        # actor (after a prior was cloned into it, so the warm-up explores near the prior)
+        self.warmup_random = True
         # credit assignment
         self.credit_assignment = HAQ.credit_assignment
         self.baseline_decay = HAQ.baseline_decay
+        # divide each advantage by the standard deviation of the search's returns so far, so
+        # the critic's targets have one scale whatever the reward's spread
+        self.reward_normalize = False
         # replay and updates
         # HAQ's replay memory is small (rmsize 128 transitions): with terminal-only rewards and a
         # moving baseline, recent transitions carry the useful signal. Measured on the 8-step
@@ -77,8 +83,10 @@ class DDPGConfig(AlgorithmConfig):
         noise_sigma: float | None = NotProvided,
         noise_decay: float | None = NotProvided,
         noise_min_sigma: float | None = NotProvided,
+        warmup_random: bool | None = NotProvided,
         credit_assignment: CreditAssignment | str | None = NotProvided,
         baseline_decay: float | None = NotProvided,
+        reward_normalize: bool | None = NotProvided,
         updates_per_step: float | None = NotProvided,
         replay_buffer_config: dict[str, Any] | None = NotProvided,
         store_buffer_in_checkpoints: bool | None = NotProvided,

@@ -10,10 +10,11 @@ from typing import Any
 import ray
 
 from ajpq.core.policy import CompressionPolicy
+from ajpq.run.screening import ScreeningClient
 from ajpq.search.context import SearchContext
-from ajpq.search.env import ENV_NAME, CompressionEnv, Stage
+from ajpq.search.env import ENV_NAME, CompressionEnv, Evaluate, Stage
 
-__all__ = ["PoolClient", "make_env", "register", "env_config_for"]
+__all__ = ["PoolClient", "evaluate_for", "make_env", "register", "env_config_for"]
 
 
 class PoolClient:
@@ -35,6 +36,24 @@ class PoolClient:
     def __call__(self, policy: CompressionPolicy) -> Mapping[str, Any]:
         return ray.get(self._handle().evaluate.remote(policy.to_json()))
 
+    def scored_rows(self, known: set[str]) -> list[tuple[str, str, float]]:
+        """The scored records not in ``known``: (key, policy JSON, accuracy)."""
+        pool = self._handle()
+        fresh = [
+            r
+            for r in ray.get(pool.all_records.remote())
+            if not (r.failed or r.infra_failed) and r.policy_key not in known
+        ]
+        jsons = ray.get([pool.policy_json.remote(r.policy_key) for r in fresh])
+        return [
+            (r.policy_key, text, r.accuracy) for r, text in zip(fresh, jsons) if text is not None
+        ]
+
+
+def evaluate_for(client: PoolClient, screen: int) -> Evaluate:
+    """The env's ``evaluate``: the pool, through the predictor's screen when ``screen`` > 1."""
+    return ScreeningClient(client, client.scored_rows, screen) if screen > 1 else client
+
 
 def env_config_for(pool_name: str, namespace: str, stage: Stage | None = None) -> dict[str, Any]:
     config: dict[str, Any] = {"pool_name": pool_name, "namespace": namespace}
@@ -45,7 +64,9 @@ def env_config_for(pool_name: str, namespace: str, stage: Stage | None = None) -
 
 def make_env(env_config: Mapping[str, Any]) -> CompressionEnv:
     client = PoolClient(env_config["pool_name"], env_config["namespace"])
-    return CompressionEnv(client.context(), client, Stage.from_dict(env_config.get("stage")))
+    context = client.context()
+    evaluate = evaluate_for(client, context.config.agent.screen)
+    return CompressionEnv(context, evaluate, Stage.from_dict(env_config.get("stage")))
 
 
 def register() -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import ray
 
 from ajpq.agent import DDPG, DDPGConfig
+from ajpq.agent.prior import clone_into
 from ajpq.core.budget import Budget, budget_value
 from ajpq.core.builder import uniform_policy
 from ajpq.core.cost import CostModel
@@ -22,9 +23,10 @@ from ajpq.run import binding
 from ajpq.run.resources import ENV_RUNNER_CPUS
 from ajpq.run.rundir import RunDir
 from ajpq.run.session import OpenRun
-from ajpq.search.config import Method, SearchConfig
+from ajpq.search.config import Method, Prior, SearchConfig
 from ajpq.search.env import CompressionEnv, Stage
 from ajpq.search.methods import make_proposer, run_proposals, uniform_candidates
+from ajpq.search.prior import prior_episode
 from ajpq.search.record import PolicyRecord
 from ajpq.search.reward import best_key
 from ajpq.task.checks import cause
@@ -138,10 +140,15 @@ class Search:
         """DDPG until ``target`` episodes of its own; ``offset`` episodes came before it."""
         algo = ddpg_config(self.config, env_config, target).build_algo()
         try:
+            checkpoint = self.open_run.folder.checkpoint(name)
+            if self.resume and checkpoint.exists():
+                algo.restore_from_path(str(checkpoint))
+            elif self.config.method is Method.DDPG and self.config.agent.prior is not Prior.NONE:
+                agent = self.config.agent
+                clone_into(
+                    algo, *prior_episode(self.open_run.context, agent.prior), agent.prior_steps
+                )
             if self.resume:
-                checkpoint = self.open_run.folder.checkpoint(name)
-                if checkpoint.exists():
-                    algo.restore_from_path(str(checkpoint))
                 # policies scored after the last checkpoint (or before any) are in the journal:
                 # they count, and are never scored again, so N episodes give N policies
                 algo.episodes_done = max(algo.episodes_done, self.scored() - offset)
@@ -220,8 +227,9 @@ class Search:
 
     # -- baselines ---------------------------------------------------------------------------
     def _make_env(self) -> CompressionEnv:
+        client = binding.PoolClient(self.pool_name, self.namespace)
         return CompressionEnv(
-            self.open_run.context, binding.PoolClient(self.pool_name, self.namespace)
+            self.open_run.context, binding.evaluate_for(client, self.config.agent.screen)
         )
 
     def _propose(self, method: Method, target: int) -> None:

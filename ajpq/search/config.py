@@ -47,6 +47,7 @@ __all__ = [
     "SearchConfig",
     "RewardKind",
     "Method",
+    "Prior",
     "load_config",
     "set_key",
     "read_mapping",
@@ -69,6 +70,15 @@ class Method(str, enum.Enum):
     TPE = "tpe"  # Optuna's TPE sampler over the same per-group knobs (ask / tell)
     UNIFORM = "uniform"  # one bit width everywhere (no pruning, then + one uniform sparsity)
     STEPWISE = "stepwise"  # AMC-style pruning at 8 bits, then DDPG over bits on the best
+
+
+class Prior(str, enum.Enum):
+    """What the actor is cloned towards before DDPG learns (``agent.prior``)."""
+
+    NONE = "none"  # a fresh actor; warm-up episodes are uniformly random (HAQ)
+    # the importance-ranked uniform policy that meets the budget (one bit width everywhere,
+    # unpruned when that fits); warm-up episodes explore with noise around it
+    UNIFORM = "uniform"
 
 
 WeightBits = Annotated[int, Field(strict=True, ge=1, le=8)]
@@ -128,6 +138,13 @@ class AgentSection:
     reward_scale: Rate = 1.0
     failed_reward: float = -1.0
     seed: NonNegativeInt = 0
+    # sample-efficiency levers (ajpq.agent.prior, ajpq.search.predictor; results/fmnist.md)
+    prior: Prior = Prior.NONE
+    prior_steps: NonNegativeInt = 300  # behaviour-cloning steps (full batch, Adam 1e-3)
+    reward_normalize: Flag = False  # advantages divided by the std of the search's returns
+    # proposals per evaluation: an accuracy predictor fitted on the search's records screens
+    # them and only the most promising are scored (1: every proposal is scored)
+    screen: Count = 1
 
     def training_kwargs(self, episodes: int | None = None) -> dict[str, Any]:
         """The keyword arguments of ``DDPGConfig.training`` for a search of ``episodes``
@@ -146,6 +163,8 @@ class AgentSection:
             "baseline_decay": self.baseline_decay,
             "credit_assignment": self.credit_assignment.value,
             "max_episodes": episodes,
+            "warmup_random": self.prior is Prior.NONE,
+            "reward_normalize": self.reward_normalize,
         }
 
     def decay_over(self, episodes: int) -> float:

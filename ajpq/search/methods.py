@@ -36,6 +36,7 @@ __all__ = [
     "make_proposer",
     "run_proposals",
     "uniform_candidates",
+    "uniform_knobs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -122,8 +123,9 @@ def run_proposals(
 
     def play(env: CompressionEnv, token: Any, actions: np.ndarray) -> Mapping[str, Any]:
         record = env.play(actions)
-        # an infrastructure failure is no verdict on the actions: told as None (not counted)
-        proposer.tell(token, None if record.get("infra_failed") else float(record["reward"]))
+        # an infrastructure failure is no verdict on the actions, and a proposal the predictor
+        # screened out was not scored: told as None (not counted)
+        proposer.tell(token, None if _unscored(record) else float(record["reward"]))
         return record
 
     with ThreadPoolExecutor(len(envs), thread_name_prefix="ajpq-propose") as pool:
@@ -139,13 +141,17 @@ def run_proposals(
             for future in finished:
                 free.append(running.pop(future))
                 record = future.result()
-                if record.get("infra_failed"):
+                if _unscored(record):
                     asked -= 1  # proposed again
                     continue
                 played += 1
                 if on_episode is not None:
                     on_episode(record)
     return played
+
+
+def _unscored(record: Mapping[str, Any]) -> bool:
+    return bool(record.get("infra_failed") or record.get("screened"))
 
 
 def uniform_candidates(
@@ -157,32 +163,53 @@ def uniform_candidates(
     model_name: str,
     latency_model: LatencyPredictor | None = None,
 ) -> list[CompressionPolicy]:
-    """Uniform policies that meet ``budget``, best first: the largest bit width everywhere that
-    fits unpruned, then each larger bit width with the smallest uniform sparsity that fits.
-    Activations at the space's top (for a BitOps budget: the weight bits, within the space)."""
+    """Uniform policies that meet ``budget``, best first (see :func:`uniform_knobs`)."""
+    return [
+        build_policy(model, context_graph, knobs, importance, model_name)
+        for knobs in uniform_knobs(
+            model, context_graph, importance, budget, space, model_name, latency_model
+        )
+    ]
+
+
+def uniform_knobs(
+    model: nn.Module,
+    context_graph: ModelGraph,
+    importance: list[np.ndarray],
+    budget: Budget,
+    space: SpaceSection,
+    model_name: str,
+    latency_model: LatencyPredictor | None = None,
+) -> list[LayerKnobs]:
+    """The knobs of the uniform policies that meet ``budget``, best first: the largest bit
+    width everywhere that fits unpruned, then each larger bit width with the smallest uniform
+    sparsity that fits. Activations at the space's top (for a BitOps budget: the weight bits,
+    within the space)."""
     costs = CostModel(context_graph)
 
-    def policy(sparsity: float, bits: int) -> CompressionPolicy:
+    def knobs(sparsity: float, bits: int) -> LayerKnobs:
         act = space.max_act_bits
         if budget.kind is BudgetKind.BITOPS:
             act = int(np.clip(bits, space.min_act_bits, space.max_act_bits))
-        knobs = LayerKnobs(sparsity, bits, act, 0.0)
-        return build_policy(model, context_graph, knobs, importance, model_name)
+        return LayerKnobs(sparsity, bits, act, 0.0)
 
-    def fits(candidate: CompressionPolicy) -> bool:
+    def fits(sparsity: float, bits: int) -> bool:
+        candidate = build_policy(
+            model, context_graph, knobs(sparsity, bits), importance, model_name
+        )
         return budget_value(candidate, budget, costs, latency_model) <= budget.value
 
     widths = list(range(space.max_weight_bits, space.min_weight_bits - 1, -1))
-    unpruned = next((b for b in widths if fits(policy(0.0, b))), None)
-    candidates = [policy(0.0, unpruned)] if unpruned is not None else []
+    unpruned = next((b for b in widths if fits(0.0, b)), None)
+    candidates = [knobs(0.0, unpruned)] if unpruned is not None else []
     for bits in sorted(b for b in widths if unpruned is None or b > unpruned):
         low, high = 0.0, space.max_sparsity
-        if not fits(policy(high, bits)):
+        if not fits(high, bits):
             continue
         for _ in range(20):  # the smallest sparsity that fits, to 1e-6
             middle = (low + high) / 2
-            low, high = (low, middle) if fits(policy(middle, bits)) else (middle, high)
-        candidates.append(policy(high, bits))
+            low, high = (low, middle) if fits(middle, bits) else (middle, high)
+        candidates.append(knobs(high, bits))
     if not candidates:
         raise ValueError(
             f"no uniform policy meets the {budget.kind.value} budget {budget.value:g} within "

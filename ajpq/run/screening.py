@@ -1,0 +1,86 @@
+"""Screening proposals with the search's accuracy predictor (``agent.screen`` = k > 1).
+
+The env's ``evaluate`` is wrapped: each proposal's accuracy is predicted by a ridge regression
+on the search's scored records (refitted as records arrive) and the proposal is scored only when
+its prediction is in the top 1/k of the recent proposals'; the others come back marked
+``screened`` with the discard flag, so DDPG neither learns from them nor counts them as
+episodes and the proposal methods propose again. Until ``MIN_RECORDS`` records exist every
+proposal is scored.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ajpq.agent.algorithm import DISCARD_INFO_KEY
+from ajpq.core.policy import CompressionPolicy
+from ajpq.search.env import Evaluate
+from ajpq.search.predictor import AccuracyPredictor, policy_features
+
+__all__ = ["MIN_RECORDS", "ScoredRows", "ScreeningClient", "is_screened"]
+
+logger = logging.getLogger(__name__)
+
+MIN_RECORDS = 8  # scored records before the predictor screens anything
+SCREENED_KEY = "screened"
+
+ScoredRows = Callable[[set[str]], list[tuple[str, str, float]]]
+"""Given the policy keys already known, the other scored records as (key, policy JSON,
+accuracy); failed evaluations left out."""
+
+
+def is_screened(record: Mapping[str, Any]) -> bool:
+    return bool(record.get(SCREENED_KEY))
+
+
+class ScreeningClient:
+    """``evaluate`` that scores one proposal in ``screen`` (the predicted best ones)."""
+
+    def __init__(self, evaluate: Evaluate, scored_rows: ScoredRows, screen: int) -> None:
+        self.evaluate = evaluate
+        self.scored_rows = scored_rows
+        self.screen = screen
+        self.features: dict[str, np.ndarray] = {}
+        self.targets: dict[str, float] = {}
+        self.predictor: AccuracyPredictor | None = None
+        self.recent: collections.deque[float] = collections.deque(maxlen=max(16, 4 * screen))
+        self.passed_over = 0  # proposals screened out since the last one scored
+
+    def _refresh(self) -> None:
+        rows = self.scored_rows(set(self.targets))
+        for key, policy_json, accuracy in rows:
+            self.features[key] = policy_features(CompressionPolicy.from_json(policy_json))
+            self.targets[key] = accuracy
+        if rows and len(self.targets) >= MIN_RECORDS:
+            keys = sorted(self.targets)
+            self.predictor = AccuracyPredictor.fit(
+                np.stack([self.features[k] for k in keys]),
+                np.array([self.targets[k] for k in keys]),
+            )
+
+    def __call__(self, policy: CompressionPolicy) -> Mapping[str, Any]:
+        if self.screen <= 1:
+            return self.evaluate(policy)
+        self._refresh()
+        if self.predictor is None:
+            return self.evaluate(policy)
+        predicted = float(self.predictor.predict(policy_features(policy))[0])
+        self.recent.append(predicted)
+        threshold = float(np.quantile(np.asarray(self.recent), 1.0 - 1.0 / self.screen))
+        # never pass over more than 2k in a row: a predictor that rates everything low
+        # cannot stop the search
+        if predicted >= threshold or self.passed_over >= 2 * self.screen:
+            self.passed_over = 0
+            return {**self.evaluate(policy), "predicted_accuracy": predicted}
+        self.passed_over += 1
+        return {
+            "reward": 0.0,
+            DISCARD_INFO_KEY: True,
+            SCREENED_KEY: True,
+            "predicted_accuracy": predicted,
+        }
