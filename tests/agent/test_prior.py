@@ -51,7 +51,9 @@ def test_clone_into_a_ddpg_sets_greedy_actions_and_warmup_explores_near_them(ray
         np.testing.assert_allclose(greedy, 0.8, atol=0.05)
         target = algo.learner_group._learner.module["default_policy"].unwrapped().target_actor
         with torch.no_grad():
-            np.testing.assert_allclose((target(torch.as_tensor(observations)) + 1) / 2, 0.8, atol=0.05)
+            np.testing.assert_allclose(
+                (target(torch.as_tensor(observations)) + 1) / 2, 0.8, atol=0.05
+            )
         for _ in range(4):  # warm-up: noise around the cloned actor, not uniform actions
             algo.train()
         assert algo.in_warmup() is False

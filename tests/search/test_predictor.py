@@ -37,8 +37,6 @@ def test_features_say_kept_share_bits_and_activation_bits():
         layers=(
             LayerPolicy("a", (0, 4, 4, 8), 8),
             LayerPolicy("b", (2, 2), 4),
-        )
+        ),
     )
-    np.testing.assert_allclose(
-        policy_features(policy), [0.75, 16 / 3 / 8, 1.0, 1.0, 0.25, 0.5]
-    )
+    np.testing.assert_allclose(policy_features(policy), [0.75, 16 / 3 / 8, 1.0, 1.0, 0.25, 0.5])
