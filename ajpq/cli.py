@@ -341,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
             "--resume scores them again",
             outcome.stats["infra_failed"],
         )
+    if outcome.stats.get("screened"):
+        log.info(
+            "%d proposal(s) passed over by the accuracy predictor (agent.screen %d), not scored",
+            outcome.stats["screened"],
+            config.agent.screen,
+        )
     log.info("best policy (episode %d of %d):", best.episode, outcome.episodes)
     log.info(
         "  validation accuracy %.4f (fp32 %.4f, drop %.4f)",

@@ -36,6 +36,9 @@ class PoolClient:
     def __call__(self, policy: CompressionPolicy) -> Mapping[str, Any]:
         return ray.get(self._handle().evaluate.remote(policy.to_json()))
 
+    def note_screened(self) -> None:
+        self._handle().note_screened.remote()  # a count, fire and forget
+
     def scored_rows(self, known: set[str]) -> list[tuple[str, str, float]]:
         """The scored records not in ``known``: (key, policy JSON, accuracy)."""
         pool = self._handle()
@@ -52,7 +55,11 @@ class PoolClient:
 
 def evaluate_for(client: PoolClient, screen: int) -> Evaluate:
     """The env's ``evaluate``: the pool, through the predictor's screen when ``screen`` > 1."""
-    return ScreeningClient(client, client.scored_rows, screen) if screen > 1 else client
+    return (
+        ScreeningClient(client, client.scored_rows, screen, client.note_screened)
+        if screen > 1
+        else client
+    )
 
 
 def env_config_for(pool_name: str, namespace: str, stage: Stage | None = None) -> dict[str, Any]:

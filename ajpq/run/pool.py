@@ -125,6 +125,7 @@ class EvaluatorPool:
             "failed": 0,
             "infra_failed": 0,
             "mlflow_retries": 0,
+            "screened": 0,  # proposals the predictor passed over (ajpq.run.screening)
         }
         self.infra_records: list[PolicyRecord] = []  # infrastructure failures (not cached)
         self.infra_streak = 0  # infrastructure failures in a row
@@ -423,6 +424,9 @@ class EvaluatorPool:
                 f"{redact(self.examples[common[0][0]])[:300]} ({common[0][1]}x)" if common else None
             ),
         }
+
+    def note_screened(self) -> None:
+        self.stats["screened"] += 1
 
     def all_records(self) -> list[PolicyRecord]:
         """Every record of the search, infrastructure failures included, by episode."""

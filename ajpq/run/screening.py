@@ -41,8 +41,15 @@ def is_screened(record: Mapping[str, Any]) -> bool:
 class ScreeningClient:
     """``evaluate`` that scores one proposal in ``screen`` (the predicted best ones)."""
 
-    def __init__(self, evaluate: Evaluate, scored_rows: ScoredRows, screen: int) -> None:
+    def __init__(
+        self,
+        evaluate: Evaluate,
+        scored_rows: ScoredRows,
+        screen: int,
+        on_screened: Callable[[], None] | None = None,
+    ) -> None:
         self.evaluate = evaluate
+        self.on_screened = on_screened
         self.scored_rows = scored_rows
         self.screen = screen
         self.features: dict[str, np.ndarray] = {}
@@ -78,6 +85,8 @@ class ScreeningClient:
             self.passed_over = 0
             return {**self.evaluate(policy), "predicted_accuracy": predicted}
         self.passed_over += 1
+        if self.on_screened is not None:
+            self.on_screened()
         return {
             "reward": 0.0,
             DISCARD_INFO_KEY: True,
