@@ -6,13 +6,28 @@ reads the scored policies from here."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
 
+from ajpq.core.configtypes import to_plain
+from ajpq.core.policy import CompressionPolicy
 from ajpq.search.record import PolicyRecord
+from ajpq.task.scoring import ScoreSettings
 
-__all__ = ["Journal"]
+__all__ = ["Journal", "policy_key"]
+
+
+def policy_key(policy_json: str, settings: ScoreSettings) -> str:
+    """Cache key: canonical policy JSON + everything that changes the score."""
+    canonical = CompressionPolicy.from_json(policy_json).to_json()
+    fingerprint = json.dumps(
+        {"finetune": to_plain(settings.finetune), "val": settings.val_samples},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256((canonical + fingerprint).encode()).hexdigest()[:24]
 
 
 class Journal:
@@ -82,6 +97,14 @@ class Journal:
             "SELECT record, policy FROM records WHERE run_id IS NULL ORDER BY episode"
         ).fetchall()
         return [(PolicyRecord.from_dict(json.loads(text)), policy) for text, policy in rows]
+
+    def record(self, policy_key: str) -> PolicyRecord | None:
+        """A policy's verdict by key (None: not journaled, or an infrastructure failure)."""
+        row = self._db.execute(
+            "SELECT record FROM records WHERE policy_key = ?", (policy_key,)
+        ).fetchone()
+        record = PolicyRecord.from_dict(json.loads(row[0])) if row else None
+        return None if record is None or record.infra_failed else record
 
     def policy_json(self, policy_key: str) -> str | None:
         row = self._db.execute(

@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
 import sqlite3
 import time
@@ -36,13 +34,13 @@ from ray.exceptions import (
 )
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ajpq.core.configtypes import to_plain
 from ajpq.core.cost import CostModel
 from ajpq.core.policy import CompressionPolicy
 from ajpq.core.redact import redact
 from ajpq.run.evaluator import Evaluator
+from ajpq.run.experience import SharedExperience
 from ajpq.run.infra import INFRA_ABORT_AFTER, is_infra_error
-from ajpq.run.journal import Journal
+from ajpq.run.journal import Journal, policy_key
 from ajpq.run.reservation import Reservation
 from ajpq.run.tracking import Tracker
 from ajpq.run.writer import RecordWriter
@@ -50,7 +48,6 @@ from ajpq.search.context import ContextSource, SearchContext
 from ajpq.search.record import PolicyRecord
 from ajpq.search.reward import best_key, compute_reward
 from ajpq.task.checks import cause
-from ajpq.task.scoring import ScoreSettings
 
 __all__ = ["EvaluatorPool", "policy_key"]
 
@@ -58,17 +55,6 @@ logger = logging.getLogger(__name__)
 
 GAVE_UP = "gave up after"  # how a failed evaluation's error starts (not a policy's verdict)
 ABORT_AFTER = 3  # the first evaluations failing with one error stop the search
-
-
-def policy_key(policy_json: str, settings: ScoreSettings) -> str:
-    """Cache key: canonical policy JSON + everything that changes the score."""
-    canonical = CompressionPolicy.from_json(policy_json).to_json()
-    fingerprint = json.dumps(
-        {"finetune": to_plain(settings.finetune), "val": settings.val_samples},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256((canonical + fingerprint).encode()).hexdigest()[:24]
 
 
 @ray.remote(num_cpus=0)
@@ -98,6 +84,9 @@ class EvaluatorPool:
         # the journal (driver's disk; this actor runs on the driver's node) is the source of
         # truth; MLflow a replica. A run without a journal resumes from MLflow.
         self.journal = Journal(journal_path) if journal_path else None
+        # a sweep's trials share one journal of scores: no policy is scored twice across them
+        shared = self.config.experience_dir
+        self.shared = Journal(SharedExperience(shared).scores) if shared else None
         if self.tracker is not None:
             self.records = self.tracker.existing_records(parent_run_id)
             self.record_writer = self._new_record_writer()
@@ -125,7 +114,8 @@ class EvaluatorPool:
             "failed": 0,
             "infra_failed": 0,
             "mlflow_retries": 0,
-            "screened": 0,  # proposals the predictor passed over (ajpq.run.screening)
+            "screened": 0,
+            "shared_hits": 0,  # proposals the predictor passed over (ajpq.run.screening)
         }
         self.infra_records: list[PolicyRecord] = []  # infrastructure failures (not cached)
         self.infra_streak = 0  # infrastructure failures in a row
@@ -247,7 +237,7 @@ class EvaluatorPool:
         self.inflight[key] = future
         try:
             queued = time.time()
-            record = await self._score(policy_json)
+            record = await self._score(policy_json, key)
             if record.size_bytes == 0:  # a failure before scoring: still record the costs
                 record = record.with_costs(
                     self.costs.cost(CompressionPolicy.from_json(policy_json))
@@ -282,6 +272,8 @@ class EvaluatorPool:
                 self.unwritten += 1
             self.records[key] = record
             self.policies[key] = policy_json
+            if self.shared is not None:
+                self.shared.append(record, policy_json)
             future.set_result(record)
             return {**record.to_dict(), "cached": False}
         except BaseException as error:
@@ -300,7 +292,10 @@ class EvaluatorPool:
             index = other
         return index
 
-    async def _score(self, policy_json: str) -> PolicyRecord:
+    async def _score(self, policy_json: str, key: str) -> PolicyRecord:
+        if self.shared is not None and (earlier := self.shared.record(key)) is not None:
+            self.stats["shared_hits"] += 1  # scored by an earlier trial of the sweep
+            return earlier
         ev = self.config.evaluator
         last_error = ""
         infra = True  # whether the last failure was the infrastructure's

@@ -5,7 +5,6 @@ progress as it goes."""
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from ajpq.core.budget import Budget, budget_value
 from ajpq.core.builder import uniform_policy
 from ajpq.core.cost import CostModel
 from ajpq.run import binding
+from ajpq.run.experience import SharedExperience, write_agent
 from ajpq.run.resources import ENV_RUNNER_CPUS
 from ajpq.run.rundir import RunDir
 from ajpq.run.session import OpenRun
@@ -53,7 +53,10 @@ Progress = Callable[[dict[str, float]], None]
 
 
 def ddpg_config(
-    config: SearchConfig, env_config: dict[str, Any], episodes: int | None = None
+    config: SearchConfig,
+    env_config: dict[str, Any],
+    episodes: int | None = None,
+    inherited: bool = False,
 ) -> DDPGConfig:
     agent, ev = config.agent, config.evaluator
     # an env runner mostly waits on the pool: it reserves little so evaluators can be scheduled;
@@ -71,7 +74,7 @@ def ddpg_config(
         )
         .learners(num_learners=0)
         .training(
-            **agent.training_kwargs(episodes),
+            **agent.training_kwargs(episodes, inherited),
             # env runners never wait for each other: learn from whichever episodes finished
             async_sampling=True,
         )
@@ -87,22 +90,13 @@ def save_checkpoint(algo: DDPG, folder: RunDir, name: str = "checkpoint") -> Pat
     """Write the agent's checkpoint atomically (a crash or a full disk leaves the previous
     one, and no half-written one); SearchAborted when it cannot be written."""
     final = folder.checkpoint(name)
-    tmp = folder.checkpoint(f"{name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        algo.save_to_path(str(tmp))
+        write_agent(algo, final)
     except OSError as error:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise SearchAborted(
             f"cannot write the agent's checkpoint in {folder.path} ({cause(error)}); free "
             "space on its disk, then continue with --resume (every journaled record is kept)"
         ) from None
-    old = folder.checkpoint(f"{name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -138,11 +132,17 @@ class Search:
         self, env_config: dict[str, Any], target: int, offset: int, name: str = "checkpoint"
     ) -> None:
         """DDPG until ``target`` episodes of its own; ``offset`` episodes came before it."""
-        algo = ddpg_config(self.config, env_config, target).build_algo()
+        checkpoint = self.open_run.folder.checkpoint(name)
+        resumed = self.resume and checkpoint.exists()
+        shared = self._shared_experience()
+        inherited = shared.agent() if shared is not None and not resumed else None
+        # an agent that learned in earlier trials needs no random warm-up
+        algo = ddpg_config(self.config, env_config, target, bool(inherited)).build_algo()
         try:
-            checkpoint = self.open_run.folder.checkpoint(name)
-            if self.resume and checkpoint.exists():
+            if resumed:
                 algo.restore_from_path(str(checkpoint))
+            elif inherited is not None:
+                self._inherit(algo, inherited)
             elif self.config.method is Method.DDPG and self.config.agent.prior is not Prior.NONE:
                 agent = self.config.agent
                 clone_into(
@@ -156,8 +156,28 @@ class Search:
                     "resumed from %s at episode %d", self.open_run.run_dir, algo.episodes_done
                 )
             self._train(algo, target, offset, name)
+            if shared is not None:
+                shared.share_agent(algo)
         finally:
             algo.stop()
+
+    def _shared_experience(self) -> SharedExperience | None:
+        """A sweep's shared folder, for the joint DDPG search (see ajpq.run.experience)."""
+        folder = self.config.experience_dir
+        if folder is None or self.config.method is not Method.DDPG:
+            return None
+        return SharedExperience(folder)
+
+    def _inherit(self, algo: DDPG, agent: Path) -> None:
+        """Start from an earlier trial's agent: its networks, replay buffer and reward
+        baseline; this trial counts its own episodes from 0."""
+        algo.restore_from_path(str(agent))
+        algo.episodes_done = 0
+        transitions = algo.local_replay_buffer.get_num_timesteps()
+        logger.info("started from %s: %d transitions in the replay buffer", agent, transitions)
+        self.open_run.tracker.client.set_tag(
+            self.open_run.parent_run_id, "ajpq.inherited_transitions", str(transitions)
+        )
 
     def _train(self, algo: DDPG, target: int, offset: int, name: str) -> None:
         """Each iteration learns from the episodes that finished while the others keep

@@ -30,6 +30,7 @@ from ray import tune
 
 from ajpq.core.budget import Budget, BudgetKind
 from ajpq.run.driver import run_search
+from ajpq.run.experience import EXPERIENCE
 from ajpq.run.plots import plot_fronts, plot_tradeoffs
 from ajpq.run.preflight import check_tracking_uri, resolve_locations
 from ajpq.run.resources import ensure_ray, local_num_cpus, search_bundles
@@ -80,10 +81,15 @@ def _space(config: SweepConfig) -> dict[str, Any]:
 
 
 def trial_config(
-    base: SearchConfig, params: dict[str, Any], sweep_run_id: str, output_dir: str
+    base: SearchConfig,
+    params: dict[str, Any],
+    sweep_run_id: str,
+    output_dir: str,
+    experience_dir: str | None = None,
 ) -> SearchConfig:
     """The search of one trial: the base with the trial's values, its own run folder, nested
-    under the sweep's MLflow run and tagged with the sweep id and each swept key's value."""
+    under the sweep's MLflow run and tagged with the sweep id and each swept key's value;
+    ``experience_dir``: the sweep's shared experience (``sweep.share_experience``)."""
     tags = {**base.tracking.tags, "ajpq.sweep": sweep_run_id}
     tags.update({key: str(value) for key, value in params.items()})
     return with_values(
@@ -93,19 +99,25 @@ def trial_config(
             "output_dir": output_dir,
             "tracking.tags": tags,
             "tracking.parent_run_id": sweep_run_id,
+            "experience_dir": experience_dir,
         },
     )
 
 
 def sweep_trial(
-    params: dict[str, Any], base: dict[str, Any], sweep_run_id: str, sweep_dir: str
+    params: dict[str, Any],
+    base: dict[str, Any],
+    sweep_run_id: str,
+    sweep_dir: str,
+    share_experience: bool = False,
 ) -> None:
     """One Tune trial: one search. A restored trial finds its run folder and resumes it."""
     if not logging.getLogger().handlers:  # the trial's log (Tune keeps its output)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     trial_id = tune.get_context().get_trial_id()
     folder = str(Path(sweep_dir) / "trials" / trial_id)
-    config = trial_config(SearchConfig.from_dict(base), params, sweep_run_id, folder)
+    experience = str(Path(sweep_dir) / EXPERIENCE) if share_experience else None
+    config = trial_config(SearchConfig.from_dict(base), params, sweep_run_id, folder, experience)
     resume = latest_pointer(runs_folder(config)).exists()
     outcome = run_search(config, resume=resume, on_progress=tune.report)
     final: dict[str, Any] = {"episodes": float(outcome.episodes), "done": 1.0}
@@ -145,6 +157,7 @@ def _open_sweep(config: SweepConfig, tracker: Tracker, resume: bool) -> tuple[Pa
     params.update(
         num_samples=config.sweep.num_samples,
         max_concurrent_trials=config.sweep.max_concurrent_trials,
+        share_experience=config.sweep.share_experience,
         model=config.base.model,
         dataset=config.base.data.name.value,
     )
@@ -192,7 +205,11 @@ def run_sweep(config: SweepConfig, resume: bool = False) -> SweepOutcome:
 
     trainable = tune.with_resources(
         tune.with_parameters(
-            sweep_trial, base=base.to_dict(), sweep_run_id=sweep_run_id, sweep_dir=str(sweep_dir)
+            sweep_trial,
+            base=base.to_dict(),
+            sweep_run_id=sweep_run_id,
+            sweep_dir=str(sweep_dir),
+            share_experience=config.sweep.share_experience,
         ),
         resources,
     )

@@ -146,10 +146,14 @@ class AgentSection:
     # them and only the most promising are scored (1: every proposal is scored)
     screen: Count = 1
 
-    def training_kwargs(self, episodes: int | None = None) -> dict[str, Any]:
+    def training_kwargs(
+        self, episodes: int | None = None, inherited: bool = False
+    ) -> dict[str, Any]:
         """The keyword arguments of ``DDPGConfig.training`` for a search of ``episodes``
-        episodes (default ``self.episodes``): the one translation of this section."""
+        episodes (default ``self.episodes``): the one translation of this section. An agent
+        ``inherited`` from a sweep's earlier trial skips the warm-up."""
         episodes = episodes or self.episodes
+        warmup = 0 if inherited else self.warmup_episodes
         return {
             "actor_hiddens": list(self.hiddens),
             "critic_hiddens": list(self.hiddens),
@@ -157,9 +161,9 @@ class AgentSection:
             "critic_lr": self.critic_lr,
             "tau": self.tau,
             "train_batch_size_per_learner": self.batch_size,
-            "warmup_episodes": self.warmup_episodes,
+            "warmup_episodes": warmup,
             "noise_sigma": self.noise_sigma,
-            "noise_decay": self.decay_over(episodes),
+            "noise_decay": self.decay_over(episodes, warmup),
             "baseline_decay": self.baseline_decay,
             "credit_assignment": self.credit_assignment.value,
             "max_episodes": episodes,
@@ -167,12 +171,14 @@ class AgentSection:
             "reward_normalize": self.reward_normalize,
         }
 
-    def decay_over(self, episodes: int) -> float:
-        """The per-episode noise decay of a search of ``episodes`` episodes: ``noise_decay``
-        when set, else the one that reaches ``noise_final_sigma`` at the last episode."""
+    def decay_over(self, episodes: int, warmup: int | None = None) -> float:
+        """The per-episode noise decay of a search of ``episodes`` episodes (``warmup`` of
+        them random; default ``warmup_episodes``): ``noise_decay`` when set, else the one
+        that reaches ``noise_final_sigma`` at the last episode."""
         if self.noise_decay is not None:
             return self.noise_decay
-        learning = max(1, episodes - self.warmup_episodes)
+        warmup = self.warmup_episodes if warmup is None else warmup
+        learning = max(1, episodes - warmup)
         if self.noise_sigma <= 0 or self.noise_final_sigma >= self.noise_sigma:
             return 1.0
         return float((self.noise_final_sigma / self.noise_sigma) ** (1.0 / learning))
@@ -253,6 +259,9 @@ class SearchConfig:
     # shared storage every node reads (s3://..., gs://..., a mounted path) for the search
     # context; None: Ray's object store
     context_uri: Annotated[Text | None, RESUMABLE] = None
+    # a sweep's shared experience folder (ajpq.run.experience), set on each trial by a sweep
+    # with sweep.share_experience; None: the search learns and scores on its own
+    experience_dir: Annotated[Text | None, RESUMABLE] = None
 
     def __post_init__(self) -> None:
         try:

@@ -9,13 +9,16 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from ajpq.core.configtypes import ConfigError, Count, Rate, config_type, parse, to_plain
+from ajpq.core.configtypes import ConfigError, Count, Flag, Rate, config_type, parse, to_plain
 from ajpq.search.config import SearchConfig, apply_overrides, read_mapping, set_key
 
 __all__ = ["SweepConfig", "SweepSection", "load_sweep", "parse_sweep_section", "with_values"]
 
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")
+# what trials that share experience must have in common: the scores and the agent's
+# observations mean the same in every trial only then
+SHARED_KEYS = ("model", "weights", "head", "data", "scoring", "space", "method", "budget.kind")
 
 
 @config_type
@@ -30,8 +33,19 @@ class SweepSection:
     num_samples: Count = 1
     max_concurrent_trials: Count = 1
     trial_cpus: Rate = 1.0  # each search's own process: the agent learns there
+    # trials share one journal of scores (no policy scored twice) and, for DDPG, the agent:
+    # each trial starts from the networks and replay buffer the last finished trial left
+    # (ajpq.run.experience); run trials one at a time (max_concurrent_trials 1) to learn most
+    share_experience: Flag = False
 
     def __post_init__(self) -> None:
+        if self.share_experience:
+            for key in [*self.grid, *self.random]:
+                if any(key == k or key.startswith(f"{k}.") for k in SHARED_KEYS):
+                    raise ValueError(
+                        f"share_experience: trials share scores and the agent, so they must "
+                        f"not vary {key}; sweep it with share_experience false"
+                    )
         both = sorted(set(self.grid) & set(self.random))
         if both:
             raise ValueError(f"random: {both[0]} is in grid too; sweep a key one way")

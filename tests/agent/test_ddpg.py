@@ -148,3 +148,29 @@ def test_an_episode_the_infrastructure_failed_is_not_learned_from():
     assert _discarded(episode({DISCARD_INFO_KEY: True}))
     assert not _discarded(episode({DISCARD_INFO_KEY: False, "reward": -1.0}))
     assert not _discarded(episode({}))
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("normalize", [False, True])
+def test_reward_normalize_puts_advantages_on_one_scale(ray_session, normalize):
+    algo = (
+        DDPGConfig()
+        .environment(
+            HiddenTargetsEnv,
+            env_config={"length": LENGTH, "scale": 100.0, "noise": 5.0},
+            disable_env_checking=True,
+        )
+        .env_runners(num_env_runners=0)
+        .training(warmup_episodes=12, reward_normalize=normalize)
+        .debugging(seed=4)
+        .build_algo()
+    )
+    try:
+        for _ in range(12):
+            algo.train()
+        played = algo.local_replay_buffer.sample(num_items=12, n_step=1, sample_episodes=True)
+        advantages = np.array([float(np.asarray(e.get_rewards())[-1]) for e in played])
+        spread = np.abs(advantages).max()
+        assert (spread < 5.0) if normalize else (spread > 20.0), advantages
+    finally:
+        algo.stop()
