@@ -6,8 +6,13 @@ quarter of the episodes (``ajpq.search.record.learning_curve``: a search that le
 random search stays flat), the best policy's validation accuracy, episode and compression,
 its test accuracy (the search's final report), and the wall time.
 
+A method may carry the sample-efficiency levers after a ``+`` (``ddpg+prior``,
+``ddpg+prior+screen+norm``): ``prior`` clones the uniform policy into the actor
+(``agent.prior=uniform``), ``screen`` scores one proposal in 4 (``agent.screen=4``), ``norm``
+normalises rewards (``agent.reward_normalize=true``).
+
 Usage: python bench/bench_demo.py [--config tune_configs/digits_demo.yaml]
-       [--methods ddpg,random,tpe] [--seeds 0,1,2] [--episodes N]
+       [--methods ddpg,ddpg+prior,random,tpe] [--seeds 0,1,2] [--episodes N]
 """
 
 from __future__ import annotations
@@ -23,12 +28,20 @@ from ajpq.run.driver import run_search
 from ajpq.run.report import SearchOutcome
 from ajpq.search.config import load_config
 
+LEVERS = {
+    "prior": ["agent.prior=uniform"],
+    "screen": ["agent.screen=4"],
+    "norm": ["agent.reward_normalize=true"],
+}
+
 
 def search(
     config_path: str, root: Path, method: str, seed: int, episodes: int | None
 ) -> tuple[SearchOutcome, float]:
+    name, *levers = method.split("+")
     overrides = [
-        f"method={method}",
+        f"method={name}",
+        *[o for lever in levers for o in LEVERS[lever]],
         f"agent.seed={seed}",
         f"output_dir={root}/runs",
         f"tracking.uri=sqlite:///{root}/mlflow.db",
@@ -47,7 +60,8 @@ def row(method: str, seed: int, outcome: SearchOutcome, wall_s: float) -> str:
     curve = " / ".join(f"{value:.4f}" for value in outcome.curve)
     return (
         f"| {method} | {seed} | {curve} | {best.accuracy:.4f} (episode {best.episode}) | "
-        f"{best.compression_ratio:.1f}x | {outcome.best_test_accuracy:.4f} | {wall_s:.0f} s |"
+        f"{best.compression_ratio:.1f}x | {outcome.best_test_accuracy:.4f} | "
+        f"{outcome.stats.get('screened', 0)} | {wall_s:.0f} s |"
     )
 
 
@@ -73,9 +87,9 @@ def main() -> None:
     print(f"\n{args.config}, {len(seeds)} seed(s) per method")
     print(
         "| method | seed | mean val acc per quarter of the episodes | best val acc | ratio | "
-        "best's test acc | wall |"
+        "best's test acc | proposals screened out | wall |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for line in rows:
         print(line)
     print("\nmean over seeds, per quarter:")
