@@ -1,6 +1,6 @@
 """Joint DDPG vs the baselines at equal budget and equal episodes: the table in results/.
 
-Runs the sweep of ``--config`` (default ``tune_configs/fmnist_baselines.yaml``: every method x
+Runs the sweep of ``--config`` (default ``tune_configs/fmnist_table.yaml``: every method x
 budgets x seeds, same episodes), then gives every search's best policy one identical final
 finetune (``--final-steps``) through ``ajpq export``'s path (apply, finetune, export, reload,
 score the file on the test split), measures the file ratio (fp32 file / compressed file), the
@@ -89,9 +89,17 @@ def _row(run_dir: Path, final: dict[str, Any], repeats: int, window: int) -> dic
     )
     first, last = _learning(run_dir, window)
     records = json.loads(RunDir(run_dir).records.read_text())
+    stamps = [r for r in records if r.get("queued_ts") and r.get("returned_ts")]
+    wall_s = (
+        max(r["returned_ts"] for r in stamps) - min(r["queued_ts"] for r in stamps)
+        if stamps
+        else float("nan")
+    )
     return {
-        "method": config.method.value,
+        "method": _method_label(config),
+        "budget_kind": config.budget.kind.value,
         "budget": config.budget.value,
+        "search_wall_s": wall_s,
         "seed": config.agent.seed,
         "evaluations": len(records),
         "search_val_accuracy": max(r["accuracy"] for r in records if not r["failed"]),
@@ -115,10 +123,31 @@ def _row(run_dir: Path, final: dict[str, Any], repeats: int, window: int) -> dic
     }
 
 
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+def _method_label(config: Any) -> str:
+    """The method with the levers it ran with (``ddpg+prior+screen4+norm``)."""
+    agent, label = config.agent, config.method.value
+    if agent.prior.value != "none":
+        label += f"+{agent.prior.value}-prior"
+    if agent.screen > 1:
+        label += f"+screen{agent.screen}"
+    if agent.reward_normalize:
+        label += "+norm"
+    return label
+
+
+def _budget_label(kind: str, value: float) -> str:
+    return f"1/{1 / value:.0f} of the file" if kind == "size" else f"{kind} {value:g}"
+
+
+def _interval(values: list[float]) -> str:
+    """Mean and the half-width of its 95% interval (Student's t)."""
+    from scipy import stats
+
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return f"{mean:.4f}"
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return f"{mean:.4f} ± {half:.4f}"
 
 
 def _markdown(rows: list[dict[str, Any]], command: str, settings: str, minutes: float) -> str:
@@ -131,19 +160,24 @@ def _markdown(rows: list[dict[str, Any]], command: str, settings: str, minutes: 
         "",
         f"Measured on this 2-core machine (no GPU); sweep and final finetunes: {minutes:.0f} min.",
         "",
-        "| budget (of fp32 file) | method | seeds | test acc (mean ± std) | file ratio | "
+        "| budget | method | seeds | test acc (mean ± 95% interval) | evaluations | "
+        "search wall (min) | file ratio | "
         "BitOps ratio | CPU latency speedup (torch) | onnxruntime speedup (integer ONNX vs fp32 "
         "ONNX) | search best val acc | val acc first → last episodes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, float, str], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["budget"], row["method"]), []).append(row)
-    for (budget, method), group in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        groups.setdefault((row["budget_kind"], row["budget"], row["method"]), []).append(row)
+    for (kind, budget, method), group in sorted(
+        groups.items(), key=lambda kv: (kv[0][0] != "size", -kv[0][1], kv[0][2])
+    ):
         mean = statistics.mean
         lines.append(
-            f"| 1/{1 / budget:.0f} | {method} | {len(group)} | "
-            f"{_mean_std([r['test_accuracy'] for r in group])} | "
+            f"| {_budget_label(kind, budget)} | {method} | {len(group)} | "
+            f"{_interval([r['test_accuracy'] for r in group])} | "
+            f"{mean(r['evaluations'] for r in group):.0f} | "
+            f"{mean(r['search_wall_s'] for r in group) / 60:.1f} | "
             f"{mean(r['file_ratio'] for r in group):.1f}x | "
             f"{mean(r['bitops_ratio'] for r in group):.4f} | "
             f"{mean(r['latency_speedup'] for r in group):.2f}x | "
@@ -158,7 +192,7 @@ def _markdown(rows: list[dict[str, Any]], command: str, settings: str, minutes: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="tune_configs/fmnist_baselines.yaml")
+    parser.add_argument("--config", default="tune_configs/fmnist_table.yaml")
     parser.add_argument("--sweep-dir", default=None)
     parser.add_argument("--final-steps", type=int, default=300)
     parser.add_argument("--latency-repeats", type=int, default=50)
@@ -191,7 +225,10 @@ def main() -> None:
         f"Settings: {base.model}, {base.agent.episodes} episodes per search "
         f"({base.agent.warmup_episodes} warm-up for DDPG and TPE), {base.scoring.finetune.steps} "
         f"finetune steps per evaluated policy (lr {base.scoring.finetune.lr}, batch "
-        f"{base.scoring.finetune.batch_size}), {base.scoring.val_samples} validation images, "
+        f"{base.scoring.finetune.batch_size}) and {base.scoring.bn_recalibration_batches} "
+        f"BatchNorm recalibration batches, {base.scoring.val_samples} validation images, "
+        f"the best of the top {base.scoring.fidelity.top_k} re-scored with "
+        f"{base.scoring.long_finetune().steps} steps, "
         f"space.precision {base.space.precision.value}, space.fill_budget "
         f"{str(base.space.fill_budget).lower()}, DDPG noise decay per learning episode "
         f"{base.agent.decay_over(base.agent.episodes):.3g}; final: {args.final_steps} finetune steps "
