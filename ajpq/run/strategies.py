@@ -247,9 +247,9 @@ class Search:
 
     # -- baselines ---------------------------------------------------------------------------
     def _make_env(self) -> CompressionEnv:
-        client = binding.PoolClient(self.pool_name, self.namespace)
+        # the proposal baselines score every proposal: screening is a lever of the agent's
         return CompressionEnv(
-            self.open_run.context, binding.evaluate_for(client, self.config.agent.screen)
+            self.open_run.context, binding.PoolClient(self.pool_name, self.namespace)
         )
 
     def _propose(self, method: Method, target: int) -> None:

@@ -142,8 +142,8 @@ class AgentSection:
     prior: Prior = Prior.NONE
     prior_steps: NonNegativeInt = 300  # behaviour-cloning steps (full batch, Adam 1e-3)
     reward_normalize: Flag = False  # advantages divided by the std of the search's returns
-    # proposals per evaluation: an accuracy predictor fitted on the search's records screens
-    # them and only the most promising are scored (1: every proposal is scored)
+    # DDPG's proposals per evaluation (ddpg, stepwise): an accuracy predictor fitted on the
+    # search's records screens them and only the most promising are scored (1: all are)
     screen: Count = 1
 
     def training_kwargs(
