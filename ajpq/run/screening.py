@@ -65,10 +65,15 @@ class ScreeningClient:
             self.targets[key] = accuracy
         if rows and len(self.targets) >= MIN_RECORDS:
             keys = sorted(self.targets)
+            features = np.stack([self.features[k] for k in keys])
             self.predictor = AccuracyPredictor.fit(
-                np.stack([self.features[k] for k in keys]),
-                np.array([self.targets[k] for k in keys]),
+                features, np.array([self.targets[k] for k in keys])
             )
+            if not self.recent:
+                # the scored records stand for the proposals seen so far, so the threshold
+                # means "top 1/k" from the first prediction on (an empty window would pass
+                # the first few proposals whatever their prediction)
+                self.recent.extend(self.predictor.predict(features).tolist())
 
     def __call__(self, policy: CompressionPolicy) -> Mapping[str, Any]:
         if self.screen <= 1:

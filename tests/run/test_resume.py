@@ -23,6 +23,7 @@ def test_the_resumable_fields_are_how_long_how_parallel_and_where():
         "ray_address",
         "ray_num_cpus",
         "context_uri",
+        "experience_dir",
         "data.num_workers",
         "tracking.log_model",
         "tracking.register_model",

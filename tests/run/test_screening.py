@@ -60,3 +60,13 @@ def test_screen_of_one_scores_everything():
         for bits in (2, 8):
             client(_policy(kept, bits))
     assert len(pool.scored) == 16
+
+
+def test_the_screen_bites_from_its_first_prediction():
+    """The threshold starts from the scored records' predictions: a poor proposal right after
+    the predictor is fitted is passed over (an empty window would let it through)."""
+    pool = _Pool()
+    client = ScreeningClient(pool, pool.rows, screen=3)
+    for kept, bits in [(8, 8), (7, 6), (6, 8), (8, 4), (5, 7), (7, 8), (6, 5), (8, 6)]:
+        assert not is_screened(client(_policy(kept, bits)))
+    assert is_screened(client(_policy(1, 1)))
