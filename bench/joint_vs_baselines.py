@@ -11,8 +11,11 @@ writes ``<out>.md`` (mean +- std over seeds per budget and method) and ``<out>.c
 search). Each search's records give how its validation accuracy moved: the mean over its first
 and over its last ``--window`` episodes.
 
-Usage: ``python bench/joint_vs_baselines.py [--config ...] [--sweep-dir DIR] [--out results/fmnist]``
-(``--sweep-dir``: summarize a finished sweep instead of running one).
+Usage: ``python bench/joint_vs_baselines.py [--config ...] [--set key=value ...] [--sweep-dir DIR
+...] [--out results/fmnist]``: ``--set`` changes the sweep (``sweep.grid.agent.seed=[2,3]`` runs
+more seeds; give each part its own ``sweep.name``); ``--sweep-dir`` (repeatable) summarizes
+finished sweeps instead of running one, so a table can be built in parts: every search's final
+finetune is kept in its run folder (``final.json``) and done once.
 """
 
 from __future__ import annotations
@@ -45,10 +48,20 @@ logger = logging.getLogger("joint_vs_baselines")
 
 
 def _final(run_dir: str, steps: int) -> dict[str, Any]:
+    """The identical final finetune of a search's best, kept in the run folder (``final.json``)
+    so that a table merging sweeps run in several sittings finetunes each search once."""
+    kept = Path(run_dir) / "final.json"
+    if kept.exists():
+        final = json.loads(kept.read_text())
+        if final.get("final_steps") == steps:
+            return final
     torch.set_num_threads(1)
-    return export_best(
+    final = export_best(
         run_dir, finetune_steps=steps, out=Path(run_dir) / "final.pt", onnx=ONNX_INTEGER
     )
+    final = {**json.loads(json.dumps(final, default=str)), "final_steps": steps}
+    kept.write_text(json.dumps(final, indent=1))
+    return final
 
 
 def _trial_dirs(config: Any, sweep_run_id: str) -> list[Path]:
@@ -126,11 +139,12 @@ def _row(run_dir: Path, final: dict[str, Any], repeats: int, window: int) -> dic
 def _method_label(config: Any) -> str:
     """The method with the levers it ran with (``ddpg+prior+screen4+norm``)."""
     agent, label = config.agent, config.method.value
-    if agent.prior.value != "none":
+    # the levers act on DDPG (prior, screen, norm) and stepwise (screen) only
+    if label == "ddpg" and agent.prior.value != "none":
         label += f"+{agent.prior.value}-prior"
-    if agent.screen > 1:
+    if label.startswith(("ddpg", "stepwise")) and agent.screen > 1:
         label += f"+screen{agent.screen}"
-    if agent.reward_normalize:
+    if label.startswith("ddpg") and agent.reward_normalize:
         label += "+norm"
     return label
 
@@ -193,7 +207,8 @@ def _markdown(rows: list[dict[str, Any]], command: str, settings: str, minutes: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="tune_configs/fmnist_table.yaml")
-    parser.add_argument("--sweep-dir", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--sweep-dir", action="append", default=[])
     parser.add_argument("--final-steps", type=int, default=300)
     parser.add_argument("--latency-repeats", type=int, default=50)
     parser.add_argument("--window", type=int, default=8)
@@ -202,13 +217,22 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     started = time.time()
-    config = load_sweep(args.config)
+    config = load_sweep(args.config, args.overrides)
     if args.sweep_dir:
-        state = json.loads((Path(args.sweep_dir) / "sweep.json").read_text())
-        sweep_run_id = state["sweep_run_id"]
+        sweep_run_ids = [
+            json.loads((Path(folder) / "sweep.json").read_text())["sweep_run_id"]
+            for folder in args.sweep_dir
+        ]
     else:
-        sweep_run_id = run_sweep(config).sweep_run_id
-    dirs = [d for d in _trial_dirs(config, sweep_run_id) if RunDir(d).best_policy.exists()]
+        outcome = run_sweep(config)
+        logger.info("sweep folder %s (summarize it again with --sweep-dir)", outcome.sweep_dir)
+        sweep_run_ids = [outcome.sweep_run_id]
+    dirs = [
+        d
+        for run_id in sweep_run_ids
+        for d in _trial_dirs(config, run_id)
+        if RunDir(d).best_policy.exists()
+    ]
     logger.info("%d searches; final finetune of %d steps each", len(dirs), args.final_steps)
     with ProcessPoolExecutor(args.workers) as pool:
         finals = list(pool.map(_final, [str(d) for d in dirs], [args.final_steps] * len(dirs)))
@@ -234,7 +258,12 @@ def main() -> None:
         f"{base.agent.decay_over(base.agent.episodes):.3g}; final: {args.final_steps} finetune steps "
         "of every search's best policy, scored as the exported file on the 10,000 test images."
     )
-    command = f"python bench/joint_vs_baselines.py --config {args.config} --out {args.out}"
+    command = " ".join(
+        ["python bench/joint_vs_baselines.py", f"--config {args.config}"]
+        + [f"--set {o}" for o in args.overrides]
+        + [f"--sweep-dir {d}" for d in args.sweep_dir]
+        + [f"--out {args.out}"]
+    )
     text = _markdown(rows, command, settings, (time.time() - started) / 60)
     out.with_suffix(".md").write_text(text)
     print(text)
