@@ -24,7 +24,7 @@ from ajpq.core.policy import CompressionPolicy
 from ajpq.core.quantize import FLOAT_BITS
 from ajpq.core.validation import validate_policy
 
-__all__ = ["PolicyCost", "CostModel", "measure_latency"]
+__all__ = ["PolicyCost", "CostModel", "Timing", "measure_latency", "time_forward"]
 
 SCALE_BITS = 32
 BIAS_BITS = 32
@@ -171,15 +171,25 @@ class CostModel:
         )
 
 
-def measure_latency(
+@dataclass(frozen=True)
+class Timing:
+    """Median and interquartile spread (ms) of one call, and what ran it."""
+
+    median_ms: float
+    spread_ms: float
+    provider: str
+
+
+def time_forward(
     model: nn.Module,
     input_shape: tuple[int, ...],
     batch_size: int = 1,
     device: torch.device | str | None = None,
     warmup: int = 5,
     repeats: int = 20,
-) -> float:
-    """Median wall time in milliseconds of one forward pass, after ``warmup`` passes."""
+) -> Timing:
+    """One forward pass timed after ``warmup`` passes (CUDA synchronised around each): median
+    and interquartile spread over ``repeats`` single passes."""
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
@@ -196,4 +206,18 @@ def measure_latency(
                 torch.cuda.synchronize(device)
             if i >= warmup:
                 times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+    quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return Timing(statistics.median(times), quartiles[2] - quartiles[0], f"torch {device.type}")
+
+
+def measure_latency(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+    warmup: int = 5,
+    repeats: int = 20,
+) -> float:
+    """Median wall time in milliseconds of one forward pass, after ``warmup`` passes
+    (:func:`time_forward`)."""
+    return time_forward(model, input_shape, batch_size, device, warmup, repeats).median_ms

@@ -12,7 +12,6 @@ import logging
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from torch import nn
 
 from ajpq.core.analysis import analyze
 from ajpq.core.builder import LayerKnobs, build_policy
+from ajpq.core.cost import Timing
 from ajpq.core.graph import ModelGraph
 from ajpq.core.policy import CompressionPolicy
 from ajpq.core.pruned import simulate
@@ -30,15 +30,6 @@ from ajpq.export.qdq import export_qdq
 __all__ = ["Timing", "time_onnx", "deployed_latency", "layer_latency", "providers_for"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Median and interquartile spread (ms) of one call, and where it ran."""
-
-    median_ms: float
-    spread_ms: float
-    provider: str
 
 
 def providers_for(device: str) -> list[str]:

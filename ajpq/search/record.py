@@ -107,6 +107,7 @@ class PolicyRecord:
             bitops_ratio=score.bitops_ratio,
             macs=score.macs,
             latency_ms=score.latency_ms if math.isfinite(score.latency_ms) else -1.0,
+            latency_spread_ms=score.latency_spread_ms,
             diverged=score.diverged,
             failed=score.diverged,
             error="finetune diverged" if score.diverged else None,

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ajpq.core.configtypes import RESUMABLE, Count, Flag, NonNegativeInt, config_type
-from ajpq.core.cost import CostModel, measure_latency
+from ajpq.core.cost import CostModel, time_forward
 from ajpq.core.graph import ModelGraph
 from ajpq.core.materialize import materialize
 from ajpq.core.policy import CompressionPolicy
@@ -136,6 +136,7 @@ class PolicyScore:
     eval_s: float
     start_ts: float
     end_ts: float
+    latency_spread_ms: float = -1.0  # interquartile spread of the latency (-1: not timed)
 
     def to_dict(self) -> dict[str, float | bool]:
         return asdict(self)
@@ -187,20 +188,21 @@ def score_policy(
     simulated, diverged = tune_policy(model, policy, graph, splits.train, settings, device)
     finetune_end = time.time()
     top1 = top5 = 0.0
-    latency = float("nan")
+    latency, spread = float("nan"), -1.0
     if not diverged:
         fast = settings.compute
         result = evaluate(simulated, splits.val, device, max_samples=settings.val_samples, **fast)
         top1, top5 = result.top1, result.top5
         # onnxruntime: the evaluator times the policy's integer ONNX (ajpq.export.runtime)
         if settings.latency_runtime is LatencyRuntime.TORCH:
-            latency = measure_latency(
+            timing = time_forward(
                 materialize(simulated, policy, graph),
                 graph.input_shape,
                 settings.latency_batch_size,
                 device,  # warm-up and CUDA synchronisation as the latency fit's
                 repeats=settings.latency_repeats,
             )
+            latency, spread = timing.median_ms, timing.spread_ms
     end = time.time()
     return PolicyScore(
         accuracy=top1,
@@ -216,6 +218,7 @@ def score_policy(
         eval_s=end - finetune_end,
         start_ts=start,
         end_ts=end,
+        latency_spread_ms=spread,
     )
 
 

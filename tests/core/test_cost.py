@@ -1,4 +1,5 @@
 import io
+import time
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from torch import nn
 
 from ajpq.core.analysis import analyze
 from ajpq.core.builder import uniform_policy
-from ajpq.core.cost import ACT_STATE_BITS, CostModel, measure_latency
+from ajpq.core.cost import ACT_STATE_BITS, CostModel, measure_latency, time_forward
 from ajpq.core.policy import LayerPolicy
 
 
@@ -97,3 +98,25 @@ def test_latency_is_positive_and_smaller_model_not_slower_by_much():
     )
     latency = measure_latency(model, (3, 32, 32), batch_size=2, warmup=2, repeats=5)
     assert latency > 0 and np.isfinite(latency)
+
+
+class _Sleeps(nn.Module):
+    """A forward pass of a known length, that counts its calls."""
+
+    def __init__(self, ms: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.ms, self.calls = ms, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        time.sleep(self.ms / 1000.0)
+        return x
+
+
+def test_time_forward_times_single_calls_after_warmup_and_reports_the_spread():
+    model = _Sleeps(3.0)
+    timing = time_forward(model, (2,), warmup=4, repeats=7)
+    assert model.calls == 4 + 7
+    assert timing.median_ms >= 3.0  # a call is never shorter than its sleep
+    assert timing.spread_ms >= 0.0 and timing.provider == "torch cpu"

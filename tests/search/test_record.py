@@ -20,3 +20,14 @@ def test_learning_curve_of_few_or_uneven_records():
     # 6 records in 4 parts: slices of 2, 1, 2, 1 (rounded bounds 0, 2, 3, 4, 6)
     curve = learning_curve([_record(e, float(e)) for e in range(1, 7)])
     assert curve == pytest.approx([1.5, 3.0, 4.0, 5.5])
+
+
+def test_a_record_carries_the_scores_latency_and_its_spread():
+    from ajpq.task.scoring import PolicyScore
+
+    score = PolicyScore(0.9, 1.0, 10.0, 8.0, 1.0, 0.1, 5.0, 1.5, False, 0.0, 0.0, 0.0, 0.0, 0.25)
+    record = PolicyRecord.from_score(score)
+    assert (record.latency_ms, record.latency_spread_ms) == (1.5, 0.25)
+    # a scorer that does not time (nan latency) leaves both unreported
+    untimed = PolicyScore(0.9, 1.0, 10.0, 8.0, 1.0, 0.1, 5.0, float("nan"), False, 0, 0, 0, 0)
+    assert (PolicyRecord.from_score(untimed).latency_ms, untimed.latency_spread_ms) == (-1.0, -1.0)

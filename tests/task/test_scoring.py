@@ -85,6 +85,7 @@ def test_zero_finetune_steps_with_bn_recalibration_scores_a_policy():
     )
     score = score_policy(model, policy, graph, splits, settings)
     assert not score.diverged and 0.0 <= score.accuracy <= 1.0
+    assert score.latency_ms > 0 and score.latency_spread_ms >= 0  # torch's timing and spread
 
 
 def test_recalibration_calibrates_quantizers_that_no_finetune_step_calibrated():
