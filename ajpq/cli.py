@@ -119,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
         const="float",
         help="the same, as float ONNX (dequantized weights, activation grids as plain ops)",
     )
+    onnx.add_argument(
+        "--onnx-tensorrt",
+        dest="onnx",
+        action="store_const",
+        const="tensorrt",
+        help="the same, integer ONNX in TensorRT's form (every activation int8 at zero point 0; "
+        "an 8-bit unsigned activation becomes 7 bits), checked with onnxruntime here",
+    )
     sync = commands.add_parser(
         "sync",
         help="push a search's records that have not reached MLflow yet",

@@ -144,6 +144,7 @@ BAD_OVERRIDES = [
     ("data.name=cifar10", "data.path: dataset cifar10 needs a local path"),
     ("tracking.uri=ftp://host/x", "tracking.uri: unknown scheme 'ftp'"),
     ("ray_num_cpus=0", "ray_num_cpus: must be greater than or equal to 1"),
+    ("scoring.latency_runtime=tensorrt", "scoring.latency_runtime: tensorrt times policies on a"),
     ("weights=/nonexistent/w.pt", "weights: /nonexistent/w.pt does not exist"),
     ("agent=3", "agent: expected a mapping"),
     ("agent.episodes", "--set 'agent.episodes': expected key=value"),
@@ -233,3 +234,13 @@ def test_resume_with_another_config_is_refused(ray_session, search_config_file, 
     assert MlflowClient(config.tracking.uri).get_run(parent).info.status == "FINISHED"
     # more episodes is a legitimate resume
     assert main(["search", "--config", path, "--resume", "--set", "agent.episodes=4"]) == 0
+
+
+def test_export_writes_one_onnx_form_of_three():
+    from ajpq.cli import build_parser
+
+    forms = {"--onnx": "integer", "--onnx-float": "float", "--onnx-tensorrt": "tensorrt"}
+    for flag, form in forms.items():
+        assert build_parser().parse_args(["export", "--config", "c.yaml", flag]).onnx == form
+    with pytest.raises(SystemExit):  # one form per export
+        build_parser().parse_args(["export", "--config", "c.yaml", "--onnx", "--onnx-tensorrt"])

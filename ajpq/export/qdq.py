@@ -44,6 +44,7 @@ __all__ = ["export_qdq", "integer_ops", "INTEGER_OPS", "IntegerLayer", "qdq_netw
 logger = logging.getLogger(__name__)
 
 OPSET = 17
+SYMMETRIC_MAX = 127  # the largest code of an int8 activation at zero point 0 (TensorRT's form)
 INTEGER_OPS = frozenset(
     {
         "QLinearConv",
@@ -60,17 +61,25 @@ INTEGER_OPS = frozenset(
 
 class _Container(nn.Module):
     """An activation grid in an 8-bit container: exports as QuantizeLinear/DequantizeLinear.
-    Always uint8, a signed grid at zero point 128 (the same values as int8 at 0): onnxruntime's
-    integer convolutions take and give one type, so a layer between an unsigned and a signed
-    tensor would otherwise stay in float."""
 
-    def __init__(self, scale: float, signed: bool) -> None:
+    onnxruntime's form: always uint8, a signed grid at zero point 128 (the same values as int8
+    at 0): its integer convolutions take and give one type, so a layer between an unsigned and a
+    signed tensor would otherwise stay in float. ``symmetric`` (TensorRT's form, which takes
+    int8 at zero point 0 only): int8 at 0 throughout; exact for signed grids and unsigned grids
+    of up to 7 bits, an 8-bit unsigned grid becomes 7 bits over the same range."""
+
+    def __init__(self, scale: float, signed: bool, symmetric: bool = False) -> None:
         super().__init__()
         self.scale = scale
-        self.zero_point = 128 if signed else 0
+        if symmetric:
+            self.zero_point, self.low, self.high = 0, -128, 127
+        else:
+            self.zero_point, self.low, self.high = (128 if signed else 0), 0, 255
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, 255)
+        return torch.fake_quantize_per_tensor_affine(
+            x, self.scale, self.zero_point, self.low, self.high
+        )
 
 
 @dataclass(frozen=True)
@@ -85,11 +94,15 @@ class IntegerLayer:
 
 
 def qdq_network(
-    model: nn.Module, policy: CompressionPolicy, graph: ModelGraph | None = None
+    model: nn.Module,
+    policy: CompressionPolicy,
+    graph: ModelGraph | None = None,
+    symmetric: bool = False,
 ) -> tuple[nn.Module, dict[str, IntegerLayer]]:
     """The network the QDQ file holds, in torch: the materialized network with 8-bit activation
-    containers and each integer bias at its int32 value; and per weight (its state-dict name)
-    the layer's integers."""
+    containers (``symmetric``: TensorRT's int8 at zero point 0, see :class:`_Container`) and
+    each integer bias at its int32 value; and per weight (its state-dict name) the layer's
+    integers."""
     plain, scales = materialize_with_scales(model, policy, graph)
     plain = copy.deepcopy(plain).cpu().eval()
     layers: dict[str, IntegerLayer] = {}
@@ -98,7 +111,7 @@ def qdq_network(
         module = plain.get_submodule(layer_policy.name)
         input_scale = None
         if isinstance(module, QuantizedInput):
-            input_scale = _contain(module)
+            input_scale = _contain(module, symmetric)
             module = module.layer
         if (bits >= FLOAT_BITS).all() or input_scale is None:
             # a float input runs a float kernel: dequantizing int8 codes on every call would
@@ -122,7 +135,7 @@ def qdq_network(
     return plain, layers
 
 
-def _contain(module: QuantizedInput) -> float | None:
+def _contain(module: QuantizedInput, symmetric: bool = False) -> float | None:
     """Put a quantized input's activation grid in its 8-bit container; its scale (None: float)."""
     act = module.act
     if act.bits >= FLOAT_BITS:
@@ -132,8 +145,10 @@ def _contain(module: QuantizedInput) -> float | None:
             "an activation quantizer was never calibrated; export a finetuned or calibrated "
             "model (ajpq export does)"
         )
-    scale, low, _ = activation_grid(act.bits, act.max_abs, bool(act.signed))
-    module.act = _Container(scale, low < 0)
+    scale, low, high = activation_grid(act.bits, act.max_abs, bool(act.signed))
+    if symmetric and high > SYMMETRIC_MAX:  # an 8-bit unsigned grid: 7 bits in int8
+        scale = scale * high / SYMMETRIC_MAX
+    module.act = _Container(scale, low < 0, symmetric)
     return scale
 
 
@@ -166,15 +181,17 @@ def export_qdq(
     graph: ModelGraph | None = None,
     calibration: torch.Tensor | None = None,
     opset: int = OPSET,
+    symmetric: bool = False,
 ) -> Path:
     """Write ``policy``'s network (``model``: the simulated network, finetuned and calibrated,
     or the original with ``graph``) as QDQ ONNX: input ``input`` (N, *input_shape), output
     ``logits``, dynamic batch. With ``calibration`` (a batch of inputs), the layer outputs
     that no quantizer follows are requantized to 8 bits over their range on it, so that every
-    integer layer runs as an integer kernel (:mod:`ajpq.export.requantize`). A failed export
-    leaves no file."""
+    integer layer runs as an integer kernel (:mod:`ajpq.export.requantize`). ``symmetric``
+    writes every activation as int8 at zero point 0, the form TensorRT builds an int8 engine
+    from (onnxruntime's CPU kernels run it too). A failed export leaves no file."""
     path = Path(path)
-    network, layers = qdq_network(model, policy, graph)
+    network, layers = qdq_network(model, policy, graph, symmetric)
     buffer = io.BytesIO()
     torch.onnx.export(
         network,
@@ -189,7 +206,7 @@ def export_qdq(
     proto = onnx.load_from_string(buffer.getvalue())
     _integer_weights(proto, layers)
     if calibration is not None:
-        requantize_outputs(proto, calibration.detach().cpu().float().numpy())
+        requantize_outputs(proto, calibration.detach().cpu().float().numpy(), symmetric)
     onnx.checker.check_model(proto)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")

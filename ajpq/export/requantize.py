@@ -79,9 +79,12 @@ def unfused_outputs(proto: onnx.ModelProto) -> list[str]:
     return found
 
 
-def requantize_outputs(proto: onnx.ModelProto, calibration: np.ndarray) -> int:
+def requantize_outputs(
+    proto: onnx.ModelProto, calibration: np.ndarray, symmetric: bool = False
+) -> int:
     """Quantize each :func:`unfused_outputs` tensor to 8 bits over its range on
-    ``calibration`` (a batch of inputs for the graph's one input), in place; how many."""
+    ``calibration`` (a batch of inputs for the graph's one input), in place; how many.
+    ``symmetric``: int8 at zero point 0 (TensorRT's form), else uint8."""
     import onnxruntime
 
     names = unfused_outputs(proto)
@@ -100,17 +103,23 @@ def requantize_outputs(proto: onnx.ModelProto, calibration: np.ndarray) -> int:
     feed = {proto.graph.input[0].name: calibration.astype(np.float32)}
     values = session.run(names, feed)
     for name, value in zip(names, values):
-        _insert(proto, name, float(value.min()), float(value.max()))
+        _insert(proto, name, float(value.min()), float(value.max()), symmetric)
     logger.debug("requantized %d layer outputs to 8 bits (integer kernels for them)", len(names))
     return len(names)
 
 
-def _insert(proto: onnx.ModelProto, name: str, low: float, high: float) -> None:
-    """Route ``name``'s consumers through an 8-bit Q -> DQ over [low, high]."""
-    signed = low < 0  # uint8 throughout (see ajpq.export.qdq._Container): signed at 128
-    levels = 127.0 if signed else 255.0
+def _insert(
+    proto: onnx.ModelProto, name: str, low: float, high: float, symmetric: bool = False
+) -> None:
+    """Route ``name``'s consumers through an 8-bit Q -> DQ over [low, high]: uint8 throughout
+    (see ajpq.export.qdq._Container), signed at zero point 128; ``symmetric``: int8 at 0."""
+    signed = low < 0
+    levels = 127.0 if signed or symmetric else 255.0
     scale = max(max(abs(low), abs(high)) / levels, 1e-8)
-    zero = np.array(128 if signed else 0, dtype=np.uint8)
+    if symmetric:
+        zero = np.array(0, dtype=np.int8)
+    else:
+        zero = np.array(128 if signed else 0, dtype=np.uint8)
     tag = f"{name}_requantized"
     proto.graph.initializer.extend(
         [

@@ -26,20 +26,49 @@ from ajpq.core.policy import CompressionPolicy
 from ajpq.core.pruned import simulate
 from ajpq.export.onnx import export_onnx
 from ajpq.export.qdq import export_qdq
+from ajpq.task.scoring import LatencyRuntime
 
-__all__ = ["Timing", "time_onnx", "deployed_latency", "layer_latency", "providers_for"]
+__all__ = [
+    "Timing",
+    "time_onnx",
+    "deployed_latency",
+    "layer_latency",
+    "providers_for",
+    "TENSORRT_PROVIDER",
+]
 
 logger = logging.getLogger(__name__)
 
 
-def providers_for(device: str) -> list[str]:
-    """onnxruntime's execution providers for ``device`` (CUDA when built in, else the CPU's)."""
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
+
+
+def providers_for(device: str, runtime: LatencyRuntime = LatencyRuntime.ONNXRUNTIME) -> list:
+    """onnxruntime's execution providers for ``device`` (the GPU of a ``cuda:N`` device): the
+    CUDA provider when built in, else the CPU's; ``runtime`` tensorrt: TensorRT (int8 engine
+    from the file's Q/DQ, fp16 elsewhere) before CUDA, and a one-line error where this node's
+    onnxruntime has no TensorRT or the device is no GPU."""
     import onnxruntime
 
-    if device.startswith("cuda") and "CUDAExecutionProvider" in (
-        onnxruntime.get_available_providers()
-    ):
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    available = onnxruntime.get_available_providers()
+    index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+    cuda = device.startswith("cuda") and "CUDAExecutionProvider" in available
+    if runtime is LatencyRuntime.TENSORRT:
+        if not device.startswith("cuda") or TENSORRT_PROVIDER not in available:
+            raise RuntimeError(
+                f"scoring.latency_runtime tensorrt: the evaluator's device is {device} and "
+                f"its onnxruntime offers {', '.join(available)}; give evaluators a GPU "
+                "(evaluator.num_gpus) on nodes with onnxruntime-gpu built with TensorRT, or "
+                "use scoring.latency_runtime onnxruntime"
+            )
+        options = {"device_id": index, "trt_int8_enable": True, "trt_fp16_enable": True}
+        return [
+            (TENSORRT_PROVIDER, options),
+            ("CUDAExecutionProvider", {"device_id": index}),
+            "CPUExecutionProvider",
+        ]
+    if cuda:
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
@@ -51,15 +80,18 @@ def time_onnx(
     threads: int | None = None,
     warmup: int = 5,
     repeats: int = 20,
+    runtime: LatencyRuntime = LatencyRuntime.ONNXRUNTIME,
 ) -> Timing:
-    """Time one ``session.run`` of the ONNX file at ``batch_size`` after ``warmup`` runs."""
+    """Time one ``session.run`` of the ONNX file at ``batch_size`` after ``warmup`` runs (the
+    first of which builds TensorRT's engine)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(str(path), options, providers=providers_for(device))
+    providers = providers_for(device, runtime)
+    session = onnxruntime.InferenceSession(str(path), options, providers=providers)
     x = np.random.default_rng(0).standard_normal((batch_size, *input_shape)).astype(np.float32)
     times = []
     for step in range(warmup + repeats):
@@ -78,23 +110,33 @@ def deployed_latency(
     batch_size: int = 1,
     device: str = "cpu",
     repeats: int = 20,
+    runtime: LatencyRuntime = LatencyRuntime.ONNXRUNTIME,
 ) -> Timing:
-    """onnxruntime latency of ``policy``'s integer ONNX (``model``: the original network)."""
+    """Latency of ``policy``'s integer ONNX (``model``: the original network) in onnxruntime,
+    or (``runtime`` tensorrt) its symmetric form in TensorRT."""
     with tempfile.TemporaryDirectory() as folder:
-        path = _integer_file(model, policy, graph, Path(folder) / "policy.onnx")
-        return time_onnx(path, policy.input_shape, batch_size, device, repeats=repeats)
+        path = _integer_file(model, policy, graph, Path(folder) / "policy.onnx", runtime)
+        return time_onnx(
+            path, policy.input_shape, batch_size, device, repeats=repeats, runtime=runtime
+        )
 
 
 def _integer_file(
-    model: nn.Module, policy: CompressionPolicy, graph: ModelGraph, path: Path
+    model: nn.Module,
+    policy: CompressionPolicy,
+    graph: ModelGraph,
+    path: Path,
+    runtime: LatencyRuntime = LatencyRuntime.ONNXRUNTIME,
 ) -> Path:
     """``policy``'s integer ONNX built from the original ``model`` (pruned simulation,
-    activation ranges set by one random batch: they set no speed, but the file needs them)."""
+    activation ranges set by one random batch: they set no speed, but the file needs them), in
+    the form ``runtime`` takes."""
     simulated = simulate(model, policy, graph, pruned=True).cpu().train()
     x = torch.randn((8, *policy.input_shape))
     with torch.no_grad():
         simulated(x)
-    return export_qdq(simulated.eval(), policy, path, calibration=x)
+    symmetric = runtime is LatencyRuntime.TENSORRT
+    return export_qdq(simulated.eval(), policy, path, calibration=x, symmetric=symmetric)
 
 
 def layer_latency(
@@ -104,6 +146,7 @@ def layer_latency(
     batch_size: int = 1,
     device: str = "cpu",
     repeats: int = 30,
+    runtime: LatencyRuntime = LatencyRuntime.ONNXRUNTIME,
 ) -> Timing:
     """onnxruntime latency of one layer alone: float ONNX, or (``integer``) 8-bit integer
     ONNX as :func:`export_qdq` writes a layer (a latency table's entry)."""
@@ -115,7 +158,7 @@ def layer_latency(
         if integer:
             graph = analyze(network, torch.zeros((1, *input_shape)))
             policy = build_policy(network, graph, LayerKnobs(0.0, 8, 8), model_name="layer")
-            _integer_file(network, policy, graph, path)
+            _integer_file(network, policy, graph, path, runtime)
         else:
             export_onnx(network, input_shape, path)
-        return time_onnx(path, input_shape, batch_size, device, repeats=repeats)
+        return time_onnx(path, input_shape, batch_size, device, repeats=repeats, runtime=runtime)

@@ -82,11 +82,14 @@ def fit_latency_on(device: str, context: SearchContext) -> LatencyPredictor:
         # in torch, bits change no kernel: only a quantized input's extra ops cost time
         return fit_latency_table(model, graph, torch_layer, torch_network, (FLOAT, INTEGER))
 
+    runtime = settings.latency_runtime  # onnxruntime, or TensorRT through onnxruntime
+
     def onnx_layer(module: torch.nn.Module, shape: tuple[int, ...], form: str) -> float:
-        return layer_latency(module, shape, form == INTEGER, batch, device).median_ms
+        integer = form == INTEGER
+        return layer_latency(module, shape, integer, batch, device, runtime=runtime).median_ms
 
     def onnx_network(policy: CompressionPolicy, form: str) -> float:
-        return deployed_latency(model, policy, graph, batch, device).median_ms
+        return deployed_latency(model, policy, graph, batch, device, runtime=runtime).median_ms
 
     return fit_latency_table(model, graph, onnx_layer, onnx_network, (FLOAT, INTEGER))
 
@@ -154,12 +157,14 @@ class Evaluator:
             self.settings.latency_batch_size,
             self.device,
             self.settings.latency_repeats,
+            self.settings.latency_runtime,
         )
+        runtime = self.settings.latency_runtime.value
         return dataclasses.replace(
             record,
             latency_ms=timing.median_ms,
             latency_spread_ms=timing.spread_ms,
-            latency_device=f"{self.device_label} (onnxruntime, {timing.provider})",
+            latency_device=f"{self.device_label} ({runtime}, {timing.provider})",
         )
 
     def _score(self, policy: CompressionPolicy) -> PolicyScore:

@@ -35,11 +35,21 @@ from ajpq.task.data import DataSplits, on_device
 from ajpq.task.scoring import tune_policy
 from ajpq.task.train import FinetuneConfig, evaluate
 
-__all__ = ["export_best", "export_on", "package", "latest_run_dir", "ONNX_INTEGER", "ONNX_FLOAT"]
+__all__ = [
+    "export_best",
+    "export_on",
+    "package",
+    "latest_run_dir",
+    "ONNX_INTEGER",
+    "ONNX_FLOAT",
+    "ONNX_TENSORRT",
+]
 
 ONNX_INTEGER = "integer"  # QDQ: int8 weights and activations, integer kernels (ajpq.export.qdq)
 CALIBRATION_IMAGES = 128  # training images that set the integer ONNX's requantized ranges
 ONNX_FLOAT = "float"  # dequantized fp32 weights, activation grids as Mul/Round/Clip
+# integer ONNX with every activation int8 at zero point 0: the form TensorRT takes
+ONNX_TENSORRT = "tensorrt"
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +73,14 @@ def export_best(
     ``scoring.long_steps``), write
     the compressed model to ``out`` (default ``<run_dir>/compressed.pt``), reload it, score it on
     the test split, and record everything in ``<run_dir>/export.json`` and the run's MLflow.
-    With ``onnx`` (:data:`ONNX_INTEGER` or :data:`ONNX_FLOAT`), also write the network as ONNX
+    With ``onnx`` (:data:`ONNX_INTEGER`, :data:`ONNX_FLOAT` or :data:`ONNX_TENSORRT`), also write
+    the network as ONNX
     beside it (``.onnx``) and check it with onnxruntime on test images (largest output
     difference, test accuracy, integer operators)."""
-    if onnx not in (None, ONNX_INTEGER, ONNX_FLOAT):
-        raise ValueError(f"onnx must be {ONNX_INTEGER!r} or {ONNX_FLOAT!r}, got {onnx!r}")
+    if onnx not in (None, ONNX_INTEGER, ONNX_FLOAT, ONNX_TENSORRT):
+        raise ValueError(
+            f"onnx must be {ONNX_INTEGER!r}, {ONNX_FLOAT!r} or {ONNX_TENSORRT!r}, got {onnx!r}"
+        )
     folder = RunDir(Path(run_dir))
     run_dir = folder.path
     policy_path = folder.best_policy
@@ -161,7 +174,10 @@ def package(
                 export_onnx(loaded.cpu(), context.graph.input_shape, onnx_path)
             else:
                 calibration = _sample(splits.train, CALIBRATION_IMAGES, recipe.seed)
-                export_qdq(simulated.cpu(), policy, onnx_path, calibration=calibration)
+                symmetric = onnx == ONNX_TENSORRT
+                export_qdq(
+                    simulated.cpu(), policy, onnx_path, calibration=calibration, symmetric=symmetric
+                )
             extra = {"onnx_form": onnx, **_check(onnx_path, loaded.cpu(), splits)}
             extra.update(_deployed_speed(onnx_path, context, Path(staging)))
             files["onnx"] = onnx_path.read_bytes()

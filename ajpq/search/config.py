@@ -36,7 +36,7 @@ from ajpq.search.bounded_yaml import MAX_BYTES, load_yaml
 from ajpq.task.data import DataConfig
 from ajpq.task.models import ModelName, check_model_name, is_user_model, load_factory
 from ajpq.task.pretrain import HeadRecipe
-from ajpq.task.scoring import DEFAULT_SCORER, ScoreSettings
+from ajpq.task.scoring import DEFAULT_SCORER, LatencyRuntime, ScoreSettings
 
 __all__ = [
     "ConfigError",
@@ -268,6 +268,11 @@ class SearchConfig:
             check_model_name(self.model)
         except ValueError as error:
             raise ValueError(f"model: {error}") from None
+        if self.scoring.latency_runtime is LatencyRuntime.TENSORRT and self.evaluator.num_gpus <= 0:
+            raise ValueError(
+                "scoring.latency_runtime: tensorrt times policies on a GPU; set "
+                "evaluator.num_gpus (> 0) or use latency_runtime onnxruntime or torch"
+            )
         if self.method is Method.STEPWISE and self.budget.kind.value == "latency":
             raise ValueError(
                 "method: stepwise splits a size or bitops budget between its stages; use "

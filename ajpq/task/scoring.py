@@ -58,6 +58,8 @@ class LatencyRuntime(str, enum.Enum):
 
     TORCH = "torch"
     ONNXRUNTIME = "onnxruntime"
+    # the symmetric integer ONNX in onnxruntime's TensorRT provider, on a GPU node
+    TENSORRT = "tensorrt"
 
 
 LONG_STEPS_FACTOR = 10  # the long recipe: 10x the search's finetune steps
@@ -91,8 +93,9 @@ class ScoreSettings:
     # with data.seed), so an evaluation costs the same whatever the dataset's size; None: all
     val_samples: Count | None = 10_000
     latency_batch_size: Count = 1
-    # where a policy's latency is timed: its materialized network in torch, or its integer
-    # ONNX in onnxruntime (the deployed speed; measured by the evaluator, ajpq.export.runtime)
+    # where a policy's latency is timed: its materialized network in torch, its integer ONNX in
+    # onnxruntime, or in TensorRT (the deployed speed; measured by the evaluator,
+    # ajpq.export.runtime)
     latency_runtime: LatencyRuntime = LatencyRuntime.TORCH
     latency_repeats: Annotated[Count, RESUMABLE] = 10  # may change on --resume
     amp: Amp = Amp.AUTO  # bf16 changes the numbers: fixed for a run, like the finetune

@@ -121,3 +121,43 @@ def test_an_uncalibrated_quantizer_is_refused_and_leaves_no_file(tmp_path):
     with pytest.raises(ValueError, match="never calibrated"):
         export_qdq(apply_policy(model, policy, graph).eval(), policy, tmp_path / "m.onnx")
     assert not list(tmp_path.glob("m.onnx*"))
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"), [("digits_cnn", (1, 16, 16)), ("resnet18", (3, 32, 32))]
+)
+def test_the_symmetric_form_is_int8_at_zero_point_0_and_the_same_network(name, shape, tmp_path):
+    """TensorRT's form: every activation int8 at zero point 0; for grids of up to 7 bits it
+    holds the very network of onnxruntime's uint8 form, and onnxruntime still fuses it."""
+    torch.manual_seed(2)
+    x = torch.randn(16, *shape)
+    model = build_model(name, 10, shape[0]).eval()
+    graph = analyze(model, torch.zeros(1, *shape))
+    rng = np.random.default_rng(5)
+    knobs = [
+        LayerKnobs(
+            float(rng.uniform(0.1, 0.5)), int(rng.choice([2, 4, 8])), int(rng.choice([4, 6]))
+        )
+        for _ in graph.layers
+    ]
+    policy = build_policy(model, graph, knobs, model_name=name)
+    simulated = apply_policy(model, policy, graph).train()
+    with torch.no_grad():
+        simulated(x)
+    simulated.eval()
+    uint8 = export_qdq(simulated, policy, tmp_path / "u.onnx", calibration=x)
+    int8 = export_qdq(simulated, policy, tmp_path / "s.onnx", calibration=x, symmetric=True)
+    proto = onnx.load(str(int8))
+    initializers = {t.name: t for t in proto.graph.initializer}
+    initializers.update(  # torch writes the containers' zero points as Constant nodes
+        (n.output[0], n.attribute[0].t) for n in proto.graph.node if n.op_type == "Constant"
+    )
+    activations = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    assert activations
+    for node in activations:
+        zero = initializers[node.input[2]]
+        assert zero.data_type == onnx.TensorProto.INT8
+        assert int(onnx.numpy_helper.to_array(zero)) == 0
+    same = _run(int8, x, "reference")
+    assert np.abs(same - _run(uint8, x, "reference")).max() <= 1e-4 * np.abs(same).max()
+    assert sum(integer_ops(int8).values()) >= 1

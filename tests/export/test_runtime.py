@@ -29,3 +29,21 @@ def test_a_layer_alone_in_float_and_integer_form():
         timing = layer_latency(conv, (16, 12, 12), integer, batch_size=2, repeats=5)
         assert timing.median_ms > 0
     assert layer_latency(nn.Linear(64, 10), (64,), True, repeats=3).median_ms > 0
+
+
+def test_providers_follow_the_device_and_tensorrt_says_what_it_needs(monkeypatch):
+    import onnxruntime
+    import pytest
+
+    from ajpq.task.scoring import LatencyRuntime
+
+    with pytest.raises(RuntimeError, match="scoring.latency_runtime tensorrt: the evaluator's"):
+        providers_for("cpu", LatencyRuntime.TENSORRT)  # no GPU and no TensorRT here
+    gpu_node = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: gpu_node)
+    # the evaluator's GPU (cuda:1 where Ray does not set CUDA_VISIBLE_DEVICES), not GPU 0
+    trt, cuda, cpu = providers_for("cuda:1", LatencyRuntime.TENSORRT)
+    assert trt[0] == "TensorrtExecutionProvider" and trt[1]["device_id"] == 1
+    assert trt[1]["trt_int8_enable"] and cuda == ("CUDAExecutionProvider", {"device_id": 1})
+    assert providers_for("cuda:1")[0] == ("CUDAExecutionProvider", {"device_id": 1})
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
