@@ -40,6 +40,7 @@ __all__ = [
 
 FLOAT, INTEGER = "float", "integer"
 FRACTIONS = (0.3, 0.55, 0.8, 1.0)
+ROUNDS = 3  # timings per entry, taken in turn over the whole table; the median is kept
 _MACS = 2  # the MACs column of CostModel.layer_costs
 
 LayerTimer = Callable[[nn.Module, tuple[int, ...], str], float]
@@ -145,35 +146,57 @@ def fit_latency_table(
     time_network: NetworkTimer,
     forms: tuple[str, ...] = (FLOAT,),
     fractions: tuple[float, ...] = FRACTIONS,
+    rounds: int = ROUNDS,
 ) -> LatencyTable:
     """Time every layer alone (``time_layer(module, input_shape, form)``) and the whole
-    network (``time_network(policy, form)``) at uniform kept fractions, per form."""
+    network (``time_network(policy, form)``) at uniform kept fractions, per form. Every entry is
+    the median of ``rounds`` timings taken in turn over the whole table (round 1 of every entry,
+    then round 2, ...), so a burst of load on the machine moves one round of many entries, not
+    every round of a few."""
     costs = CostModel(graph)
-    layer_fractions: dict[str, list[list[float]]] = {f: [] for f in forms}
-    layer_ms: dict[str, list[list[float]]] = {f: [] for f in forms}
-    network_fractions: dict[str, list[float]] = {f: [] for f in forms}
-    rest_ms: dict[str, list[float]] = {f: [] for f in forms}
+    plans: list[tuple[str, CompressionPolicy, list[tuple[nn.Module, tuple[int, ...]]]]] = []
     for form in forms:
         bits = 8 if form == INTEGER else FLOAT_BITS
-        per_layer: list[list[tuple[float, float]]] = [[] for _ in graph.layers]
         for fraction in fractions:
             policy = build_policy(model, graph, LayerKnobs(1.0 - fraction, bits, bits))
-            kept = costs.layer_costs(policy)[:, _MACS]
             masks = input_keep_masks(policy, graph)
-            summed = 0.0
+            modules = []
             for index, (layer, lp) in enumerate(zip(graph.layers, policy.layers)):
                 kept_out = sum(1 for b in lp.weight_bits if b > 0)
                 mask = masks.get(index)
                 kept_in = int(mask.sum()) if mask is not None else layer.in_channels
                 module = layer_module(model, layer, kept_in, kept_out).eval()
                 shape = (kept_in,) if isinstance(module, nn.Linear) else (kept_in, *layer.input_hw)
-                ms = time_layer(module, shape, form)
+                modules.append((module, shape))
+            plans.append((form, policy, modules))
+    # rounds x (every layer of every plan, then the plan's network)
+    layer_times: list[list[list[float]]] = [[[] for _ in graph.layers] for _ in plans]
+    network_times: list[list[float]] = [[] for _ in plans]
+    for _ in range(max(1, rounds)):
+        for number, (form, policy, modules) in enumerate(plans):
+            for index, (module, shape) in enumerate(modules):
+                layer_times[number][index].append(time_layer(module, shape, form))
+            network_times[number].append(time_network(policy, form))
+
+    layer_fractions: dict[str, list[list[float]]] = {f: [] for f in forms}
+    layer_ms: dict[str, list[list[float]]] = {f: [] for f in forms}
+    network_fractions: dict[str, list[float]] = {f: [] for f in forms}
+    rest_ms: dict[str, list[float]] = {f: [] for f in forms}
+    for form in forms:
+        per_layer: list[list[tuple[float, float]]] = [[] for _ in graph.layers]
+        for number, (plan_form, policy, _) in enumerate(plans):
+            if plan_form != form:
+                continue
+            kept = costs.layer_costs(policy)[:, _MACS]
+            summed = 0.0
+            for index, layer in enumerate(graph.layers):
+                ms = float(np.median(layer_times[number][index]))
                 summed += ms
                 per_layer[index].append((kept[index] / max(layer.macs, 1), ms))
             network_fractions[form].append(kept.sum() / max(costs.fp32_macs, 1))
             # negative where timing a layer alone costs more than it does inside the network
             # (a call's overhead, paid once per layer here): the rest corrects the sum
-            rest_ms[form].append(time_network(policy, form) - summed)
+            rest_ms[form].append(float(np.median(network_times[number])) - summed)
         for points in per_layer:
             points.sort()
             layer_fractions[form].append([p[0] for p in points])

@@ -110,3 +110,28 @@ def test_the_wall_squeezes_a_policy_under_a_latency_table_budget():
     assert table.predict(filled, costs) == table.predict(low, costs)
     with pytest.raises(ValueError, match="below the smallest reachable"):
         enforce_budget(full, Budget(BudgetKind.LATENCY, 1e-9), costs, importance, table)
+
+
+def test_each_entry_is_the_median_of_rounds_taken_in_turn():
+    """A burst of load during one round (a timing 100x too long) moves no entry: each is the
+    median of its rounds, and the rounds go over the whole table in turn."""
+    model, graph = _digits()
+    costs = CostModel(graph)
+    calls: list[str] = []
+
+    def time_layer(module, shape, form):
+        calls.append("layer")
+        burst = 100.0 if 3 <= len(calls) <= 6 else 1.0  # a few timings of the first round
+        return _macs(module, shape) * burst
+
+    def time_network(policy, form):
+        calls.append("network")
+        return 0.05 + costs.cost(policy).macs / 1e6
+
+    table = fit_latency_table(model, graph, time_layer, time_network, rounds=3)
+    quiet = fit_latency_table(model, graph, lambda m, s, f: _macs(m, s), time_network, rounds=1)
+    assert table == quiet
+    entries = len(graph.layers) * 4 + 4  # every layer and the network, at four fractions
+    assert len(calls) == 3 * entries + 4  # and the quiet fit's four networks
+    # round 2 starts only after round 1 has timed every entry
+    assert calls[:entries].count("network") == 4
