@@ -40,17 +40,9 @@ class PoolClient:
         self._handle().note_screened.remote()  # a count, fire and forget
 
     def scored_rows(self, known: set[str]) -> list[tuple[str, str, float]]:
-        """The scored records not in ``known``: (key, policy JSON, accuracy)."""
-        pool = self._handle()
-        fresh = [
-            r
-            for r in ray.get(pool.all_records.remote())
-            if not (r.failed or r.infra_failed) and r.policy_key not in known
-        ]
-        jsons = ray.get([pool.policy_json.remote(r.policy_key) for r in fresh])
-        return [
-            (r.policy_key, text, r.accuracy) for r, text in zip(fresh, jsons) if text is not None
-        ]
+        """The scored records not in ``known``: (key, policy JSON, accuracy); a sweep's
+        earlier trials' too where it shares experience."""
+        return ray.get(self._handle().predictor_rows.remote(sorted(known)))
 
 
 def evaluate_for(client: PoolClient, screen: int) -> Evaluate:

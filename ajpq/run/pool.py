@@ -114,8 +114,8 @@ class EvaluatorPool:
             "failed": 0,
             "infra_failed": 0,
             "mlflow_retries": 0,
-            "screened": 0,
-            "shared_hits": 0,  # proposals the predictor passed over (ajpq.run.screening)
+            "screened": 0,  # proposals the predictor passed over (ajpq.run.screening)
+            "shared_hits": 0,  # policies an earlier trial of the sweep scored
         }
         self.infra_records: list[PolicyRecord] = []  # infrastructure failures (not cached)
         self.infra_streak = 0  # infrastructure failures in a row
@@ -422,6 +422,29 @@ class EvaluatorPool:
 
     def note_screened(self) -> None:
         self.stats["screened"] += 1
+
+    def predictor_rows(self, known: list[str]) -> list[tuple[str, str, float]]:
+        """What the accuracy predictor learns from: the scored records whose keys are not in
+        ``known``, as (key, policy JSON, accuracy); this search's, and where the search shares
+        a sweep's experience, the earlier trials' too (a policy's accuracy does not depend on
+        the budget it was proposed under, and shared trials score alike)."""
+        seen = set(known)
+        rows = []
+        for key, record in self.records.items():
+            if key in seen or record.failed or record.infra_failed:
+                continue
+            text = self.policy_json(key)
+            if text is not None:
+                rows.append((key, text, record.accuracy))
+                seen.add(key)
+        if self.shared is not None:
+            for key, record in self.shared.records().items():
+                if key in seen or record.failed or record.infra_failed:
+                    continue
+                text = self.shared.policy_json(key)
+                if text is not None:
+                    rows.append((key, text, record.accuracy))
+        return rows
 
     def all_records(self) -> list[PolicyRecord]:
         """Every record of the search, infrastructure failures included, by episode."""

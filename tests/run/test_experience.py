@@ -97,3 +97,31 @@ def test_shared_trials_must_not_vary_what_the_scores_depend_on(search_config_fil
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="must not vary scoring.finetune.steps"):
         load_sweep(path)
+
+
+@pytest.mark.ray
+def test_the_screen_learns_from_the_earlier_trials_scores(
+    ray_session, search_config_file, tmp_path
+):
+    """A search that shares a sweep's experience fits its accuracy predictor on the earlier
+    trials' scores too: it screens from its first proposals, long before 8 records of its own."""
+    experience = str(tmp_path / "experience")
+    earlier = load_config(
+        search_config_file(
+            method="random",
+            agent={"episodes": 12, "seed": 3},
+            evaluator=CHEAP,
+            experience_dir=experience,
+        )
+    )
+    assert run_search(earlier).episodes == 12
+    later = load_config(
+        search_config_file(
+            agent={"episodes": 5, "warmup_episodes": 2, "env_runners": 1, "screen": 4, "seed": 1},
+            evaluator=CHEAP,
+            experience_dir=experience,
+        )
+    )
+    outcome = run_search(later)
+    assert outcome.episodes + outcome.stats["shared_hits"] >= 5
+    assert outcome.stats["screened"] > 0  # with fewer than 8 records of its own
