@@ -36,6 +36,7 @@ __all__ = [
     "with_input_quantizer",
     "FLOAT",
     "INTEGER",
+    "ROUNDS",
 ]
 
 FLOAT, INTEGER = "float", "integer"

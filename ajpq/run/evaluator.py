@@ -16,7 +16,13 @@ import torch
 
 from ajpq.core.cost import measure_latency
 from ajpq.core.latency import LatencyPredictor
-from ajpq.core.latency_table import FLOAT, INTEGER, fit_latency_table, with_input_quantizer
+from ajpq.core.latency_table import (
+    FLOAT,
+    INTEGER,
+    ROUNDS,
+    fit_latency_table,
+    with_input_quantizer,
+)
 from ajpq.core.materialize import materialize
 from ajpq.core.policy import CompressionPolicy
 from ajpq.export.runtime import deployed_latency, layer_latency
@@ -91,7 +97,11 @@ def fit_latency_on(device: str, context: SearchContext) -> LatencyPredictor:
     def onnx_network(policy: CompressionPolicy, form: str) -> float:
         return deployed_latency(model, policy, graph, batch, device, runtime=runtime).median_ms
 
-    return fit_latency_table(model, graph, onnx_layer, onnx_network, (FLOAT, INTEGER))
+    # TensorRT builds an engine for every timing (seconds each): one round, not three
+    rounds = 1 if runtime is LatencyRuntime.TENSORRT else ROUNDS
+    return fit_latency_table(
+        model, graph, onnx_layer, onnx_network, (FLOAT, INTEGER), rounds=rounds
+    )
 
 
 @ray.remote
