@@ -3,8 +3,8 @@
 An :class:`Evaluator` gets the search context and the data through Ray's object store (never
 from the driver's disk), holds them on its own device (a GPU only when Ray assigned it one,
 fractions allowed; the CPU otherwise, with CUDA hidden) and scores one policy at a time with
-the configured scorer. The
-:class:`EvaluatorPool` (an async actor, one per search) is the only entry point: it caches
+the configured scorer. The :class:`EvaluatorPool` (an async actor, one per search) is the only
+entry point: it caches
 scores by canonical policy JSON + evaluation settings (an identical policy is scored once, also
 across ``--resume``), dispatches to a free evaluator, replaces a dead evaluator and retries,
 turns a diverged finetune into a failed record with a penalty reward, computes the reward, and
@@ -42,6 +42,7 @@ from ajpq.run.experience import SharedExperience
 from ajpq.run.infra import INFRA_ABORT_AFTER, is_infra_error
 from ajpq.run.journal import Journal, policy_key
 from ajpq.run.reservation import Reservation
+from ajpq.run.screening import scored_rows
 from ajpq.run.tracking import Tracker
 from ajpq.run.writer import RecordWriter
 from ajpq.search.context import ContextSource, SearchContext
@@ -424,27 +425,9 @@ class EvaluatorPool:
         self.stats["screened"] += 1
 
     def predictor_rows(self, known: list[str]) -> list[tuple[str, str, float]]:
-        """What the accuracy predictor learns from: the scored records whose keys are not in
-        ``known``, as (key, policy JSON, accuracy); this search's, and where the search shares
-        a sweep's experience, the earlier trials' too (a policy's accuracy does not depend on
-        the budget it was proposed under, and shared trials score alike)."""
-        seen = set(known)
-        rows = []
-        for key, record in self.records.items():
-            if key in seen or record.failed or record.infra_failed:
-                continue
-            text = self.policy_json(key)
-            if text is not None:
-                rows.append((key, text, record.accuracy))
-                seen.add(key)
-        if self.shared is not None:
-            for key, record in self.shared.records().items():
-                if key in seen or record.failed or record.infra_failed:
-                    continue
-                text = self.shared.policy_json(key)
-                if text is not None:
-                    rows.append((key, text, record.accuracy))
-        return rows
+        """The predictor's rows: this search's scores and a shared sweep's (``scored_rows``)."""
+        shared = [(j.records(), j.policy_json) for j in [self.shared] if j is not None]
+        return scored_rows([(self.records, self.policy_json), *shared], set(known))
 
     def all_records(self) -> list[PolicyRecord]:
         """Every record of the search, infrastructure failures included, by episode."""

@@ -21,8 +21,9 @@ from ajpq.agent.algorithm import DISCARD_INFO_KEY
 from ajpq.core.policy import CompressionPolicy
 from ajpq.search.env import Evaluate
 from ajpq.search.predictor import AccuracyPredictor, policy_features
+from ajpq.search.record import PolicyRecord
 
-__all__ = ["MIN_RECORDS", "ScoredRows", "ScreeningClient", "is_screened"]
+__all__ = ["MIN_RECORDS", "ScoredRows", "ScreeningClient", "is_screened", "scored_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,27 @@ accuracy); failed evaluations left out."""
 
 def is_screened(record: Mapping[str, Any]) -> bool:
     return bool(record.get(SCREENED_KEY))
+
+
+def scored_rows(
+    sources: list[tuple[Mapping[str, PolicyRecord], Callable[[str], str | None]]],
+    known: set[str],
+) -> list[tuple[str, str, float]]:
+    """The predictor's rows from (records by key, policy JSON by key) sources, first source
+    first: (key, policy JSON, accuracy) of each scored record not in ``known``; failed ones
+    left out. A search's own records and a shared sweep's earlier ones are both valid: a
+    policy's accuracy does not depend on the budget it was proposed under."""
+    seen = set(known)
+    rows = []
+    for records, policy_json in sources:
+        for key, record in records.items():
+            if key in seen or record.failed or record.infra_failed:
+                continue
+            text = policy_json(key)
+            if text is not None:
+                rows.append((key, text, record.accuracy))
+                seen.add(key)
+    return rows
 
 
 class ScreeningClient:

@@ -70,3 +70,15 @@ def test_the_screen_bites_from_its_first_prediction():
     for kept, bits in [(8, 8), (7, 6), (6, 8), (8, 4), (5, 7), (7, 8), (6, 5), (8, 6)]:
         assert not is_screened(client(_policy(kept, bits)))
     assert is_screened(client(_policy(1, 1)))
+
+
+def test_the_rows_come_from_every_source_once_without_failures():
+    from ajpq.run.screening import scored_rows
+    from ajpq.search.record import PolicyRecord
+
+    own = {"a": PolicyRecord(accuracy=0.9), "b": PolicyRecord(accuracy=0.1, failed=True)}
+    shared = {"a": PolicyRecord(accuracy=0.5), "c": PolicyRecord(accuracy=0.7)}
+    rows = scored_rows([(own, lambda k: f"json-{k}"), (shared, lambda k: f"json-{k}")], {"x"})
+    assert rows == [("a", "json-a", 0.9), ("c", "json-c", 0.7)]  # the search's own first
+    assert scored_rows([(shared, lambda k: None)], set()) == []  # no policy JSON, no row
+    assert scored_rows([(shared, str)], {"a", "c"}) == []
