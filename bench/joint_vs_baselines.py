@@ -24,6 +24,7 @@ import argparse
 import csv
 import json
 import logging
+import multiprocessing
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -234,7 +235,14 @@ def main() -> None:
         if RunDir(d).best_policy.exists()
     ]
     logger.info("%d searches; final finetune of %d steps each", len(dirs), args.final_steps)
-    with ProcessPoolExecutor(args.workers) as pool:
+    import ray
+
+    if ray.is_initialized():
+        # the sweep's Ray would be inherited half-working by forked children: each final runs
+        # in a fresh (spawned) process with a Ray of its own
+        ray.shutdown()
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=spawn) as pool:
         finals = list(pool.map(_final, [str(d) for d in dirs], [args.final_steps] * len(dirs)))
     torch.set_num_threads(1)
     rows = [_row(d, f, args.latency_repeats, args.window) for d, f in zip(dirs, finals)]
