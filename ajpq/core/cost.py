@@ -179,6 +179,12 @@ class Timing:
     spread_ms: float
     provider: str
 
+    @classmethod
+    def of(cls, times_ms: list[float], provider: str) -> Timing:
+        """The median and interquartile spread of single calls' times."""
+        quartiles = statistics.quantiles(times_ms, n=4) if len(times_ms) > 1 else [times_ms[0]] * 3
+        return cls(statistics.median(times_ms), quartiles[2] - quartiles[0], provider)
+
 
 def time_forward(
     model: nn.Module,
@@ -206,8 +212,7 @@ def time_forward(
                 torch.cuda.synchronize(device)
             if i >= warmup:
                 times.append((time.perf_counter() - start) * 1000.0)
-    quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return Timing(statistics.median(times), quartiles[2] - quartiles[0], f"torch {device.type}")
+    return Timing.of(times, f"torch {device.type}")
 
 
 def measure_latency(

@@ -9,7 +9,6 @@ stored: :func:`deployed_latency` builds the policy's deployable network from the
 from __future__ import annotations
 
 import logging
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -99,8 +98,7 @@ def time_onnx(
         session.run(None, {"input": x})
         if step >= warmup:
             times.append(1000.0 * (time.perf_counter() - started))
-    quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return Timing(statistics.median(times), quartiles[2] - quartiles[0], session.get_providers()[0])
+    return Timing.of(times, session.get_providers()[0])
 
 
 def deployed_latency(
