@@ -50,10 +50,11 @@ def providers_for(device: str, runtime: LatencyRuntime = LatencyRuntime.ONNXRUNT
     import onnxruntime
 
     available = onnxruntime.get_available_providers()
+    gpu = device.startswith("cuda")
     index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
-    cuda = device.startswith("cuda") and "CUDAExecutionProvider" in available
+    cuda = ("CUDAExecutionProvider", {"device_id": index})
     if runtime is LatencyRuntime.TENSORRT:
-        if not device.startswith("cuda") or TENSORRT_PROVIDER not in available:
+        if not gpu or TENSORRT_PROVIDER not in available:
             raise RuntimeError(
                 f"scoring.latency_runtime tensorrt: the evaluator's device is {device} and "
                 f"its onnxruntime offers {', '.join(available)}; give evaluators a GPU "
@@ -61,13 +62,9 @@ def providers_for(device: str, runtime: LatencyRuntime = LatencyRuntime.ONNXRUNT
                 "use scoring.latency_runtime onnxruntime"
             )
         options = {"device_id": index, "trt_int8_enable": True, "trt_fp16_enable": True}
-        return [
-            (TENSORRT_PROVIDER, options),
-            ("CUDAExecutionProvider", {"device_id": index}),
-            "CPUExecutionProvider",
-        ]
-    if cuda:
-        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        return [(TENSORRT_PROVIDER, options), cuda, "CPUExecutionProvider"]
+    if gpu and cuda[0] in available:
+        return [cuda, "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
