@@ -27,7 +27,11 @@ from ajpq.task.models import ModelName, build_model
 from tests.core.test_topologies import BLOCKS
 
 SHAPE = {ModelName.DIGITS_CNN: (1, 16, 16), ModelName.FMNIST_CNN: (1, 28, 28)}
-NETWORKS = list(ModelName)  # vgg11_bn's 4096-wide classifier: about a minute of the suite
+# vgg11_bn's 4096-wide classifier costs a minute and a half of the default suite: it is a plain
+# chain of convs (every path here is covered by the other networks), so it runs in `make test-slow`
+NETWORKS = [
+    pytest.param(m, marks=pytest.mark.slow) if m is ModelName.VGG11_BN else m for m in ModelName
+]
 
 
 def _policy(model: nn.Module, graph, seed: int, name: str):

@@ -24,7 +24,15 @@ QUANTIZE_ONLY: set[ModelName] = set()
 
 # vgg11_bn's 4096-wide classifier (120 M weights) makes packing take a minute here; it is
 # covered by tests/test_train_and_models.py and bench/bench_zoo.py
-NETWORKS = [m for m in ModelName if m is not ModelName.VGG11_BN]
+# shufflenet_v2_x1_0 analyses in about a minute here (Torch-Pruning maps its channel indices
+# element by element), twice with the reload: two minutes of the default suite. Its pruning is
+# covered by tests/core/test_pruned.py and test_topologies.py; the export round trip runs in
+# `make test-slow`.
+NETWORKS = [
+    pytest.param(m, marks=pytest.mark.slow) if m is ModelName.SHUFFLENET_V2_X1_0 else m
+    for m in ModelName
+    if m is not ModelName.VGG11_BN
+]
 
 
 @pytest.mark.parametrize("name", NETWORKS, ids=lambda m: m.value)
