@@ -138,7 +138,7 @@ def _row(run_dir: Path, final: dict[str, Any], repeats: int, window: int) -> dic
 
 
 def _method_label(config: Any) -> str:
-    """The method with the levers it ran with (``ddpg+prior+screen4+norm``)."""
+    """The method with the levers it ran with (``ddpg+prior+screen4+norm+shared``)."""
     agent, label = config.agent, config.method.value
     # the levers act on DDPG (prior, screen, norm) and stepwise (screen) only
     if label == "ddpg" and agent.prior.value != "none":
@@ -147,6 +147,8 @@ def _method_label(config: Any) -> str:
         label += f"+screen{agent.screen}"
     if label.startswith("ddpg") and agent.reward_normalize:
         label += "+norm"
+    if config.experience_dir:  # a trial of a sweep that shares experience across its budgets
+        label += "+shared"
     return label
 
 
