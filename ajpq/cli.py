@@ -403,6 +403,16 @@ def main(argv: list[str] | None = None) -> int:
             outcome.best_model["file_ratio"],
             outcome.best_model["test_accuracy"],
         )
+    if outcome.best_model and outcome.best_model.get("onnx_path"):
+        m = outcome.best_model
+        log.info(
+            "  its %s ONNX %s: %.3f ms a call in onnxruntime, fp32's ONNX %.3f ms (%.2fx; CPU, "
+            "batch %d), test accuracy %.4f",
+            *(m[k] for k in ("onnx_form", "onnx_path", "onnx_latency_ms", "fp32_onnx_latency_ms")),
+            m["onnx_speedup"],
+            config.scoring.latency_batch_size,
+            m["onnx_test_accuracy"],
+        )
     if outcome.registered:
         log.info("  registered in the MLflow Model Registry as %s", outcome.registered)
     log.info("  MLflow: parent run %s in %s", outcome.parent_run_id, outcome.tracking_uri)

@@ -91,7 +91,12 @@ def search_config_file(tmp_path: Path, model_cache: Path, monkeypatch: pytest.Mo
                 "latency_repeats": 3,
                 "fidelity": {"top_k": 0, "random_k": 0},
             },
-            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "test"},
+            # the best model's ONNX is checked once (tests/run/test_search_e2e.py)
+            "tracking": {
+                "uri": f"sqlite:///{tmp_path}/mlflow.db",
+                "experiment": "test",
+                "model_onnx": None,
+            },
             "output_dir": str(tmp_path / "runs"),
         }
         for key, value in sections.items():

@@ -8,6 +8,7 @@ activation quantizer becomes Mul, Round, Clip, Mul, the same arithmetic the PyTo
 from __future__ import annotations
 
 import copy
+import enum
 import logging
 from pathlib import Path
 
@@ -18,11 +19,21 @@ from torch import nn
 from ajpq.core.materialize import QuantizedInput
 from ajpq.core.quantize import FLOAT_BITS, activation_grid
 
-__all__ = ["export_onnx", "check_onnx", "with_plain_quantizers", "OPSET"]
+__all__ = ["export_onnx", "check_onnx", "with_plain_quantizers", "OnnxForm", "OPSET"]
 
 logger = logging.getLogger(__name__)
 
 OPSET = 17
+
+
+class OnnxForm(str, enum.Enum):
+    """The ONNX files ajpq writes of a compressed network."""
+
+    # QDQ: int8 weights and activations, integer kernels in onnxruntime (ajpq.export.qdq)
+    INTEGER = "integer"
+    FLOAT = "float"  # dequantized fp32 weights, activation grids as Mul/Round/Clip (this module)
+    # integer, every activation int8 at zero point 0: the form TensorRT takes
+    TENSORRT = "tensorrt"
 
 
 class _Grid(nn.Module):

@@ -216,6 +216,7 @@ def _search(
             data,
             policy.to_json(),
             config.tracking.log_model,
+            config.tracking.model_onnx.value if config.tracking.model_onnx else None,
             reservation=reservation,
         )
         _record_placements(run, [where])

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ajpq.core.policy import CompressionPolicy
-from ajpq.export.onnx import check_onnx, export_onnx
+from ajpq.export.onnx import OnnxForm, check_onnx, export_onnx
 from ajpq.export.packed import export_compressed, load_compressed
 from ajpq.export.qdq import export_qdq, integer_ops
 from ajpq.export.runtime import time_onnx
@@ -45,11 +45,9 @@ __all__ = [
     "ONNX_TENSORRT",
 ]
 
-ONNX_INTEGER = "integer"  # QDQ: int8 weights and activations, integer kernels (ajpq.export.qdq)
+# the forms' names as ``ajpq export`` takes them (ajpq.export.onnx.OnnxForm owns them)
+ONNX_INTEGER, ONNX_FLOAT, ONNX_TENSORRT = (f.value for f in OnnxForm)
 CALIBRATION_IMAGES = 128  # training images that set the integer ONNX's requantized ranges
-ONNX_FLOAT = "float"  # dequantized fp32 weights, activation grids as Mul/Round/Clip
-# integer ONNX with every activation int8 at zero point 0: the form TensorRT takes
-ONNX_TENSORRT = "tensorrt"
 
 logger = logging.getLogger(__name__)
 

@@ -42,6 +42,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"  # the search run's artifact folder of the best compressed file
+BEST_MODEL_METRICS = ("file_bytes", "file_ratio", "test_accuracy")  # as best_model_<name>
+# and of its ONNX (tracking.model_onnx): the deployed speed next to the fp32 network's ONNX
+ONNX_METRICS = (
+    "onnx_bytes",
+    "onnx_test_accuracy",
+    "onnx_latency_ms",
+    "fp32_onnx_latency_ms",
+    "onnx_speedup",
+)
 
 
 @dataclass
@@ -176,7 +185,10 @@ def _write_model(folder: RunDir, model: dict[str, Any]) -> dict[str, Any]:
     """The compressed file and its numbers into the run folder; the numbers back."""
     model = dict(model)
     folder.best_model.write_bytes(model.pop("compressed"))
-    model.pop("onnx", None)
+    onnx = model.pop("onnx", None)
+    if onnx is not None:
+        folder.best_model_onnx.write_bytes(onnx)
+        model["onnx_path"] = str(folder.best_model_onnx)  # the file here, not the task's copy
     model["path"] = str(folder.best_model)
     folder.best_model_report.write_text(json.dumps(model, indent=2))
     return model
@@ -189,7 +201,9 @@ def _log_model(run: OpenRun, model: dict[str, Any]) -> str | None:
     try:
         tracker.log_artifact(run_id, run.folder.best_model, MODEL_ARTIFACT)
         tracker.log_artifact(run_id, run.folder.best_model_report, MODEL_ARTIFACT)
-        for name in ("file_bytes", "file_ratio", "test_accuracy"):
+        if model.get("onnx_path"):
+            tracker.log_artifact(run_id, run.folder.best_model_onnx, MODEL_ARTIFACT)
+        for name in (*BEST_MODEL_METRICS, *(ONNX_METRICS if model.get("onnx_path") else ())):
             tracker.client.log_metric(run_id, f"best_model_{name}", float(model[name]))
         name = config.tracking.register_model
         if not name:
@@ -270,17 +284,23 @@ def test_accuracy_on(
 
 
 def final_on(
-    device: str, context: SearchContext, data: DataSource, policy_json: str, with_model: bool
+    device: str,
+    context: SearchContext,
+    data: DataSource,
+    policy_json: str,
+    with_model: bool,
+    onnx: str | None = None,
 ) -> FinalResult:
     """The end of a search on an evaluator's device: the best policy's test accuracy and,
-    ``with_model``, its compressed file finetuned by the search's own recipe (one data load)."""
+    ``with_model``, its compressed file finetuned by the search's own recipe (one data load),
+    with its ONNX of form ``onnx`` (timed in onnxruntime against the fp32 ONNX)."""
     splits = data.load()
     policy = CompressionPolicy.from_json(policy_json)
     accuracy = test_accuracy(context, on_device(splits, device), policy, device)
     if not with_model:
         return FinalResult(accuracy)
     recipe = context.config.scoring.finetune
-    return FinalResult(accuracy, package(device, context, splits, policy, recipe))
+    return FinalResult(accuracy, package(device, context, splits, policy, recipe, onnx))
 
 
 def load_best_policy(outcome: SearchOutcome) -> CompressionPolicy | None:

@@ -96,6 +96,11 @@ class RunDir:
         return self.path / "best_compressed.pt"
 
     @property
+    def best_model_onnx(self) -> Path:
+        """Its ONNX (``tracking.model_onnx``)."""
+        return self.path / "best_compressed.onnx"
+
+    @property
     def fidelity(self) -> Path:
         """The proxy's rank correlations and the re-scored policies (ajpq.run.fidelity)."""
         return self.path / "fidelity.json"

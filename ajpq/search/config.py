@@ -32,6 +32,7 @@ from ajpq.core.configtypes import (
     to_plain,
 )
 from ajpq.core.redact import quote, redact
+from ajpq.export.onnx import OnnxForm
 from ajpq.search.bounded_yaml import MAX_BYTES, load_yaml
 from ajpq.task.data import DataConfig
 from ajpq.task.models import ModelName, check_model_name, is_user_model, load_factory
@@ -227,6 +228,9 @@ class TrackingSection:
     # search run, and, when named, a new version of that model in the MLflow Model Registry
     log_model: Annotated[Flag, RESUMABLE] = True
     register_model: Annotated[Text | None, RESUMABLE] = None
+    # that file's ONNX beside it (integer: QDQ, what onnxruntime and TensorRT run fast; float;
+    # tensorrt; null: none), checked and timed in onnxruntime against the fp32 network's ONNX
+    model_onnx: Annotated[OnnxForm | None, RESUMABLE] = OnnxForm.INTEGER
 
     def __post_init__(self) -> None:
         uri = self.uri

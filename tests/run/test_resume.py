@@ -27,6 +27,7 @@ def test_the_resumable_fields_are_how_long_how_parallel_and_where():
         "data.num_workers",
         "tracking.log_model",
         "tracking.register_model",
+        "tracking.model_onnx",
     }
     # every marked key is a real key of the config (a renamed field keeps its mark)
     assert resumable_keys(SearchConfig) <= set(flatten(SearchConfig().to_dict()))

@@ -37,7 +37,10 @@ def _children(uri: str, parent_id: str):
 
 
 def test_search_records_every_policy_in_budget_and_in_parallel(ray_session, search_config_file):
-    config = load_config(search_config_file(), ["tracking.register_model=digits-small"])
+    config = load_config(
+        search_config_file(),
+        ["tracking.register_model=digits-small", "tracking.model_onnx=integer"],
+    )
     outcome = run_search(config)
     assert not outcome.interrupted
     client, children = _children(config.tracking.uri, outcome.parent_run_id)
@@ -100,11 +103,27 @@ def test_search_records_every_policy_in_budget_and_in_parallel(ray_session, sear
     assert model["file_bytes"] < 0.25 * model["fp32_file_bytes"]
     assert model["finetune_steps"] == config.scoring.finetune.steps
     logged = {a.path for a in client.list_artifacts(outcome.parent_run_id, "model")}
-    assert logged == {"model/best_compressed.pt", "model/best_compressed.json"}
+    assert logged == {
+        "model/best_compressed.pt",
+        "model/best_compressed.json",
+        "model/best_compressed.onnx",
+    }
+    # its integer ONNX: in the run folder, run by onnxruntime's integer kernels, timed against
+    # the fp32 network's ONNX, classifying the test split as the compressed file does
+    onnx_file = Path(model["onnx_path"])
+    assert onnx_file == outcome.run_dir / "best_compressed.onnx"
+    assert onnx_file.stat().st_size == model["onnx_bytes"] > 0
+    assert model["onnx_form"] == "integer" and model["onnx_integer_ops"]
+    assert model["onnx_latency_ms"] > 0 and model["fp32_onnx_latency_ms"] > 0
+    assert model["onnx_speedup"] == pytest.approx(
+        model["fp32_onnx_latency_ms"] / model["onnx_latency_ms"]
+    )
+    assert abs(model["onnx_test_accuracy"] - model["test_accuracy"]) <= 0.02
     copy = client.download_artifacts(outcome.parent_run_id, "model/best_compressed.pt")
     assert Path(copy).read_bytes() == outcome.best_model_path.read_bytes()
     parent = client.get_run(outcome.parent_run_id)
     assert parent.data.metrics["best_model_file_bytes"] == model["file_bytes"]
+    assert parent.data.metrics["best_model_onnx_speedup"] == pytest.approx(model["onnx_speedup"])
     assert outcome.registered == "digits-small/1"
     assert parent.data.tags["ajpq.registered_model"] == "digits-small/1"
     (version,) = client.search_model_versions("name='digits-small'")
