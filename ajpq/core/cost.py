@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -24,7 +25,15 @@ from ajpq.core.policy import CompressionPolicy
 from ajpq.core.quantize import FLOAT_BITS
 from ajpq.core.validation import validate_policy
 
-__all__ = ["PolicyCost", "CostModel", "Timing", "measure_latency", "time_forward"]
+__all__ = [
+    "PolicyCost",
+    "CostModel",
+    "Timing",
+    "measure_latency",
+    "time_calls",
+    "time_forward",
+    "MIN_TIMED_MS",
+]
 
 SCALE_BITS = 32
 BIAS_BITS = 32
@@ -33,6 +42,10 @@ ACT_STATE_BITS = 48  # an activation quantizer's max |x| (fp32) and two flags
 # index, shapes); measured on the zoo by bench/bench_export.py, which prints file vs size
 FORMAT_BASE_BYTES = 850
 FORMAT_PER_LAYER_BYTES = 220
+# a timing goes on past its repeats until its calls add up to this (at most MAX_CALLS calls): a
+# 0.01 ms layer timed 30 times is a 0.3 ms window that one preemption spoils
+MIN_TIMED_MS = 20.0
+MAX_CALLS = 2000
 
 
 @dataclass(frozen=True)
@@ -186,6 +199,21 @@ class Timing:
         return cls(statistics.median(times_ms), quartiles[2] - quartiles[0], provider)
 
 
+def time_calls(
+    call: Callable[[], object], warmup: int = 5, repeats: int = 20, min_ms: float = MIN_TIMED_MS
+) -> list[float]:
+    """Single calls' wall times (ms) after ``warmup`` calls: at least ``repeats`` of them, and
+    more until they add up to ``min_ms`` (at most :data:`MAX_CALLS`)."""
+    for _ in range(warmup):
+        call()
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < min_ms and len(times) < MAX_CALLS):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
 def time_forward(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -194,24 +222,24 @@ def time_forward(
     warmup: int = 5,
     repeats: int = 20,
 ) -> Timing:
-    """One forward pass timed after ``warmup`` passes (CUDA synchronised around each): median
-    and interquartile spread over ``repeats`` single passes."""
+    """One forward pass timed after ``warmup`` passes (CUDA synchronised after each): median
+    and interquartile spread over at least ``repeats`` single passes (:func:`time_calls`)."""
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
     model = model.to(device).eval()
     x = torch.randn((batch_size, *input_shape), device=device)
-    times = []
+    cuda = device.type == "cuda"
+
+    def forward() -> None:
+        model(x)
+        if cuda:
+            torch.cuda.synchronize(device)
+
     with torch.inference_mode():
-        for i in range(warmup + repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1000.0)
+        if cuda:
+            torch.cuda.synchronize(device)
+        times = time_calls(forward, warmup, repeats)
     return Timing.of(times, f"torch {device.type}")
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from torch import nn
 
 from ajpq.core.analysis import analyze
 from ajpq.core.builder import LayerKnobs, build_policy
-from ajpq.core.cost import Timing
+from ajpq.core.cost import Timing, time_calls
 from ajpq.core.graph import ModelGraph
 from ajpq.core.policy import CompressionPolicy
 from ajpq.core.pruned import simulate
@@ -79,7 +78,7 @@ def time_onnx(
     runtime: LatencyRuntime = LatencyRuntime.ONNXRUNTIME,
 ) -> Timing:
     """Time one ``session.run`` of the ONNX file at ``batch_size`` after ``warmup`` runs (the
-    first of which builds TensorRT's engine)."""
+    first of which builds TensorRT's engine): at least ``repeats`` runs (:func:`time_calls`)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -89,12 +88,7 @@ def time_onnx(
     providers = providers_for(device, runtime)
     session = onnxruntime.InferenceSession(str(path), options, providers=providers)
     x = np.random.default_rng(0).standard_normal((batch_size, *input_shape)).astype(np.float32)
-    times = []
-    for step in range(warmup + repeats):
-        started = time.perf_counter()
-        session.run(None, {"input": x})
-        if step >= warmup:
-            times.append(1000.0 * (time.perf_counter() - started))
+    times = time_calls(lambda: session.run(None, {"input": x}), warmup, repeats)
     return Timing.of(times, session.get_providers()[0])
 
 

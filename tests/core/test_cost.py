@@ -8,7 +8,14 @@ from torch import nn
 
 from ajpq.core.analysis import analyze
 from ajpq.core.builder import uniform_policy
-from ajpq.core.cost import ACT_STATE_BITS, CostModel, measure_latency, time_forward
+from ajpq.core.cost import (
+    ACT_STATE_BITS,
+    MAX_CALLS,
+    CostModel,
+    measure_latency,
+    time_calls,
+    time_forward,
+)
 from ajpq.core.policy import LayerPolicy
 
 
@@ -115,8 +122,17 @@ class _Sleeps(nn.Module):
 
 
 def test_time_forward_times_single_calls_after_warmup_and_reports_the_spread():
-    model = _Sleeps(3.0)
+    model = _Sleeps(4.0)  # 7 calls take more than MIN_TIMED_MS: the repeats are enough
     timing = time_forward(model, (2,), warmup=4, repeats=7)
     assert model.calls == 4 + 7
-    assert timing.median_ms >= 3.0  # a call is never shorter than its sleep
+    assert timing.median_ms >= 4.0  # a call is never shorter than its sleep
     assert timing.spread_ms >= 0.0 and timing.provider == "torch cpu"
+
+
+def test_fast_calls_are_timed_until_they_add_up_to_the_minimum_window():
+    calls = []
+    times = time_calls(lambda: calls.append(time.sleep(0.001)), warmup=2, repeats=3, min_ms=12.0)
+    assert len(calls) == 2 + len(times)
+    assert len(times) > 3 and sum(times) >= 12.0  # past the repeats, until 12 ms were timed
+    assert sum(times[:-1]) < 12.0  # and no further
+    assert len(time_calls(lambda: None, warmup=0, repeats=3)) == MAX_CALLS  # capped
