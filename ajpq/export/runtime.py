@@ -31,6 +31,7 @@ __all__ = [
     "time_onnx",
     "deployed_latency",
     "layer_latency",
+    "integer_file",
     "providers_for",
     "TENSORRT_PROVIDER",
 ]
@@ -104,13 +105,13 @@ def deployed_latency(
     """Latency of ``policy``'s integer ONNX (``model``: the original network) in onnxruntime,
     or (``runtime`` tensorrt) its symmetric form in TensorRT."""
     with tempfile.TemporaryDirectory() as folder:
-        path = _integer_file(model, policy, graph, Path(folder) / "policy.onnx", runtime)
+        path = integer_file(model, policy, graph, Path(folder) / "policy.onnx", runtime)
         return time_onnx(
             path, policy.input_shape, batch_size, device, repeats=repeats, runtime=runtime
         )
 
 
-def _integer_file(
+def integer_file(
     model: nn.Module,
     policy: CompressionPolicy,
     graph: ModelGraph,
@@ -147,7 +148,7 @@ def layer_latency(
         if integer:
             graph = analyze(network, torch.zeros((1, *input_shape)))
             policy = build_policy(network, graph, LayerKnobs(0.0, 8, 8), model_name="layer")
-            _integer_file(network, policy, graph, path, runtime)
+            integer_file(network, policy, graph, path, runtime)
         else:
             export_onnx(network, input_shape, path)
         return time_onnx(path, input_shape, batch_size, device, repeats=repeats, runtime=runtime)
