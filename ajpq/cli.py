@@ -185,10 +185,12 @@ def _export(args: argparse.Namespace) -> int:
             result["onnx_max_abs_diff"],
             result["onnx_integer_ops"] or "none",
         )
+    if "onnx_speedup" in result:
         log.info(
-            "  onnxruntime latency %.3g ms (spread %.2g), fp32 ONNX %.3g ms: %.2fx faster",
+            "  latency %.3g ms (spread %.2g, %s), fp32 ONNX %.3g ms: %.2fx faster",
             result["onnx_latency_ms"],
             result["onnx_latency_spread_ms"],
+            result["onnx_latency_provider"],
             result["fp32_onnx_latency_ms"],
             result["onnx_speedup"],
         )
@@ -403,13 +405,13 @@ def main(argv: list[str] | None = None) -> int:
             outcome.best_model["file_ratio"],
             outcome.best_model["test_accuracy"],
         )
-    if outcome.best_model and outcome.best_model.get("onnx_path"):
+    if outcome.best_model and "onnx_speedup" in outcome.best_model:
         m = outcome.best_model
         log.info(
-            "  its %s ONNX %s: %.3f ms a call in onnxruntime, fp32's ONNX %.3f ms (%.2fx; CPU, "
-            "batch %d), test accuracy %.4f",
-            *(m[k] for k in ("onnx_form", "onnx_path", "onnx_latency_ms", "fp32_onnx_latency_ms")),
-            m["onnx_speedup"],
+            "  its %s ONNX %s: %.3f ms a call (%s), fp32's ONNX %.3f ms (%.2fx; batch %d), "
+            "test accuracy %.4f",
+            *(m[k] for k in ("onnx_form", "onnx_path", "onnx_latency_ms", "onnx_latency_provider")),
+            *(m[k] for k in ("fp32_onnx_latency_ms", "onnx_speedup")),
             config.scoring.latency_batch_size,
             m["onnx_test_accuracy"],
         )

@@ -24,7 +24,7 @@ from ajpq.core.policy import CompressionPolicy
 from ajpq.export.onnx import OnnxForm, check_onnx, export_onnx
 from ajpq.export.packed import export_compressed, load_compressed
 from ajpq.export.qdq import export_qdq, integer_ops
-from ajpq.export.runtime import time_onnx
+from ajpq.export.runtime import providers_for, time_onnx
 from ajpq.run.devicework import run_on_evaluator
 from ajpq.run.resources import ensure_ray
 from ajpq.run.rundir import RunDir, RunDirError, latest_run, runs_folder
@@ -32,7 +32,7 @@ from ajpq.run.tracking import Tracker, model_tags
 from ajpq.search.config import SearchConfig
 from ajpq.search.context import DataSource, SearchContext, data_source_for
 from ajpq.task.data import DataSplits, on_device
-from ajpq.task.scoring import tune_policy
+from ajpq.task.scoring import LatencyRuntime, tune_policy
 from ajpq.task.train import FinetuneConfig, evaluate
 
 __all__ = [
@@ -177,7 +177,7 @@ def package(
                     simulated.cpu(), policy, onnx_path, calibration=calibration, symmetric=symmetric
                 )
             extra = {"onnx_form": onnx, **_check(onnx_path, loaded.cpu(), splits)}
-            extra.update(_deployed_speed(onnx_path, context, Path(staging)))
+            extra.update(_deployed_speed(onnx_path, context, Path(staging), onnx, device))
             files["onnx"] = onnx_path.read_bytes()
     return {
         **report.to_dict(),
@@ -192,18 +192,33 @@ def package(
     }
 
 
-def _deployed_speed(path: Path, context: SearchContext, staging: Path) -> dict[str, float]:
+def _deployed_speed(
+    path: Path, context: SearchContext, staging: Path, onnx: str, device: str
+) -> dict[str, float]:
     """onnxruntime latency of the ONNX file next to the fp32 network's ONNX (CPU, the search's
-    latency batch size, the same threads)."""
+    latency batch size, the same threads). The TensorRT form is timed in TensorRT on the
+    evaluator's GPU, or not at all: onnxruntime's CPU kernels run its int8 activations several
+    times slower than the uint8 ones of the integer form, which says nothing of TensorRT."""
     shape = context.graph.input_shape
     batch = context.config.scoring.latency_batch_size
+    where, runtime = "cpu", LatencyRuntime.ONNXRUNTIME
+    if onnx == ONNX_TENSORRT:
+        where, runtime = device, LatencyRuntime.TENSORRT
+        try:
+            providers_for(device, runtime)
+        except RuntimeError as error:
+            logger.info("the TensorRT-form ONNX is not timed: %s", error)
+            return {}
     fp32 = export_onnx(copy.deepcopy(context.model).cpu().eval(), shape, staging / "fp32.onnx")
-    ours, theirs = (time_onnx(p, shape, batch, repeats=50) for p in (path, fp32))
+    ours, theirs = (
+        time_onnx(p, shape, batch, where, repeats=50, runtime=runtime) for p in (path, fp32)
+    )
     return {
         "onnx_latency_ms": ours.median_ms,
         "onnx_latency_spread_ms": ours.spread_ms,
         "fp32_onnx_latency_ms": theirs.median_ms,
         "onnx_speedup": theirs.median_ms / max(ours.median_ms, 1e-9),
+        "onnx_latency_provider": ours.provider,
     }
 
 

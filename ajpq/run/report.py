@@ -203,7 +203,7 @@ def _log_model(run: OpenRun, model: dict[str, Any]) -> str | None:
         tracker.log_artifact(run_id, run.folder.best_model_report, MODEL_ARTIFACT)
         if model.get("onnx_path"):
             tracker.log_artifact(run_id, run.folder.best_model_onnx, MODEL_ARTIFACT)
-        for name in (*BEST_MODEL_METRICS, *(ONNX_METRICS if model.get("onnx_path") else ())):
+        for name in (*BEST_MODEL_METRICS, *(m for m in ONNX_METRICS if m in model)):
             tracker.client.log_metric(run_id, f"best_model_{name}", float(model[name]))
         name = config.tracking.register_model
         if not name:

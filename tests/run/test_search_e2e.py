@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 from mlflow.tracking import MlflowClient
 
+from ajpq.core.analysis import analyze
 from ajpq.core.budget import Budget, budget_value
+from ajpq.core.builder import LayerKnobs, build_policy
 from ajpq.core.cost import CostModel
 from ajpq.core.policy import CompressionPolicy
 from ajpq.run.driver import run_search
@@ -21,6 +24,7 @@ from ajpq.run.export_run import export_best, latest_run_dir
 from ajpq.run.tracking import POLICY_METRICS
 from ajpq.search.config import load_config
 from ajpq.search.context import SearchContext
+from ajpq.task.scoring import LatencyRuntime, ScoreSettings
 
 pytestmark = pytest.mark.ray
 
@@ -315,3 +319,28 @@ def test_latency_budget_in_onnxruntime_is_met_as_measured(ray_session, search_co
     assert outcome.latency_table_error is not None and outcome.latency_table_error < 1.0
     parent = client.get_run(outcome.parent_run_id)
     assert parent.data.metrics["latency_table_error"] == pytest.approx(outcome.latency_table_error)
+
+
+def test_the_deployed_speed_is_timed_where_the_form_runs(tmp_path, digits_model):
+    """The integer form is timed in onnxruntime on the CPU against the fp32 ONNX; the TensorRT
+    form only in TensorRT (onnxruntime's CPU kernels run its int8 activations several times
+    slower, which says nothing of TensorRT): on a CPU it is not timed."""
+    from types import SimpleNamespace
+
+    from ajpq.export.runtime import integer_file
+    from ajpq.run.export_run import ONNX_INTEGER, ONNX_TENSORRT, _deployed_speed
+
+    model = digits_model.model.eval()
+    graph = analyze(model, torch.zeros(1, 1, 16, 16))
+    policy = build_policy(model, graph, LayerKnobs(0.25, 6, 8), model_name="digits_cnn")
+    context = SimpleNamespace(
+        model=model, graph=graph, config=SimpleNamespace(scoring=ScoreSettings())
+    )
+    integer = integer_file(model, policy, graph, tmp_path / "i.onnx")
+    speed = _deployed_speed(integer, context, tmp_path, ONNX_INTEGER, "cpu")
+    assert speed["onnx_latency_provider"] == "CPUExecutionProvider"
+    assert speed["onnx_speedup"] == pytest.approx(
+        speed["fp32_onnx_latency_ms"] / speed["onnx_latency_ms"]
+    )
+    symmetric = integer_file(model, policy, graph, tmp_path / "t.onnx", LatencyRuntime.TENSORRT)
+    assert _deployed_speed(symmetric, context, tmp_path, ONNX_TENSORRT, "cpu") == {}
