@@ -83,6 +83,10 @@ def search_config_file(tmp_path: Path, model_cache: Path, monkeypatch: pytest.Mo
                 "hiddens": [32, 32],
                 "batch_size": 16,
                 "seed": 0,
+                # the orchestration under test, not the levers (tests/run/test_levers.py): every
+                # proposal scored, random warm-up
+                "prior": "none",
+                "screen": 1,
             },
             "evaluator": {"num_evaluators": 2, "num_cpus": 1},
             # the proxy's re-scoring is tested on its own (tests/run/test_fidelity.py)
