@@ -33,6 +33,7 @@ LEVERS = {
     "screen": ["agent.screen=4"],
     "norm": ["agent.reward_normalize=true"],
 }
+PLAIN = ["agent.prior=none", "agent.screen=1", "agent.reward_normalize=false"]
 
 
 def search(
@@ -41,6 +42,7 @@ def search(
     name, *levers = method.split("+")
     overrides = [
         f"method={name}",
+        *PLAIN,  # a method's label says every lever it runs with (the defaults have two)
         *[o for lever in levers for o in LEVERS[lever]],
         f"agent.seed={seed}",
         f"output_dir={root}/runs",
@@ -68,7 +70,7 @@ def row(method: str, seed: int, outcome: SearchOutcome, wall_s: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="tune_configs/digits_demo.yaml")
-    parser.add_argument("--methods", default="ddpg,random,tpe")
+    parser.add_argument("--methods", default="ddpg+prior+screen,random,tpe")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--episodes", type=int, default=None)
     args = parser.parse_args()
