@@ -26,7 +26,7 @@ from eval_throughput import table
 
 from ajpq.core.analysis import analyze
 from ajpq.core.builder import LayerKnobs, build_policy
-from ajpq.core.cost import time_forward
+from ajpq.core.cost import Timing, time_forward
 from ajpq.core.materialize import materialize
 from ajpq.export.onnx import export_onnx
 from ajpq.export.runtime import integer_file, time_onnx
@@ -64,16 +64,17 @@ def main() -> int:
 
 
 def deployed_rows(device: str, name: str = "resnet18", size: int = 224) -> list[str]:
-    """Median ms of one call (spread) on the GPU: fp32 and w8a8 at 50% channels, in torch and
-    in onnxruntime's GPU providers, batch 1 and 32."""
+    """Median ms of one call (spread) on ``device``: fp32 and w8a8 at 50% channels, in torch
+    and in onnxruntime's providers for it, batch 1 and 32."""
     shape = (3, size, size)
     model = build_model(name, 10, 3).eval()
     graph = analyze(model, torch.zeros(1, *shape))
     policy = build_policy(model, graph, LayerKnobs(0.5, 8, 8), model_name=name)
     small = materialize(model, policy, graph).eval()
+    where = torch.cuda.get_device_name(0) if device.startswith("cuda") else device
     rows = [
-        f"deployed latency on {torch.cuda.get_device_name(0) if 'cuda' in device else device}, {name} {size} px, w8a8 at 50% "
-        "channels (ms, median (interquartile spread), provider)",
+        f"deployed latency on {where}, {name} {size} px, w8a8 at 50% channels (ms, median "
+        "(interquartile spread), provider)",
         "| network | batch 1 | batch 32 |",
         "|---|---|---|",
     ]
@@ -102,7 +103,7 @@ def deployed_rows(device: str, name: str = "resnet18", size: int = 224) -> list[
     return rows
 
 
-def _cell(timing) -> str:  # noqa: ANN001
+def _cell(timing: Timing) -> str:
     return f"{timing.median_ms:.3f} ({timing.spread_ms:.3f}), {timing.provider}"
 
 
