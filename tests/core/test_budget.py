@@ -199,6 +199,19 @@ def test_fill_gives_bits_to_important_channels_first(setup):
             assert importance[layer.index][r].min() >= importance[layer.index][~r].max() - 1e-12
 
 
+def test_a_scored_policy_is_admitted_by_what_was_measured():
+    """The best policy must meet the budget as scored: a latency budget judges the measured
+    latency (a policy the table let in but that ran slower is out); unmeasured ones stay in."""
+    latency = Budget("latency", 2.0)
+    assert latency.admits(1.0, 1.0, 1.9) and latency.admits(1.0, 1.0, 2.0)
+    assert not latency.admits(100.0, 0.001, 2.1)
+    assert latency.admits(1.0, 1.0, -1.0) and latency.admits(1.0, 1.0, None)
+    size = Budget("size", 0.125)
+    assert size.admits(8.0, 1.0) and not size.admits(7.9, 0.0, 0.0)
+    bitops = Budget("bitops", 0.02)
+    assert bitops.admits(1.0, 0.02) and not bitops.admits(100.0, 0.021)
+
+
 def test_fill_refuses_a_policy_over_budget_and_leaves_latency_alone(setup):
     model, graph, costs, importance = setup
     policy = uniform_policy(graph, 8, 8)
