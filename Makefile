@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= tune_configs/digits_demo.yaml
 SWEEP ?= tune_configs/sweep_demo.yaml
 
-.PHONY: install test test-slow test-all lint format search sweep bench bench-ddpg bench-search bench-scale bench-sweep bench-zoo bench-baselines bench-shared-sweep bench-demo bench-ddpg-few bench-eval bench-eval-cost bench-proxy bench-deploy bench-latency-table bench-data gpu-check mlflow-ui clean
+.PHONY: install test test-slow test-all lint format search sweep bench bench-ddpg bench-search bench-scale bench-sweep bench-zoo bench-baselines bench-equal-wall bench-shared-sweep bench-demo bench-ddpg-few bench-eval bench-eval-cost bench-proxy bench-deploy bench-latency-table bench-data gpu-check mlflow-ui clean
 
 install: $(STAMP)
 
@@ -89,6 +89,9 @@ bench-demo: install
 
 bench-baselines: install
 	$(BIN)/python bench/joint_vs_baselines.py --out results/fmnist
+
+bench-equal-wall: install
+	$(BIN)/python bench/equal_wall.py --table results/fmnist.csv --out results/fmnist_equal_wall
 
 bench-shared-sweep: install
 	$(BIN)/python bench/bench_shared_sweep.py
