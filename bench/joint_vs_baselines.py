@@ -15,7 +15,9 @@ Usage: ``python bench/joint_vs_baselines.py [--config ...] [--set key=value ...]
 ...] [--out results/fmnist]``: ``--set`` changes the sweep (``sweep.grid.agent.seed=[2,3]`` runs
 more seeds; give each part its own ``sweep.name``); ``--sweep-dir`` (repeatable) summarizes
 finished sweeps instead of running one, so a table can be built in parts: every search's final
-finetune is kept in its run folder (``final.json``) and done once.
+finetune is kept in its run folder (``final.json``) and done once. ``--rows CSV`` (repeatable)
+adds the rows of tables written before (a part's ``.csv``) as they were measured, so merging
+parts times nothing again; with ``--rows`` alone no sweep runs.
 """
 
 from __future__ import annotations
@@ -167,7 +169,9 @@ def _interval(values: list[float]) -> str:
     return f"{mean:.4f} ± {half:.4f}"
 
 
-def _markdown(rows: list[dict[str, Any]], command: str, settings: str, minutes: float) -> str:
+def _markdown(
+    rows: list[dict[str, Any]], command: str, settings: str, minutes: float | None
+) -> str:
     lines = [
         "# Fashion-MNIST: joint DDPG vs baselines at equal budget",
         "",
@@ -175,7 +179,8 @@ def _markdown(rows: list[dict[str, Any]], command: str, settings: str, minutes: 
         "",
         settings,
         "",
-        f"Measured on this 2-core machine (no GPU); sweep and final finetunes: {minutes:.0f} min.",
+        "Measured on this 2-core machine (no GPU)"
+        + (f"; sweep and final finetunes: {minutes:.0f} min." if minutes is not None else "."),
         "",
         "| budget | method | seeds | test acc (mean ± 95% interval) | evaluations | "
         "search wall (min) | file ratio | "
@@ -207,20 +212,25 @@ def _markdown(rows: list[dict[str, Any]], command: str, settings: str, minutes: 
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="tune_configs/fmnist_table.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--sweep-dir", action="append", default=[])
-    parser.add_argument("--final-steps", type=int, default=300)
-    parser.add_argument("--latency-repeats", type=int, default=50)
-    parser.add_argument("--window", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", default="results/fmnist")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    started = time.time()
-    config = load_sweep(args.config, args.overrides)
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _typed(row: dict[str, str]) -> dict[str, Any]:
+    """A row read back from a table's ``.csv`` (``--rows``): numbers as numbers."""
+    typed: dict[str, Any] = {}
+    for key, value in row.items():
+        try:
+            typed[key] = float(value)
+        except ValueError:
+            typed[key] = value
+    return typed
+
+
+def _measured(config: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rows of the sweeps in ``--sweep-dir`` (or of the sweep run now): each search's
+    final finetune (kept in its run folder) and its latencies, measured here."""
     if args.sweep_dir:
         sweep_run_ids = [
             json.loads((Path(folder) / "sweep.json").read_text())["sweep_run_id"]
@@ -247,7 +257,28 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers, mp_context=spawn) as pool:
         finals = list(pool.map(_final, [str(d) for d in dirs], [args.final_steps] * len(dirs)))
     torch.set_num_threads(1)
-    rows = [_row(d, f, args.latency_repeats, args.window) for d, f in zip(dirs, finals)]
+    return [_row(d, f, args.latency_repeats, args.window) for d, f in zip(dirs, finals)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="tune_configs/fmnist_table.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--sweep-dir", action="append", default=[])
+    parser.add_argument("--rows", action="append", default=[])
+    parser.add_argument("--final-steps", type=int, default=300)
+    parser.add_argument("--latency-repeats", type=int, default=50)
+    parser.add_argument("--window", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default="results/fmnist")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    started = time.time()
+    config = load_sweep(args.config, args.overrides)
+    rows = [_typed(row) for path in args.rows for row in _read_rows(Path(path))]
+    measured = bool(args.sweep_dir or not args.rows)
+    if measured:
+        rows += _measured(config, args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with (out.with_suffix(".csv")).open("w", newline="") as handle:
@@ -272,9 +303,11 @@ def main() -> None:
         ["python bench/joint_vs_baselines.py", f"--config {args.config}"]
         + [f"--set {o}" for o in args.overrides]
         + [f"--sweep-dir {d}" for d in args.sweep_dir]
+        + [f"--rows {r}" for r in args.rows]
         + [f"--out {args.out}"]
     )
-    text = _markdown(rows, command, settings, (time.time() - started) / 60)
+    minutes = (time.time() - started) / 60 if measured else None
+    text = _markdown(rows, command, settings, minutes)
     out.with_suffix(".md").write_text(text)
     print(text)
 
