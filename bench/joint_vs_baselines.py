@@ -221,10 +221,12 @@ def _typed(row: dict[str, str]) -> dict[str, Any]:
     """A row read back from a table's ``.csv`` (``--rows``): numbers as numbers."""
     typed: dict[str, Any] = {}
     for key, value in row.items():
-        try:
-            typed[key] = float(value)
-        except ValueError:
-            typed[key] = value
+        for kind in (int, float, str):
+            try:
+                typed[key] = kind(value)
+                break
+            except ValueError:
+                continue
     return typed
 
 
