@@ -93,7 +93,7 @@ def equal_wall_row(slow: dict[str, Any], fast: dict[str, Any], steps: int) -> di
     wall = float(fast["search_wall_s"])
     kept = _truncated(folder, wall)
     fidelity = context.config.scoring.fidelity
-    chosen = choose_policies(kept, fidelity.top_k, 0, fidelity.seed)
+    chosen = choose_policies(kept, fidelity.top_k, 0, fidelity.seed, context.config.budget)
     long = _long_scores(folder, context, [r.policy_key for r in chosen])
     best = max(chosen, key=lambda r: (long[r.policy_key], r.compression_ratio))
     return {

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ajpq.core.budget import Budget
 from ajpq.core.policy import CompressionPolicy
 from ajpq.run.devicework import Placement, run_on_evaluator
 from ajpq.run.journal import Journal
@@ -21,7 +22,7 @@ from ajpq.run.reservation import Reservation
 from ajpq.run.session import OpenRun
 from ajpq.search.context import DataSource, SearchContext
 from ajpq.search.record import PolicyRecord
-from ajpq.search.reward import best_key
+from ajpq.search.reward import admitted, best_key
 from ajpq.task.data import on_device
 from ajpq.task.scoring import ScoreSettings, load_scorer
 
@@ -58,12 +59,19 @@ class FidelityResult:
 
 
 def choose_policies(
-    records: list[PolicyRecord], top_k: int, random_k: int, seed: int
+    records: list[PolicyRecord], top_k: int, random_k: int, seed: int, budget: Budget | None = None
 ) -> list[PolicyRecord]:
     """The ``top_k`` best scored records (the search's own ranking) and ``random_k`` others
-    drawn with ``seed``."""
+    drawn with ``seed``; with ``budget``, only records that may be the best (:func:`admitted`:
+    never a stepwise search's pruning stage above the budget)."""
     scored = sorted(
-        (r for r in records if not r.failed and not r.infra_failed), key=best_key, reverse=True
+        (
+            r
+            for r in records
+            if not r.failed and not r.infra_failed and (budget is None or admitted(budget, r))
+        ),
+        key=best_key,
+        reverse=True,
     )
     top, rest = scored[:top_k], scored[top_k:]
     order = np.random.default_rng(seed).permutation(len(rest))[:random_k]
@@ -117,7 +125,9 @@ def measure_fidelity(
     journal = Journal(run.folder.journal)
     try:
         records = list(journal.records().values())
-        chosen = choose_policies(records, fidelity.top_k, fidelity.random_k, fidelity.seed)
+        chosen = choose_policies(
+            records, fidelity.top_k, fidelity.random_k, fidelity.seed, config.budget
+        )
         if len(chosen) < 2:
             return None
         texts = [journal.policy_json(r.policy_key) or "" for r in chosen]

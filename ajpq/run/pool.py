@@ -47,7 +47,7 @@ from ajpq.run.tracking import Tracker
 from ajpq.run.writer import RecordWriter
 from ajpq.search.context import ContextSource, SearchContext
 from ajpq.search.record import PolicyRecord
-from ajpq.search.reward import best_key, compute_reward
+from ajpq.search.reward import admitted, best_key, compute_reward
 from ajpq.task.checks import cause
 
 __all__ = ["EvaluatorPool", "policy_key"]
@@ -209,15 +209,8 @@ class EvaluatorPool:
         """A scored policy's JSON by its key (from memory or the journal)."""
         return self.policies.get(key) or (self.journal.policy_json(key) if self.journal else None)
 
-    def _within_budget(self, record: PolicyRecord) -> bool:
-        """Whether the record's policy meets the search's budget (a stage of the stepwise
-        method scores policies above it; they are recorded but cannot be the best)."""
-        return self.config.budget.admits(
-            record.compression_ratio, record.bitops_ratio, record.latency_ms
-        )
-
     def _update_best(self, record: PolicyRecord) -> None:
-        if record.failed or not self._within_budget(record):
+        if record.failed or not admitted(self.config.budget, record):
             return
         if self.best is None or best_key(record) > best_key(self.best):
             self.best = record

@@ -1,18 +1,26 @@
 """The reward of a scored policy and the ranking of scored policies: one owner for both, used
-by the pool (best so far), the stepwise method (its pruning stage's best) and the sweep summary."""
+by the pool (best so far), the end-of-search re-scoring (its candidates), the stepwise method (its
+pruning stage's best) and the sweep summary."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from ajpq.core.budget import Budget
 from ajpq.search.config import AgentSection, RewardKind
 
-__all__ = ["Ranked", "best_key", "compute_reward"]
+__all__ = ["Admissible", "Ranked", "admitted", "best_key", "compute_reward"]
 
 
 class Ranked(Protocol):
     reward: float
     compression_ratio: float
+
+
+class Admissible(Protocol):
+    compression_ratio: float
+    bitops_ratio: float
+    latency_ms: float
 
 
 def compute_reward(
@@ -30,3 +38,10 @@ def compute_reward(
 def best_key(record: Ranked) -> tuple[float, float]:
     """Sort key of the best policy: the highest reward; among equals the smallest network."""
     return (record.reward, record.compression_ratio)
+
+
+def admitted(budget: Budget, record: Admissible) -> bool:
+    """Whether a scored policy may be the search's best: it meets ``budget`` as scored (a
+    stepwise search's pruning stage scores policies above it; a latency budget judges the
+    measured latency)."""
+    return budget.admits(record.compression_ratio, record.bitops_ratio, record.latency_ms)

@@ -4,11 +4,13 @@ children, and chooses its best policy by the long score."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ajpq.core.budget import Budget
 from ajpq.run.driver import run_search
 from ajpq.run.fidelity import choose_policies, rank_correlations
 from ajpq.search.config import load_config
@@ -28,6 +30,23 @@ def test_the_sample_is_the_top_k_plus_a_seeded_draw_of_the_rest():
     assert keys[:2] == ["p9", "p8"] and len(set(keys)) == 5 and "bad" not in keys
     assert keys == [r.policy_key for r in choose_policies(records, 2, 3, seed=0)]
     assert keys != [r.policy_key for r in choose_policies(records, 2, 3, seed=1)]
+
+
+def test_only_policies_that_meet_the_budget_are_candidates():
+    """A stepwise search's pruning stage scores policies above the budget (and often better):
+    the end-of-search re-scoring never picks one of them as the search's best."""
+    within = [_record(f"p{i}", 0.5 + i / 100) for i in range(4)]  # 10x: meets 1/8
+    above = [
+        PolicyRecord(policy_key=f"big{i}", accuracy=0.9, reward=0.9, compression_ratio=4.0)
+        for i in range(3)
+    ]
+    budget = Budget("size", 0.125)
+    chosen = choose_policies(within + above, top_k=3, random_k=2, seed=0, budget=budget)
+    assert [r.policy_key for r in chosen][:3] == ["p3", "p2", "p1"]
+    assert not any(r.policy_key.startswith("big") for r in chosen)
+    latency = Budget("latency", 2.0)
+    timed = [dataclasses.replace(r, latency_ms=1.0 + i) for i, r in enumerate(within)]
+    assert [r.policy_key for r in choose_policies(timed, 4, 0, 0, latency)] == ["p1", "p0"]
 
 
 def test_rank_correlations():

@@ -47,6 +47,9 @@ def test_each_method_searches_through_the_same_pool_and_tags_its_runs(
             budget={"kind": "size", "value": 0.05 if method == "stepwise" else 0.1},
             agent={"episodes": 8, "warmup_episodes": 3},
             evaluator=CHEAP,
+            # stepwise: its end-of-search re-scoring must pass over the pruning stage's
+            # policies (above the budget, and scored higher by this scorer)
+            scoring={"fidelity": {"top_k": 3 if method == "stepwise" else 0, "random_k": 0}},
         )
     )
     outcome = run_search(config)
