@@ -39,7 +39,7 @@ from ajpq.run.storage import RunMirror, is_uri
 from ajpq.run.tracking import Tracker, redact_uri
 from ajpq.search.config import SearchConfig
 from ajpq.search.pareto import pareto_front
-from ajpq.search.reward import best_key
+from ajpq.search.reward import admitted, best_key
 from ajpq.search.sweep_config import SweepConfig, with_values
 
 __all__ = ["run_sweep", "SweepOutcome", "sweep_folder", "summarize_sweep", "trial_config"]
@@ -268,16 +268,17 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def _within_budget(tags: dict[str, str], metrics: dict[str, float]) -> bool:
-    """Whether a policy run meets its search's size or BitOps budget (latency: not known here)."""
+    """Whether a policy run may be its search's best (:func:`admitted`, on its MLflow numbers)."""
     try:
         budget = Budget(BudgetKind(tags.get("budget_kind")), float(tags.get("budget_value", "")))
     except ValueError:
         return True
-    return budget.admits(
-        metrics.get("compression_ratio", 0.0),
-        metrics.get("bitops_ratio", 1.0),
-        metrics.get("latency_ms"),
+    scored = SimpleNamespace(
+        compression_ratio=metrics.get("compression_ratio", 0.0),
+        bitops_ratio=metrics.get("bitops_ratio", 1.0),
+        latency_ms=metrics.get("latency_ms", -1.0),
     )
+    return admitted(budget, scored)
 
 
 def _search_metric(tracker: Tracker, run_id: str, name: str) -> float:
