@@ -86,16 +86,31 @@ def _final(folder: RunDir, context: SearchContext, key: str, steps: int) -> floa
     return float(package("cpu", context, splits, policy, recipe)["test_accuracy"])
 
 
+def finish(
+    folder: RunDir, context: SearchContext, records: list[PolicyRecord]
+) -> tuple[PolicyRecord, list[PolicyRecord], dict[str, float]] | None:
+    """``records`` of a search finished as the search finishes: the best by long score among
+    its top ``scoring.fidelity.top_k`` that may be the best (among equals the smallest
+    network), the chosen records and their long scores; None when none meets the budget."""
+    fidelity = context.config.scoring.fidelity
+    chosen = choose_policies(records, fidelity.top_k, 0, fidelity.seed, context.config.budget)
+    if not chosen:
+        return None
+    long = _long_scores(folder, context, [r.policy_key for r in chosen])
+    best = max(chosen, key=lambda r: (long[r.policy_key], r.compression_ratio))
+    return best, chosen, long
+
+
 def equal_wall_row(slow: dict[str, Any], fast: dict[str, Any], steps: int) -> dict[str, Any]:
     """The slow search stopped at the fast one's wall, finished as the search finishes."""
     folder = RunDir(Path(slow["run_dir"]))
     context = SearchContext.load(folder.context)
     wall = float(fast["search_wall_s"])
     kept = _truncated(folder, wall)
-    fidelity = context.config.scoring.fidelity
-    chosen = choose_policies(kept, fidelity.top_k, 0, fidelity.seed, context.config.budget)
-    long = _long_scores(folder, context, [r.policy_key for r in chosen])
-    best = max(chosen, key=lambda r: (long[r.policy_key], r.compression_ratio))
+    finished = finish(folder, context, kept)
+    if finished is None:
+        raise ValueError(f"{folder.path}: no policy within the budget by {wall:.0f} s")
+    best = finished[0]
     return {
         "budget_kind": slow["budget_kind"],
         "budget": float(slow["budget"]),

@@ -19,9 +19,8 @@ import logging
 from pathlib import Path
 
 import torch
-from equal_wall import _long_scores
+from equal_wall import finish
 
-from ajpq.run.fidelity import choose_policies
 from ajpq.run.journal import Journal
 from ajpq.run.rundir import RunDir
 from ajpq.search.context import SearchContext
@@ -33,14 +32,12 @@ logger = logging.getLogger("refinish")
 def refinish(folder: RunDir) -> bool:
     """Choose the run's best again; True when it changed."""
     context = SearchContext.load(folder.context)
-    fidelity = context.config.scoring.fidelity
     records = [PolicyRecord.from_dict(r) for r in json.loads(folder.records.read_text())]
-    chosen = choose_policies(records, fidelity.top_k, 0, fidelity.seed, context.config.budget)
-    if not chosen:
+    finished = finish(folder, context, records)
+    if finished is None:
         logger.warning("%s: no scored policy meets the budget", folder.path)
         return False
-    long = _long_scores(folder, context, [r.policy_key for r in chosen])
-    best = max(chosen, key=lambda r: (long[r.policy_key], r.compression_ratio))
+    best, chosen, long = finished
     journal = Journal(folder.journal)
     try:
         text = journal.policy_json(best.policy_key) or ""
