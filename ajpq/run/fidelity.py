@@ -59,17 +59,13 @@ class FidelityResult:
 
 
 def choose_policies(
-    records: list[PolicyRecord], top_k: int, random_k: int, seed: int, budget: Budget | None = None
+    records: list[PolicyRecord], top_k: int, random_k: int, seed: int, budget: Budget
 ) -> list[PolicyRecord]:
     """The ``top_k`` best scored records (the search's own ranking) and ``random_k`` others
-    drawn with ``seed``; with ``budget``, only records that may be the best (:func:`admitted`:
-    never a stepwise search's pruning stage above the budget)."""
+    drawn with ``seed``, all among the records that may be the best under ``budget``
+    (:func:`admitted`: never a stepwise search's pruning stage above the budget)."""
     scored = sorted(
-        (
-            r
-            for r in records
-            if not r.failed and not r.infra_failed and (budget is None or admitted(budget, r))
-        ),
+        (r for r in records if not r.failed and not r.infra_failed and admitted(budget, r)),
         key=best_key,
         reverse=True,
     )

@@ -25,11 +25,12 @@ def _record(key: str, accuracy: float, failed: bool = False) -> PolicyRecord:
 
 def test_the_sample_is_the_top_k_plus_a_seeded_draw_of_the_rest():
     records = [_record(f"p{i}", i / 10) for i in range(10)] + [_record("bad", 0.99, failed=True)]
-    chosen = choose_policies(records, top_k=2, random_k=3, seed=0)
+    budget = Budget("size", 0.125)  # every record (10x) meets it
+    chosen = choose_policies(records, top_k=2, random_k=3, seed=0, budget=budget)
     keys = [r.policy_key for r in chosen]
     assert keys[:2] == ["p9", "p8"] and len(set(keys)) == 5 and "bad" not in keys
-    assert keys == [r.policy_key for r in choose_policies(records, 2, 3, seed=0)]
-    assert keys != [r.policy_key for r in choose_policies(records, 2, 3, seed=1)]
+    assert keys == [r.policy_key for r in choose_policies(records, 2, 3, 0, budget)]
+    assert keys != [r.policy_key for r in choose_policies(records, 2, 3, 1, budget)]
 
 
 def test_only_policies_that_meet_the_budget_are_candidates():
