@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 
 STATUS_KEY = b"__autoscaling_status"  # where Ray's autoscaler publishes its report
 SETTLE_REPORTS = 3  # autoscaler reports that start nothing before a request counts as unmeetable
+# a group that fits the nodes already there is ready in well under this; one that waits for a
+# node to start says so now (an autoscaler can start a node in about 2 s, before a longer poll)
+FIRST_WAIT_S = 0.5
+POLL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -143,8 +147,10 @@ def _wait(
     idle_reports: set[float] = set()
     last_said = ""
     wanted = f"{ev.num_evaluators} evaluator(s) of {_show(bundle)}"
+    poll_s = FIRST_WAIT_S
     while True:
-        ready, _ = ray.wait([reservation.group.ready()], timeout=2.0)
+        ready, _ = ray.wait([reservation.group.ready()], timeout=poll_s)
+        poll_s = POLL_S
         if ready:
             if last_said:
                 say(f"{wanted} reserved after {time.time() - created:.0f} s")
