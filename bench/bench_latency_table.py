@@ -3,6 +3,10 @@ a latency-budget search does (every layer alone at four kept fractions, float an
 the whole network), then time random mixed policies' deployable networks and compare. Also the
 old straight line in MACs (fitted at three float sparsities) on the same policies.
 
+The policies and the table's uniform networks keep whole multiples of ``--channel-multiple``
+channels, as a latency-budget search keeps them (``space.channel_multiple``, 16 unless set);
+``--channel-multiple 1`` shows any width.
+
 Usage: python bench/bench_latency_table.py [--models fmnist_cnn resnet18] [--runtime onnxruntime]
 """
 
@@ -18,10 +22,13 @@ import torch
 from ajpq.core.analysis import analyze
 from ajpq.core.builder import LayerKnobs, build_policy
 from ajpq.core.cost import CostModel, measure_latency
+from ajpq.core.importance import layer_importance
 from ajpq.core.latency import fit_latency_model
 from ajpq.core.latency_table import FLOAT, INTEGER, fit_latency_table, with_input_quantizer
 from ajpq.core.materialize import materialize
+from ajpq.core.snap import snap_channels
 from ajpq.export.runtime import deployed_latency, layer_latency
+from ajpq.search.config import LATENCY_CHANNEL_MULTIPLE
 from ajpq.task.models import build_model
 
 SHAPE = {"fmnist_cnn": (1, 28, 28), "digits_cnn": (1, 16, 16)}
@@ -35,11 +42,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--policies", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--channel-multiple", type=int, default=LATENCY_CHANNEL_MULTIPLE)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = [
         f"latency table vs measured ({args.runtime}, batch {args.batch}, {args.threads} "
-        f"threads, {args.policies} random policies)\n",
+        f"threads, {args.policies} random policies, kept channels in multiples of "
+        f"{args.channel_multiple})\n",
         "| model | fit s | measured ms (range) | table: median error | table: 90th pct | "
         "table rescaled online: median error | "
         "line in MACs: median error | timing noise (one policy timed twice): median |",
@@ -57,6 +66,7 @@ def _row(name: str, args: argparse.Namespace) -> str:
     model = build_model(name, 10, shape[0]).eval()
     graph = analyze(model, torch.zeros(1, *shape))
     costs = CostModel(graph)
+    importance = layer_importance(model, graph)
     batch = args.batch
     if args.runtime == "onnxruntime":
 
@@ -76,7 +86,10 @@ def _row(name: str, args: argparse.Namespace) -> str:
             return measure_latency(materialize(model, policy, graph), shape, batch, "cpu")
 
     started = time.perf_counter()
-    table = fit_latency_table(model, graph, time_layer, time_policy, (FLOAT, INTEGER))
+    multiple = args.channel_multiple
+    table = fit_latency_table(
+        model, graph, time_layer, time_policy, (FLOAT, INTEGER), channel_multiple=multiple
+    )
     fit_s = time.perf_counter() - started
     line = fit_latency_model(model, graph, measure=time_policy)
     rng = np.random.default_rng(1)
@@ -88,7 +101,8 @@ def _row(name: str, args: argparse.Namespace) -> str:
             LayerKnobs(float(rng.uniform(0.0, 0.7)), 6, acts, 2.0, min_bits=2, max_bits=8)
             for _ in graph.layers
         ]
-        policy = build_policy(model, graph, knobs, model_name=name)
+        policy = build_policy(model, graph, knobs, importance, model_name=name)
+        policy = snap_channels(policy, graph, importance, multiple)
         times = [time_policy(policy) for _ in range(3)]
         ms = statistics.median(times)
         noise.append(abs(times[0] - times[1]) / times[1])  # the same policy timed twice

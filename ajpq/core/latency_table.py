@@ -25,9 +25,11 @@ from ajpq.core.apply import input_keep_masks
 from ajpq.core.builder import LayerKnobs, build_policy
 from ajpq.core.cost import CostModel
 from ajpq.core.graph import LayerInfo, ModelGraph
+from ajpq.core.importance import ImportanceCriterion, layer_importance
 from ajpq.core.materialize import QuantizedInput
 from ajpq.core.policy import CompressionPolicy
 from ajpq.core.quantize import FLOAT_BITS, ActivationQuantizer
+from ajpq.core.snap import snap_channels
 
 __all__ = [
     "LatencyTable",
@@ -148,18 +150,22 @@ def fit_latency_table(
     forms: tuple[str, ...] = (FLOAT,),
     fractions: tuple[float, ...] = FRACTIONS,
     rounds: int = ROUNDS,
+    channel_multiple: int = 1,
 ) -> LatencyTable:
     """Time every layer alone (``time_layer(module, input_shape, form)``) and the whole
     network (``time_network(policy, form)``) at uniform kept fractions, per form. Every entry is
     the median of ``rounds`` timings taken in turn over the whole table (round 1 of every entry,
     then round 2, ...), so a burst of load on the machine moves one round of many entries, not
-    every round of a few."""
+    every round of a few. With ``channel_multiple`` the uniform networks keep whole multiples
+    of channels (:func:`ajpq.core.snap.snap_channels`), as the search's policies do."""
     costs = CostModel(graph)
+    importance = layer_importance(model, graph, ImportanceCriterion.L2)
     plans: list[tuple[str, CompressionPolicy, list[tuple[nn.Module, tuple[int, ...]]]]] = []
     for form in forms:
         bits = 8 if form == INTEGER else FLOAT_BITS
         for fraction in fractions:
-            policy = build_policy(model, graph, LayerKnobs(1.0 - fraction, bits, bits))
+            policy = build_policy(model, graph, LayerKnobs(1.0 - fraction, bits, bits), importance)
+            policy = snap_channels(policy, graph, importance, channel_multiple)
             masks = input_keep_masks(policy, graph)
             modules = []
             for index, (layer, lp) in enumerate(zip(graph.layers, policy.layers)):

@@ -75,6 +75,8 @@ def fit_latency_on(device: str, context: SearchContext) -> LatencyPredictor:
     graph = context.graph
     settings = context.config.scoring
     batch = settings.latency_batch_size
+    # the uniform networks keep the channel multiples the search's policies keep
+    multiple = context.config.space.multiple_for(context.config.budget.kind)
     if settings.latency_runtime is LatencyRuntime.TORCH:
 
         def torch_layer(module: torch.nn.Module, shape: tuple[int, ...], form: str) -> float:
@@ -86,7 +88,9 @@ def fit_latency_on(device: str, context: SearchContext) -> LatencyPredictor:
             return measure_latency(small, graph.input_shape, batch, device)
 
         # in torch, bits change no kernel: only a quantized input's extra ops cost time
-        return fit_latency_table(model, graph, torch_layer, torch_network, (FLOAT, INTEGER))
+        return fit_latency_table(
+            model, graph, torch_layer, torch_network, (FLOAT, INTEGER), channel_multiple=multiple
+        )
 
     runtime = settings.latency_runtime  # onnxruntime, or TensorRT through onnxruntime
 
@@ -100,7 +104,13 @@ def fit_latency_on(device: str, context: SearchContext) -> LatencyPredictor:
     # TensorRT builds an engine for every timing (seconds each): one round, not three
     rounds = 1 if runtime is LatencyRuntime.TENSORRT else ROUNDS
     return fit_latency_table(
-        model, graph, onnx_layer, onnx_network, (FLOAT, INTEGER), rounds=rounds
+        model,
+        graph,
+        onnx_layer,
+        onnx_network,
+        (FLOAT, INTEGER),
+        rounds=rounds,
+        channel_multiple=multiple,
     )
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from ajpq.agent.defaults import HAQ, CreditAssignment
-from ajpq.core.budget import Budget, Precision
+from ajpq.core.budget import Budget, BudgetKind, Precision
 from ajpq.core.configtypes import (
     RESUMABLE,
     ConfigError,
@@ -82,6 +82,7 @@ class Prior(str, enum.Enum):
     UNIFORM = "uniform"
 
 
+LATENCY_CHANNEL_MULTIPLE = 16  # see SpaceSection.channel_multiple
 WeightBits = Annotated[int, Field(strict=True, ge=1, le=8)]
 ActBits = Annotated[int, Field(strict=True, ge=2, le=8)]
 
@@ -104,6 +105,17 @@ class SpaceSection:
     # more where it buys the most estimated accuracy, never unpruning), so every evaluated
     # policy uses its budget. The wall only squeezes; without this, searches under-spend.
     fill_budget: bool = True
+    # Kept channels per group in whole multiples (rounded down after the wall): runtimes'
+    # kernels work on channel blocks, and odd widths run up to 2x slower than wider even ones
+    # (ajpq.core.snap). Unset: 16 for a latency budget (AVX-512's block; a multiple of AVX2's
+    # and TensorRT's 8), 1 (any width) for size and BitOps budgets.
+    channel_multiple: Count | None = None
+
+    def multiple_for(self, kind: BudgetKind) -> int:
+        """The channel multiple a search under a ``kind`` budget keeps."""
+        if self.channel_multiple is not None:
+            return self.channel_multiple
+        return LATENCY_CHANNEL_MULTIPLE if kind is BudgetKind.LATENCY else 1
 
     def __post_init__(self) -> None:
         if self.min_weight_bits > self.max_weight_bits:

@@ -28,6 +28,7 @@ from ajpq.core.budget.fill import fill_budget
 from ajpq.core.builder import LayerKnobs, build_policy
 from ajpq.core.cost import CostModel
 from ajpq.core.policy import CompressionPolicy
+from ajpq.core.snap import snap_channels
 from ajpq.search.context import SearchContext
 from ajpq.search.space import ACTION_DIM, action_to_knobs, group_features, group_order
 
@@ -191,6 +192,10 @@ class CompressionEnv(gym.Env):
             self.context.latency_model,
             self.rules,
         )
+        # whole channel blocks (only prunes, so the budget still holds); the fill spends what
+        # that frees on bits and never unprunes
+        multiple = self.space.multiple_for(self.budget.kind)
+        policy = snap_channels(policy, self.graph, self.context.importance, multiple)
         if self.space.fill_budget:
             policy = fill_budget(
                 policy,

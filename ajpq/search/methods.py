@@ -25,6 +25,7 @@ from ajpq.core.cost import CostModel
 from ajpq.core.graph import ModelGraph
 from ajpq.core.latency import LatencyPredictor
 from ajpq.core.policy import CompressionPolicy
+from ajpq.core.snap import snap_channels
 from ajpq.search.config import Method, SpaceSection
 from ajpq.search.env import CompressionEnv
 from ajpq.search.space import ACTION_DIM
@@ -164,8 +165,14 @@ def uniform_candidates(
     latency_model: LatencyPredictor | None = None,
 ) -> list[CompressionPolicy]:
     """Uniform policies that meet ``budget``, best first (see :func:`uniform_knobs`)."""
+    multiple = space.multiple_for(budget.kind)
     return [
-        build_policy(model, context_graph, knobs, importance, model_name)
+        snap_channels(
+            build_policy(model, context_graph, knobs, importance, model_name),
+            context_graph,
+            importance,
+            multiple,
+        )
         for knobs in uniform_knobs(
             model, context_graph, importance, budget, space, model_name, latency_model
         )
@@ -186,6 +193,7 @@ def uniform_knobs(
     sparsity that fits. Activations at the space's top (for a BitOps budget: the weight bits,
     within the space)."""
     costs = CostModel(context_graph)
+    multiple = space.multiple_for(budget.kind)
 
     def knobs(sparsity: float, bits: int) -> LayerKnobs:
         act = space.max_act_bits
@@ -197,6 +205,7 @@ def uniform_knobs(
         candidate = build_policy(
             model, context_graph, knobs(sparsity, bits), importance, model_name
         )
+        candidate = snap_channels(candidate, context_graph, importance, multiple)
         return budget_value(candidate, budget, costs, latency_model) <= budget.value
 
     widths = list(range(space.max_weight_bits, space.min_weight_bits - 1, -1))

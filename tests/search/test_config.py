@@ -77,3 +77,19 @@ def test_exploration_noise_ends_at_its_final_sigma_over_the_learning_episodes():
     assert pinned.decay_over(100) == 0.99
     flat = SearchConfig.from_dict({"agent": {"noise_sigma": 0.01}}).agent
     assert flat.decay_over(100) == 1.0  # already below the final sigma
+
+
+def test_a_latency_search_keeps_channel_blocks_unless_told_otherwise(search_config_file):
+    """``space.channel_multiple`` unset: 16 under a latency budget (kernels' channel blocks),
+    any width under size and BitOps budgets; set, it holds for every budget; 0 is refused."""
+    from ajpq.core.budget import BudgetKind
+
+    config = load_config(search_config_file())
+    assert config.space.channel_multiple is None
+    assert config.space.multiple_for(BudgetKind.LATENCY) == 16
+    assert config.space.multiple_for(BudgetKind.SIZE) == 1
+    assert config.space.multiple_for(BudgetKind.BITOPS) == 1
+    eight = load_config(search_config_file(), ["space.channel_multiple=8"])
+    assert {eight.space.multiple_for(kind) for kind in BudgetKind} == {8}
+    with pytest.raises(ConfigError, match="channel_multiple"):
+        load_config(search_config_file(), ["space.channel_multiple=0"])
