@@ -1,8 +1,9 @@
 """Kept channels in whole multiples: runtimes' convolution kernels work on channel blocks
 (onnxruntime's CPU kernels on 8 or 16 at a time, TensorRT's int8 on multiples of 8 or 32), and a
 layer whose kept width is not a multiple falls back to a slower path: on this CPU the
-Fashion-MNIST CNN pruned to 26/51/102 channels ran 2x slower in onnxruntime than unpruned,
-and 2.4x slower than at 24/48/96. So a policy meant to be fast keeps multiples.
+Fashion-MNIST CNN pruned to 26/51/102 channels ran in float about 2x slower in onnxruntime than
+unpruned (32/64/128) and than at 24/48/96 (``results/deploy.md``). So a policy meant to be fast
+keeps multiples.
 
 :func:`snap_channels` rounds every prunable coupling group's kept channels (per block) down to
 a multiple, pruning the weakest of the kept channels by the group's importance, as the policy
