@@ -43,7 +43,7 @@ __all__ = [
 
 FLOAT, INTEGER = "float", "integer"
 FRACTIONS = (0.3, 0.55, 0.8, 1.0)
-ROUNDS = 3  # timings per entry, taken in turn over the whole table; the median is kept
+ROUNDS = 5  # timings per entry, taken in turn over the whole table; the fastest is kept
 _MACS = 2  # the MACs column of CostModel.layer_costs
 
 LayerTimer = Callable[[nn.Module, tuple[int, ...], str], float]
@@ -154,10 +154,13 @@ def fit_latency_table(
 ) -> LatencyTable:
     """Time every layer alone (``time_layer(module, input_shape, form)``) and the whole
     network (``time_network(policy, form)``) at uniform kept fractions, per form. Every entry is
-    the median of ``rounds`` timings taken in turn over the whole table (round 1 of every entry,
-    then round 2, ...), so a burst of load on the machine moves one round of many entries, not
-    every round of a few. With ``channel_multiple`` the uniform networks keep whole multiples
-    of channels (:func:`ajpq.core.snap.snap_channels`), as the search's policies do."""
+    the fastest of ``rounds`` timings taken in turn over the whole table (round 1 of every entry,
+    then round 2, ...): load on the machine comes in bursts of seconds that slow every timing
+    inside them, so the fastest of rounds spread over the fit is the entry's own time. (With the
+    median of 3, two fits a minute apart predicted the Fashion-MNIST CNN's policies 17-30%
+    apart; with the fastest of 5, 0.4-1.0% apart in 3 of 4 pairs, 18% where the load outlasted
+    a fit.) With ``channel_multiple`` the uniform networks keep whole multiples of channels
+    (:func:`ajpq.core.snap.snap_channels`), as the search's policies do."""
     costs = CostModel(graph)
     importance = layer_importance(model, graph, ImportanceCriterion.L2)
     plans: list[tuple[str, CompressionPolicy, list[tuple[nn.Module, tuple[int, ...]]]]] = []
@@ -197,13 +200,13 @@ def fit_latency_table(
             kept = costs.layer_costs(policy)[:, _MACS]
             summed = 0.0
             for index, layer in enumerate(graph.layers):
-                ms = float(np.median(layer_times[number][index]))
+                ms = float(np.min(layer_times[number][index]))
                 summed += ms
                 per_layer[index].append((kept[index] / max(layer.macs, 1), ms))
             network_fractions[form].append(kept.sum() / max(costs.fp32_macs, 1))
             # negative where timing a layer alone costs more than it does inside the network
             # (a call's overhead, paid once per layer here): the rest corrects the sum
-            rest_ms[form].append(float(np.median(network_times[number])) - summed)
+            rest_ms[form].append(float(np.min(network_times[number])) - summed)
         for points in per_layer:
             points.sort()
             layer_fractions[form].append([p[0] for p in points])

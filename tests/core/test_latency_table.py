@@ -112,17 +112,20 @@ def test_the_wall_squeezes_a_policy_under_a_latency_table_budget():
         enforce_budget(full, Budget(BudgetKind.LATENCY, 1e-9), costs, importance, table)
 
 
-def test_each_entry_is_the_median_of_rounds_taken_in_turn():
-    """A burst of load during one round (a timing 100x too long) moves no entry: each is the
-    median of its rounds, and the rounds go over the whole table in turn."""
+def test_each_entry_is_the_fastest_of_rounds_taken_in_turn():
+    """Load on the machine (a few timings 100x too long in round 1, every timing 1.5x too long
+    in rounds 1 and 2) moves no entry: each is the fastest of its rounds, and the rounds go
+    over the whole table in turn. (A median of three would keep the 1.5x.)"""
     model, graph = _digits()
     costs = CostModel(graph)
     calls: list[str] = []
+    entries = len(graph.layers) * 4 + 4  # every layer and the network, at four fractions
 
     def time_layer(module, shape, form):
         calls.append("layer")
         burst = 100.0 if 3 <= len(calls) <= 6 else 1.0  # a few timings of the first round
-        return _macs(module, shape) * burst
+        slow = 1.5 if len(calls) <= 2 * entries else 1.0  # rounds 1 and 2
+        return _macs(module, shape) * burst * slow
 
     def time_network(policy, form):
         calls.append("network")
@@ -131,7 +134,6 @@ def test_each_entry_is_the_median_of_rounds_taken_in_turn():
     table = fit_latency_table(model, graph, time_layer, time_network, rounds=3)
     quiet = fit_latency_table(model, graph, lambda m, s, f: _macs(m, s), time_network, rounds=1)
     assert table == quiet
-    entries = len(graph.layers) * 4 + 4  # every layer and the network, at four fractions
     assert len(calls) == 3 * entries + 4  # and the quiet fit's four networks
     # round 2 starts only after round 1 has timed every entry
     assert calls[:entries].count("network") == 4
