@@ -3,6 +3,12 @@ a latency-budget search does (every layer alone at four kept fractions, float an
 the whole network), then time random mixed policies' deployable networks and compare. Also the
 old straight line in MACs (fitted at three float sparsities) on the same policies.
 
+This machine's own speed moves in bursts (the same policies 15-75% slower for tens of seconds),
+so next to each policy the unpruned float network is timed too: its time over its time right
+after the fit is the machine's speed then, and the table's error with that divided out says
+what the table misses, apart from the machine. A second fit at the end says how far two fits
+of the same table agree.
+
 The policies and the table's uniform networks keep whole multiples of ``--channel-multiple``
 channels, as a latency-budget search keeps them (``space.channel_multiple``, 16 unless set);
 ``--channel-multiple 1`` shows any width.
@@ -14,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,12 +30,21 @@ import torch
 from ajpq.core.analysis import analyze
 from ajpq.core.builder import LayerKnobs, build_policy
 from ajpq.core.cost import CostModel, measure_latency
+from ajpq.core.graph import ModelGraph
 from ajpq.core.importance import layer_importance
 from ajpq.core.latency import fit_latency_model
-from ajpq.core.latency_table import FLOAT, INTEGER, fit_latency_table, with_input_quantizer
+from ajpq.core.latency_table import (
+    FLOAT,
+    INTEGER,
+    LatencyTable,
+    fit_latency_table,
+    with_input_quantizer,
+)
 from ajpq.core.materialize import materialize
+from ajpq.core.policy import CompressionPolicy
 from ajpq.core.snap import snap_channels
-from ajpq.export.runtime import deployed_latency, layer_latency
+from ajpq.export.onnx import export_onnx
+from ajpq.export.runtime import deployed_latency, layer_latency, time_onnx
 from ajpq.search.config import LATENCY_CHANNEL_MULTIPLE
 from ajpq.task.models import build_model
 
@@ -50,9 +67,10 @@ def main() -> None:
         f"threads, {args.policies} random policies, kept channels in multiples of "
         f"{args.channel_multiple})\n",
         "| model | fit s | measured ms (range) | table: median error | table: 90th pct | "
-        "table rescaled online: median error | "
+        "machine's speed (reference / after the fit): range | table, machine's speed divided "
+        "out: median error | second fit: median error (its predictions vs the first's) | "
         "line in MACs: median error | timing noise (one policy timed twice): median |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for name in args.models:
         rows.append(_row(name, args))
@@ -85,43 +103,70 @@ def _row(name: str, args: argparse.Namespace) -> str:
         def time_policy(policy, form=None):  # noqa: ANN001, ANN202
             return measure_latency(materialize(model, policy, graph), shape, batch, "cpu")
 
-    started = time.perf_counter()
     multiple = args.channel_multiple
-    table = fit_latency_table(
-        model, graph, time_layer, time_policy, (FLOAT, INTEGER), channel_multiple=multiple
-    )
+
+    def fit() -> LatencyTable:
+        return fit_latency_table(
+            model, graph, time_layer, time_policy, (FLOAT, INTEGER), channel_multiple=multiple
+        )
+
+    started = time.perf_counter()
+    table = fit()
     fit_s = time.perf_counter() - started
-    line = fit_latency_model(model, graph, measure=time_policy)
-    rng = np.random.default_rng(1)
-    measured, errors, line_errors, noise, online_errors = [], [], [], [], []
-    ratios: list[float] = []  # measured / predicted of the policies timed so far
-    for _ in range(args.policies):
-        acts = int(rng.choice([4, 8, 32]))
-        knobs = [
-            LayerKnobs(float(rng.uniform(0.0, 0.7)), 6, acts, 2.0, min_bits=2, max_bits=8)
-            for _ in graph.layers
-        ]
-        policy = build_policy(model, graph, knobs, importance, model_name=name)
-        policy = snap_channels(policy, graph, importance, multiple)
-        times = [time_policy(policy) for _ in range(3)]
-        ms = statistics.median(times)
-        noise.append(abs(times[0] - times[1]) / times[1])  # the same policy timed twice
-        measured.append(ms)
-        predicted = table.predict(policy, costs)
-        errors.append(abs(predicted - ms) / ms)
-        # the table rescaled by the median measured/predicted ratio of the policies before this
-        # one (what a search could do with its own measurements; this policy's is not used)
-        scale = statistics.median(ratios) if ratios else 1.0
-        online_errors.append(abs(scale * predicted - ms) / ms)
-        ratios.append(ms / predicted)
-        line_errors.append(abs(line.predict(policy, costs) - ms) / ms)
+    with tempfile.TemporaryDirectory() as folder:
+        reference = export_onnx(model, shape, Path(folder) / "fp32.onnx")
+
+        def time_reference() -> float:  # the unpruned float network, a new session each time
+            if args.runtime == "onnxruntime":
+                return time_onnx(reference, shape, batch).median_ms
+            return measure_latency(model, shape, batch, "cpu")
+
+        at_fit = min(time_reference() for _ in range(5))
+        line = fit_latency_model(model, graph, measure=time_policy)
+        rng = np.random.default_rng(1)
+        policies, measured, speeds, noise = [], [], [], []
+        for _ in range(args.policies):
+            policy = _random_policy(model, graph, importance, name, multiple, rng)
+            speeds.append(time_reference() / at_fit)
+            times = [time_policy(policy) for _ in range(3)]
+            noise.append(abs(times[0] - times[1]) / times[1])  # the same policy timed twice
+            measured.append(statistics.median(times))
+            policies.append(policy)
+    second = fit()
+    ms = np.asarray(measured)
+    predicted = np.asarray([table.predict(p, costs) for p in policies])
+    again = np.asarray([second.predict(p, costs) for p in policies])
+    errors = np.abs(predicted - ms) / ms
+    steady = np.abs(predicted * np.asarray(speeds) - ms) / ms
+    line_errors = np.abs(np.asarray([line.predict(p, costs) for p in policies]) - ms) / ms
     return (
         f"| {name} {shape[1]} px | {fit_s:.0f} | {statistics.median(measured):.3g} "
-        f"({min(measured):.3g}-{max(measured):.3g}) | {100 * statistics.median(errors):.1f}% | "
+        f"({min(measured):.3g}-{max(measured):.3g}) | {100 * np.median(errors):.1f}% | "
         f"{100 * float(np.percentile(errors, 90)):.1f}% | "
-        f"{100 * statistics.median(online_errors):.1f}% | "
-        f"{100 * statistics.median(line_errors):.1f}% | {100 * statistics.median(noise):.1f}% |"
+        f"{min(speeds):.2f}-{max(speeds):.2f} | {100 * np.median(steady):.1f}% | "
+        f"{100 * np.median(np.abs(again - ms) / ms):.1f}% "
+        f"({100 * np.median(np.abs(again - predicted) / predicted):.1f}%) | "
+        f"{100 * np.median(line_errors):.1f}% | {100 * statistics.median(noise):.1f}% |"
     )
+
+
+def _random_policy(
+    model: torch.nn.Module,
+    graph: ModelGraph,
+    importance: list,
+    name: str,
+    multiple: int,
+    rng: np.random.Generator,
+) -> CompressionPolicy:
+    """Random per-layer sparsity (0-0.7), mean 6 bits (2-8), activations 4, 8 or float, kept
+    channels in multiples of ``multiple``."""
+    acts = int(rng.choice([4, 8, 32]))
+    knobs = [
+        LayerKnobs(float(rng.uniform(0.0, 0.7)), 6, acts, 2.0, min_bits=2, max_bits=8)
+        for _ in graph.layers
+    ]
+    policy = build_policy(model, graph, knobs, importance, model_name=name)
+    return snap_channels(policy, graph, importance, multiple)
 
 
 if __name__ == "__main__":
