@@ -18,7 +18,7 @@ from torch import nn
 
 from ajpq.core.analysis import analyze
 from ajpq.core.builder import LayerKnobs, build_policy
-from ajpq.core.cost import Timing, time_calls
+from ajpq.core.cost import Timing, time_windows
 from ajpq.core.graph import ModelGraph
 from ajpq.core.policy import CompressionPolicy
 from ajpq.core.pruned import simulate
@@ -34,12 +34,18 @@ __all__ = [
     "integer_file",
     "providers_for",
     "TENSORRT_PROVIDER",
+    "WINDOWS",
 ]
 
 logger = logging.getLogger(__name__)
 
 
 TENSORRT_PROVIDER = "TensorrtExecutionProvider"
+# a network's latency: the fastest of this many timing windows, WINDOW_GAP_S apart (on this
+# 2-core VM one window's median moved 15-25% between two timings a second apart; the fastest of
+# 5 windows 0.2 s apart is what the latency table, the fastest of its rounds, predicts)
+WINDOWS = 5
+WINDOW_GAP_S = 0.2
 
 
 def providers_for(device: str, runtime: LatencyRuntime = LatencyRuntime.ONNXRUNTIME) -> list:
@@ -77,9 +83,11 @@ def time_onnx(
     warmup: int = 5,
     repeats: int = 20,
     runtime: LatencyRuntime = LatencyRuntime.ONNXRUNTIME,
+    windows: int = WINDOWS,
 ) -> Timing:
     """Time one ``session.run`` of the ONNX file at ``batch_size`` after ``warmup`` runs (the
-    first of which builds TensorRT's engine): at least ``repeats`` runs (:func:`time_calls`)."""
+    first of which builds TensorRT's engine): at least ``repeats`` runs in each of ``windows``
+    windows, the fastest window kept (:func:`time_windows`)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -89,7 +97,11 @@ def time_onnx(
     providers = providers_for(device, runtime)
     session = onnxruntime.InferenceSession(str(path), options, providers=providers)
     x = np.random.default_rng(0).standard_normal((batch_size, *input_shape)).astype(np.float32)
-    times = time_calls(lambda: session.run(None, {"input": x}), warmup, repeats)
+
+    def run() -> object:
+        return session.run(None, {"input": x})
+
+    times = time_windows(run, windows, WINDOW_GAP_S, warmup, repeats)
     return Timing.of(times, session.get_providers()[0])
 
 
@@ -101,13 +113,15 @@ def deployed_latency(
     device: str = "cpu",
     repeats: int = 20,
     runtime: LatencyRuntime = LatencyRuntime.ONNXRUNTIME,
+    windows: int = WINDOWS,
 ) -> Timing:
     """Latency of ``policy``'s integer ONNX (``model``: the original network) in onnxruntime,
-    or (``runtime`` tensorrt) its symmetric form in TensorRT."""
+    or (``runtime`` tensorrt) its symmetric form in TensorRT: the fastest of ``windows``."""
     with tempfile.TemporaryDirectory() as folder:
         path = integer_file(model, policy, graph, Path(folder) / "policy.onnx", runtime)
+        shape = policy.input_shape
         return time_onnx(
-            path, policy.input_shape, batch_size, device, repeats=repeats, runtime=runtime
+            path, shape, batch_size, device, repeats=repeats, runtime=runtime, windows=windows
         )
 
 
@@ -151,4 +165,8 @@ def layer_latency(
             integer_file(network, policy, graph, path, runtime)
         else:
             export_onnx(network, input_shape, path)
-        return time_onnx(path, input_shape, batch_size, device, repeats=repeats, runtime=runtime)
+        # one window: a latency table takes the fastest of its rounds
+        shape = input_shape
+        return time_onnx(
+            path, shape, batch_size, device, repeats=repeats, runtime=runtime, windows=1
+        )

@@ -1,4 +1,5 @@
 import io
+import statistics
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ from ajpq.core.cost import (
     measure_latency,
     time_calls,
     time_forward,
+    time_windows,
 )
 from ajpq.core.policy import LayerPolicy
 
@@ -136,3 +138,19 @@ def test_fast_calls_are_timed_until_they_add_up_to_the_minimum_window():
     assert len(times) > 3 and sum(times) >= 12.0  # past the repeats, until 12 ms were timed
     assert sum(times[:-1]) < 12.0  # and no further
     assert len(time_calls(lambda: None, warmup=0, repeats=3)) == MAX_CALLS  # capped
+
+
+def test_time_windows_keeps_the_fastest_window():
+    """A burst of load over the first window (every call 5 ms slower) is not the call's time:
+    the fastest of three windows is kept."""
+    calls: list[int] = []
+
+    def call() -> None:
+        calls.append(1)
+        # the first window (3 warm-up calls and 5 timed ones, 25 ms) 5 ms a call, later 0.5 ms
+        time.sleep(0.005 if len(calls) <= 8 else 0.0005)
+
+    times = time_windows(call, windows=3, gap_s=0.0, warmup=3, repeats=5)
+    assert len(calls) > 8 + 2 * (3 + 5)  # three windows, the later ones 20 ms of short calls
+    assert len(times) >= 5 and statistics.median(times) < 2.5
+    assert len(time_windows(call, windows=1, warmup=0, repeats=3)) >= 3
