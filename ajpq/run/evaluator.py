@@ -103,7 +103,7 @@ def fit_latency_on(device: str, context: SearchContext) -> LatencyPredictor:
         timing = deployed_latency(model, policy, graph, batch, device, runtime=runtime, windows=1)
         return timing.median_ms
 
-    # TensorRT builds an engine for every timing (seconds each): one round, not three
+    # TensorRT builds an engine for every timing (seconds each): one round, not five
     rounds = 1 if runtime is LatencyRuntime.TENSORRT else ROUNDS
     return fit_latency_table(
         model,
