@@ -30,7 +30,7 @@ import torch
 
 from ajpq.core.policy import CompressionPolicy
 from ajpq.run.export_run import package
-from ajpq.run.fidelity import choose_policies, long_settings, rescore_on
+from ajpq.run.fidelity import best_by_long_score, choose_policies, long_settings, rescore_on
 from ajpq.run.journal import Journal
 from ajpq.run.rundir import RunDir
 from ajpq.search.context import SearchContext, ShippedData
@@ -97,7 +97,7 @@ def finish(
     if not chosen:
         return None
     long = _long_scores(folder, context, [r.policy_key for r in chosen])
-    best = max(chosen, key=lambda r: (long[r.policy_key], r.compression_ratio))
+    best = best_by_long_score(chosen, [long[r.policy_key] for r in chosen])
     return best, chosen, long
 
 

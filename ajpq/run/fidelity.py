@@ -33,6 +33,7 @@ __all__ = [
     "long_settings",
     "rescore_on",
     "measure_fidelity",
+    "best_by_long_score",
 ]
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,13 @@ def rescore_on(
     return scores
 
 
+def best_by_long_score(chosen: list[PolicyRecord], long: list[float]) -> PolicyRecord:
+    """The best of ``chosen`` by its long score (``long``, in the same order; NaN: diverged),
+    among equals the smallest network; the first chosen when every long score diverged."""
+    pairs = [(r, v) for r, v in zip(chosen, long) if not math.isnan(v)]
+    return max(pairs, key=lambda p: (p[1], p[0].compression_ratio))[0] if pairs else chosen[0]
+
+
 def measure_fidelity(
     run: OpenRun, data: DataSource, reservation: Reservation | None
 ) -> tuple[FidelityResult, Placement] | None:
@@ -140,7 +148,7 @@ def measure_fidelity(
     )
     pairs = [(r, v) for r, v in zip(chosen, long) if not math.isnan(v)]
     spearman, kendall = rank_correlations([r.accuracy for r, _ in pairs], [v for _, v in pairs])
-    best = max(pairs, key=lambda p: (p[1], p[0].compression_ratio))[0] if pairs else chosen[0]
+    best = best_by_long_score(chosen, long)
     rows = [
         {
             "policy_key": r.policy_key,

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from ajpq.core.budget import Budget
 from ajpq.run.driver import run_search
-from ajpq.run.fidelity import choose_policies, rank_correlations
+from ajpq.run.fidelity import best_by_long_score, choose_policies, rank_correlations
 from ajpq.search.config import load_config
 from ajpq.search.record import PolicyRecord
 
@@ -55,6 +55,14 @@ def test_rank_correlations():
     assert rank_correlations([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx((-1.0, -1.0))
     assert all(math.isnan(v) for v in rank_correlations([1, 2], [1, 2]))
     assert all(math.isnan(v) for v in rank_correlations([1, 2, 3], [5, 5, 5]))
+
+
+def test_the_best_by_long_score_is_the_smallest_among_equals_and_skips_diverged():
+    small = dataclasses.replace(_record("small", 0.5), compression_ratio=20.0)
+    chosen = [_record("a", 0.9), small, _record("nan", 0.99)]
+    assert best_by_long_score(chosen, [0.8, 0.8, float("nan")]).policy_key == "small"
+    assert best_by_long_score(chosen, [0.81, 0.8, float("nan")]).policy_key == "a"
+    assert best_by_long_score(chosen, [float("nan")] * 3).policy_key == "a"  # all diverged
 
 
 @pytest.mark.ray
