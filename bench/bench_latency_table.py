@@ -3,7 +3,7 @@ a latency-budget search does (every layer alone at four kept fractions, float an
 the whole network), then time random mixed policies' deployable networks and compare. Also the
 old straight line in MACs (fitted at three float sparsities) on the same policies.
 
-This machine's own speed moves in bursts (the same policies 15-75% slower for tens of seconds),
+This machine's own speed moves in bursts (the same policies up to 75% slower for seconds),
 so next to each policy the unpruned float network is timed too: its time over its time right
 after the fit is the machine's speed then, and the table's error with that divided out says
 what the table misses, apart from the machine. A second fit at the end says how far two fits

@@ -158,7 +158,8 @@ def fit_latency_table(
     then round 2, ...): load on the machine comes in bursts of seconds that slow every timing
     inside them, so the fastest of rounds spread over the fit is the entry's own time. (With the
     median of 3, two fits a minute apart predicted the Fashion-MNIST CNN's policies 17-30%
-    apart; with the fastest of 5, 0.2-6.9% apart: ``results/deploy.md``.) With ``channel_multiple`` the uniform networks keep whole multiples of channels
+    apart; with the fastest of 5, 0.2-6.9% apart: ``results/deploy.md``.) With
+    ``channel_multiple`` the uniform networks keep whole multiples of channels
     (:func:`ajpq.core.snap.snap_channels`), as the search's policies do."""
     costs = CostModel(graph)
     importance = layer_importance(model, graph, ImportanceCriterion.L2)

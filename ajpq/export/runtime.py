@@ -42,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 # a network's latency: the fastest of this many timing windows, WINDOW_GAP_S apart (on this
-# 2-core VM one window's median moved 15-25% between two timings a second apart; the fastest of
-# 5 windows 0.2 s apart is what the latency table, the fastest of its rounds, predicts)
+# 2-core VM one window's median moved by 2-26% between two timings a second apart; the fastest
+# of 5 windows 0.2 s apart is what the latency table, the fastest of its rounds, predicts)
 WINDOWS = 5
 WINDOW_GAP_S = 0.2
 
