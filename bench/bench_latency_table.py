@@ -5,9 +5,10 @@ old straight line in MACs (fitted at three float sparsities) on the same policie
 
 This machine's own speed moves in bursts (the same policies up to 75% slower for seconds),
 so next to each policy the unpruned float network is timed too: its time over its time right
-after the fit is the machine's speed then, and the table's error with that divided out says
-what the table misses, apart from the machine. A second fit at the end says how far two fits
-of the same table agree.
+after the fit is the machine's speed then, and the table's error with that divided out is
+meant to say what the table misses apart from the machine (in practice the reference is as
+noisy as the policies: results/deploy.md). A second fit at the end says how far two fits of
+the same table agree.
 
 The policies and the table's uniform networks keep whole multiples of ``--channel-multiple``
 channels, as a latency-budget search keeps them (``space.channel_multiple``, 16 unless set);
