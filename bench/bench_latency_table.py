@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ajpq.core.analysis import analyze
-from ajpq.core.builder import LayerKnobs, build_policy
+from ajpq.core.builder import LayerKnobs
 from ajpq.core.cost import CostModel, measure_latency
 from ajpq.core.graph import ModelGraph
 from ajpq.core.importance import layer_importance
@@ -43,7 +43,7 @@ from ajpq.core.latency_table import (
 )
 from ajpq.core.materialize import materialize
 from ajpq.core.policy import CompressionPolicy
-from ajpq.core.snap import snap_channels
+from ajpq.core.snap import build_snapped
 from ajpq.export.onnx import export_onnx
 from ajpq.export.runtime import deployed_latency, layer_latency, time_onnx
 from ajpq.search.config import LATENCY_CHANNEL_MULTIPLE
@@ -172,8 +172,7 @@ def _random_policy(
         LayerKnobs(float(rng.uniform(0.0, 0.7)), 6, acts, 2.0, min_bits=2, max_bits=8)
         for _ in graph.layers
     ]
-    policy = build_policy(model, graph, knobs, importance, model_name=name)
-    return snap_channels(policy, graph, importance, multiple)
+    return build_snapped(model, graph, knobs, importance, multiple, model_name=name)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,14 @@ import torch
 from torch import nn
 
 from ajpq.core.apply import input_keep_masks
-from ajpq.core.builder import LayerKnobs, build_policy
+from ajpq.core.builder import LayerKnobs
 from ajpq.core.cost import CostModel
 from ajpq.core.graph import LayerInfo, ModelGraph
 from ajpq.core.importance import ImportanceCriterion, layer_importance
 from ajpq.core.materialize import QuantizedInput
 from ajpq.core.policy import CompressionPolicy
 from ajpq.core.quantize import FLOAT_BITS, ActivationQuantizer
-from ajpq.core.snap import snap_channels
+from ajpq.core.snap import build_snapped
 
 __all__ = [
     "LatencyTable",
@@ -167,8 +167,8 @@ def fit_latency_table(
     for form in forms:
         bits = 8 if form == INTEGER else FLOAT_BITS
         for fraction in fractions:
-            policy = build_policy(model, graph, LayerKnobs(1.0 - fraction, bits, bits), importance)
-            policy = snap_channels(policy, graph, importance, channel_multiple)
+            knobs = LayerKnobs(1.0 - fraction, bits, bits)
+            policy = build_snapped(model, graph, knobs, importance, channel_multiple)
             masks = input_keep_masks(policy, graph)
             modules = []
             for index, (layer, lp) in enumerate(zip(graph.layers, policy.layers)):

@@ -14,14 +14,30 @@ a group that keeps fewer channels than the multiple is left as it is.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
+from torch import nn
 
+from ajpq.core.builder import LayerKnobs, build_policy
 from ajpq.core.graph import ModelGraph
 from ajpq.core.importance import group_importance
 from ajpq.core.policy import CompressionPolicy
 
-__all__ = ["snap_channels"]
+__all__ = ["snap_channels", "build_snapped"]
+
+
+def build_snapped(
+    model: nn.Module,
+    graph: ModelGraph,
+    knobs: Sequence[LayerKnobs] | LayerKnobs,
+    importance: list[np.ndarray],
+    multiple: int,
+    model_name: str = "model",
+) -> CompressionPolicy:
+    """:func:`ajpq.core.builder.build_policy` of ``knobs``, then :func:`snap_channels`."""
+    policy = build_policy(model, graph, knobs, importance, model_name)
+    return snap_channels(policy, graph, importance, multiple)
 
 
 def snap_channels(
@@ -52,7 +68,6 @@ def snap_channels(
         for member in group.members:
             width = len(bits[member])
             channels = np.concatenate([group.member_unit(width, int(p)) for p in weakest])
-            bits[member] = bits[member].copy()
             bits[member][channels] = 0
         changed = True
     if not changed:

@@ -20,12 +20,12 @@ import numpy as np
 from torch import nn
 
 from ajpq.core.budget import Budget, BudgetKind, budget_value
-from ajpq.core.builder import LayerKnobs, build_policy
+from ajpq.core.builder import LayerKnobs
 from ajpq.core.cost import CostModel
 from ajpq.core.graph import ModelGraph
 from ajpq.core.latency import LatencyPredictor
 from ajpq.core.policy import CompressionPolicy
-from ajpq.core.snap import snap_channels
+from ajpq.core.snap import build_snapped
 from ajpq.search.config import Method, SpaceSection
 from ajpq.search.env import CompressionEnv
 from ajpq.search.space import ACTION_DIM
@@ -167,12 +167,7 @@ def uniform_candidates(
     """Uniform policies that meet ``budget``, best first (see :func:`uniform_knobs`)."""
     multiple = space.multiple_for(budget.kind)
     return [
-        snap_channels(
-            build_policy(model, context_graph, knobs, importance, model_name),
-            context_graph,
-            importance,
-            multiple,
-        )
+        build_snapped(model, context_graph, knobs, importance, multiple, model_name)
         for knobs in uniform_knobs(
             model, context_graph, importance, budget, space, model_name, latency_model
         )
@@ -202,10 +197,9 @@ def uniform_knobs(
         return LayerKnobs(sparsity, bits, act, 0.0)
 
     def fits(sparsity: float, bits: int) -> bool:
-        candidate = build_policy(
-            model, context_graph, knobs(sparsity, bits), importance, model_name
+        candidate = build_snapped(
+            model, context_graph, knobs(sparsity, bits), importance, multiple, model_name
         )
-        candidate = snap_channels(candidate, context_graph, importance, multiple)
         return budget_value(candidate, budget, costs, latency_model) <= budget.value
 
     widths = list(range(space.max_weight_bits, space.min_weight_bits - 1, -1))

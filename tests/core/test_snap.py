@@ -9,7 +9,7 @@ from ajpq.core.analysis import analyze
 from ajpq.core.builder import LayerKnobs, build_policy
 from ajpq.core.cost import CostModel
 from ajpq.core.importance import group_importance, layer_importance
-from ajpq.core.snap import snap_channels
+from ajpq.core.snap import build_snapped, snap_channels
 from ajpq.task.models import build_model
 
 
@@ -72,3 +72,14 @@ def test_snapped_groups_keep_whole_multiples_by_pruning_the_weakest(name, shape,
 def test_a_multiple_of_one_changes_nothing():
     graph, importance, policy = _case("digits_cnn", (1, 16, 16), 0)
     assert snap_channels(policy, graph, importance, 1) is policy
+
+
+def test_build_snapped_is_the_built_policy_snapped():
+    torch.manual_seed(0)
+    model = build_model("digits_cnn", 10, 1).eval()
+    graph = analyze(model, torch.zeros(1, 1, 16, 16))
+    importance = layer_importance(model, graph)
+    knobs = LayerKnobs(0.3, 6, 8, 2.0)
+    built = build_policy(model, graph, knobs, importance, "digits_cnn")
+    snapped = build_snapped(model, graph, knobs, importance, 4, "digits_cnn")
+    assert snapped == snap_channels(built, graph, importance, 4) and snapped != built
